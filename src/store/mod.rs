@@ -1,0 +1,71 @@
+//! Where batches are persisted: one atomic write per batch, fenced by the
+//! partition's applied offset, and read back on restart (and by the router's
+//! fallback). Implementations: in-memory (standalone), single Redis, Redis Cluster.
+
+use std::future::Future;
+
+use crate::window::BatchEffect;
+
+mod memory;
+pub use memory::MemoryStore;
+
+/// Store failures. A failed persist is retried by the shard; nothing is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("store returned unexpected data: {0}")]
+    Corrupt(String),
+}
+
+/// One batch as it is persisted: its Kafka offset range and what it changed.
+#[derive(Debug, Clone)]
+pub struct PersistBatch<'a> {
+    pub partition: u32,
+    /// First and last source offset the batch covers (inclusive).
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub effect: &'a BatchEffect,
+    /// Clock of the batch, for TTLs.
+    pub now_ms: i64,
+}
+
+/// Result of a persist call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistOutcome {
+    /// Written; the applied offset is now `last_offset`.
+    Applied,
+    /// Refused: the batch starts at or below the stored applied offset, which
+    /// is returned (a replay or a zombie writer; nothing was changed).
+    Fenced { applied_offset: i64 },
+}
+
+/// A partition's persisted state, as read at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Last applied source offset; `None` when nothing was ever applied.
+    pub applied_offset: Option<i64>,
+    /// Everything still within retention, as one merged effect.
+    pub effect: BatchEffect,
+}
+
+/// A batch store.
+pub trait Store: Send + Sync + 'static {
+    /// Atomically persists `batch` unless it is fenced.
+    fn persist(
+        &self,
+        batch: &PersistBatch<'_>,
+    ) -> impl Future<Output = Result<PersistOutcome, StoreError>> + Send;
+
+    /// Reads back everything persisted for `partition`.
+    fn load(&self, partition: u32, now_ms: i64) -> impl Future<Output = Result<Restored, StoreError>> + Send;
+
+    /// Reads one token's persisted buckets and wallet marks (for the router's
+    /// fallback); `None` when the token has nothing persisted.
+    fn load_token(
+        &self,
+        partition: u32,
+        token: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<BatchEffect>, StoreError>> + Send;
+}

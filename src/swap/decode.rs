@@ -1,0 +1,271 @@
+//! Wire format (JSON) → validated [`Swap`], and back. The original service's
+//! fields are accepted as they were; `executed_at` may also be unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{Side, Swap};
+
+/// Why a swap was rejected; each reason is counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not JSON, or JSON of the wrong shape.
+    Malformed,
+    /// A required field is absent.
+    MissingField,
+    /// A number is negative, NaN or infinite.
+    BadNumber,
+    /// `side` is not `buy` or `sell`.
+    UnknownSide,
+    /// An id, token or wallet is empty or longer than the limit.
+    BadString,
+    /// A timestamp that does not parse.
+    BadTime,
+    /// Block time further in the future than `ingest.max_future_skew`.
+    FromTheFuture,
+}
+
+impl RejectReason {
+    /// All reasons, for metrics that list each one.
+    pub const ALL: [RejectReason; 7] = [
+        Self::Malformed,
+        Self::MissingField,
+        Self::BadNumber,
+        Self::UnknownSide,
+        Self::BadString,
+        Self::BadTime,
+        Self::FromTheFuture,
+    ];
+
+    /// Stable snake_case name used in metrics labels and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::MissingField => "missing_field",
+            Self::BadNumber => "bad_number",
+            Self::UnknownSide => "unknown_side",
+            Self::BadString => "bad_string",
+            Self::BadTime => "bad_time",
+            Self::FromTheFuture => "from_the_future",
+        }
+    }
+}
+
+/// A rejected swap: the reason and a human-readable detail.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+/// Validation limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SwapLimits {
+    /// Longest id, token or wallet, in bytes.
+    pub max_string_bytes: usize,
+    /// How far the block time may be ahead of the decoder's clock.
+    pub max_future_skew_ms: i64,
+}
+
+impl Default for SwapLimits {
+    fn default() -> Self {
+        Self { max_string_bytes: 128, max_future_skew_ms: 5_000 }
+    }
+}
+
+/// A timestamp as sent: RFC 3339 text or unix milliseconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireTime {
+    Millis(f64),
+    Text(String),
+}
+
+/// The JSON object as it arrives; everything optional so a missing field is a
+/// [`RejectReason::MissingField`], not a parse error.
+#[derive(Deserialize)]
+struct WireSwap {
+    event_id: Option<serde_json::Value>,
+    token_id: Option<String>,
+    wallet: Option<String>,
+    side: Option<String>,
+    amount: Option<f64>,
+    usd: Option<f64>,
+    rate: Option<f64>,
+    created_at: Option<WireTime>,
+    executed_at: Option<WireTime>,
+}
+
+/// Decodes and validates one swap from its JSON bytes. `now_ms` is the clock used
+/// for the future-skew check.
+pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swap, Rejection> {
+    use RejectReason::*;
+    let wire: WireSwap =
+        serde_json::from_slice(bytes).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+    let missing = |name: &str| Rejection::new(MissingField, format!("`{name}` is required"));
+
+    let event_id = match wire.event_id.ok_or_else(|| missing("event_id"))? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return Err(Rejection::new(Malformed, "`event_id` must be a string or number")),
+    };
+    let token = wire.token_id.ok_or_else(|| missing("token_id"))?;
+    check_string("event_id", &event_id, limits)?;
+    check_string("token_id", &token, limits)?;
+    if let Some(wallet) = &wire.wallet {
+        check_string("wallet", wallet, limits)?;
+    }
+    let side = match wire.side.ok_or_else(|| missing("side"))?.to_ascii_lowercase().as_str() {
+        "buy" => Side::Buy,
+        "sell" => Side::Sell,
+        other => return Err(Rejection::new(UnknownSide, format!("side `{other}`"))),
+    };
+    let amount = check_number("amount", wire.amount.ok_or_else(|| missing("amount"))?)?;
+    let usd = check_number("usd", wire.usd.ok_or_else(|| missing("usd"))?)?;
+    let rate = match wire.rate {
+        Some(rate) => check_number("rate", rate)?,
+        None if amount > 0.0 => usd / amount,
+        None => 0.0,
+    };
+    let executed_at_ms = parse_time("executed_at", wire.executed_at.ok_or_else(|| missing("executed_at"))?)?;
+    let created_at_ms = wire.created_at.map(|t| parse_time("created_at", t)).transpose()?;
+    if executed_at_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
+        return Err(Rejection::new(
+            FromTheFuture,
+            format!("executed_at is {} ms ahead of now", executed_at_ms - now_ms),
+        ));
+    }
+    Ok(Swap { event_id, token, wallet: wire.wallet, side, amount, usd, rate, created_at_ms, executed_at_ms })
+}
+
+/// Encodes a swap in the wire format (times as RFC 3339), as the producer sends it.
+pub fn encode_swap(swap: &Swap) -> Vec<u8> {
+    let time = |ms: i64| {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+    };
+    let value = serde_json::json!({
+        "event_id": swap.event_id,
+        "token_id": swap.token,
+        "wallet": swap.wallet,
+        "side": swap.side,
+        "amount": swap.amount,
+        "usd": swap.usd,
+        "rate": swap.rate,
+        "created_at": swap.created_at_ms.and_then(time),
+        "executed_at": time(swap.executed_at_ms),
+    });
+    // Serializing a `Value` cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+fn check_string(name: &str, value: &str, limits: &SwapLimits) -> Result<(), Rejection> {
+    if value.is_empty() || value.len() > limits.max_string_bytes {
+        return Err(Rejection::new(
+            RejectReason::BadString,
+            format!("`{name}` must be 1..={} bytes, got {}", limits.max_string_bytes, value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_number(name: &str, value: f64) -> Result<f64, Rejection> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(Rejection::new(RejectReason::BadNumber, format!("`{name}` = {value}")));
+    }
+    Ok(value)
+}
+
+fn parse_time(name: &str, value: WireTime) -> Result<i64, Rejection> {
+    let bad = |detail: String| Rejection::new(RejectReason::BadTime, format!("`{name}`: {detail}"));
+    match value {
+        WireTime::Millis(ms) if ms.is_finite() && ms >= 0.0 && ms < 1e15 => Ok(ms as i64),
+        WireTime::Millis(ms) => Err(bad(format!("{ms} is not a unix millisecond time"))),
+        WireTime::Text(text) => {
+            let t = OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| bad(e.to_string()))?;
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|e| bad(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn decode(json: &str) -> Result<Swap, Rejection> {
+        decode_swap(json.as_bytes(), &SwapLimits::default(), NOW)
+    }
+
+    fn reason(json: &str) -> RejectReason {
+        decode(json).unwrap_err().reason
+    }
+
+    #[test]
+    fn accepts_the_original_fields() {
+        let s = decode(r#"{"event_id":"e1","token_id":"BTC","amount":2,"usd":100,"side":"buy","rate":50,
+            "created_at":"2023-11-14T22:13:20Z","executed_at":"2023-11-14T22:13:19.5Z"}"#)
+        .unwrap();
+        assert_eq!(s.token, "BTC");
+        assert_eq!(s.side, Side::Buy);
+        assert_eq!(s.executed_at_ms, NOW - 500);
+        assert_eq!(s.created_at_ms, Some(NOW));
+        assert_eq!(s.wallet, None);
+    }
+
+    #[test]
+    fn accepts_millis_and_wallet_and_round_trips() {
+        let s = decode(r#"{"event_id":7,"token_id":"ETH","wallet":"w1","amount":1,"usd":3,"side":"SELL","executed_at":1699999999000}"#)
+            .unwrap();
+        assert_eq!(s.event_id, "7");
+        assert_eq!(s.rate, 3.0);
+        assert_eq!(s.wallet.as_deref(), Some("w1"));
+        let again = decode_swap(&encode_swap(&s), &SwapLimits::default(), NOW).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_input() {
+        let ok = r#""event_id":"e","token_id":"T","amount":1,"usd":1,"side":"buy""#;
+        assert_eq!(reason("not json"), RejectReason::Malformed);
+        assert_eq!(reason("[1,2]"), RejectReason::Malformed);
+        assert_eq!(reason(&format!("{{{ok}}}")), RejectReason::MissingField);
+        assert_eq!(
+            reason(&format!(r#"{{{ok},"executed_at":"yesterday"}}"#)),
+            RejectReason::BadTime
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","token_id":"T","amount":-1,"usd":1,"side":"buy","executed_at":1}"#),
+            RejectReason::BadNumber
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","token_id":"T","amount":1,"usd":1,"side":"hold","executed_at":1}"#),
+            RejectReason::UnknownSide
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"","token_id":"T","amount":1,"usd":1,"side":"buy","executed_at":1}"#),
+            RejectReason::BadString
+        );
+        let long = "x".repeat(129);
+        assert_eq!(
+            reason(&format!(r#"{{"event_id":"e","token_id":"{long}","amount":1,"usd":1,"side":"buy","executed_at":1}}"#)),
+            RejectReason::BadString
+        );
+        assert_eq!(
+            reason(&format!(r#"{{{ok},"executed_at":{}}}"#, NOW + 6_000)),
+            RejectReason::FromTheFuture
+        );
+        assert!(decode(&format!(r#"{{{ok},"executed_at":{}}}"#, NOW + 4_000)).is_ok());
+    }
+}

@@ -1,0 +1,7 @@
+//! The swap: its wire format, decoding and validation.
+
+mod decode;
+mod model;
+
+pub use decode::{decode_swap, encode_swap, RejectReason, Rejection, SwapLimits};
+pub use model::{Side, Swap};

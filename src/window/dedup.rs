@@ -1,0 +1,1 @@
+//! Dedup of event ids within the horizon (engine helper).

@@ -1,0 +1,93 @@
+//! What a batch changed, in the form the store persists and a restart restores.
+//! Applying the same effects to an empty engine rebuilds the same state, which is
+//! how a shard restarts from Redis.
+
+use serde::{Deserialize, Serialize};
+
+use super::Bucket;
+
+/// Bucket resolution: second buckets cover the last two hours (for windows up to
+/// 1 h and their previous window), minute buckets cover 48 h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Level {
+    Second,
+    Minute,
+}
+
+/// 128-bit hash of an event id: what dedup remembers (collision odds ~1e-20 at 1e9 ids).
+pub type EventKey = u128;
+
+/// Hashes an event id for dedup.
+pub fn event_key(event_id: &str) -> EventKey {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+}
+
+/// The tie-breaker for open/close among swaps of the same millisecond.
+pub fn price_tie(event_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
+}
+
+/// Added to one bucket of one token. `at` is unix seconds for [`Level::Second`],
+/// unix minutes for [`Level::Minute`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketDelta {
+    pub token: String,
+    pub level: Level,
+    pub at: i64,
+    pub delta: Bucket,
+}
+
+/// Side bits of a wallet's activity in one bucket.
+pub const SIDE_BUY: u8 = 1;
+/// Side bits of a wallet's activity in one bucket.
+pub const SIDE_SELL: u8 = 2;
+
+/// A wallet was active on a token in a bucket (bits: [`SIDE_BUY`] | [`SIDE_SELL`]);
+/// only marks that add a bit are emitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalletMark {
+    pub token: String,
+    pub wallet: String,
+    pub level: Level,
+    pub at: i64,
+    pub sides: u8,
+}
+
+/// An applied event id and its block time (dedup forgets it after the horizon).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AppliedEvent {
+    pub key: EventKey,
+    pub executed_at_ms: i64,
+}
+
+/// Everything one batch changed. Deltas are pre-merged per (token, level, at).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchEffect {
+    pub buckets: Vec<BucketDelta>,
+    pub wallets: Vec<WalletMark>,
+    pub events: Vec<AppliedEvent>,
+}
+
+impl BatchEffect {
+    /// True when the batch changed nothing (all duplicates, late or empty).
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.events.is_empty()
+    }
+
+    /// The distinct tokens this effect touches.
+    pub fn tokens(&self) -> Vec<&str> {
+        let mut tokens: Vec<&str> = self.buckets.iter().map(|d| d.token.as_str()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens
+    }
+}
+
+/// Counts of what happened to a batch's swaps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCounts {
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Block time older than the dedup horizon / retention: dropped.
+    pub late: u64,
+}

@@ -1,0 +1,19 @@
+//! The window engine: per-token sliding-window statistics. Pure data structures,
+//! no I/O and no async, so it is tested against a naive oracle and benchmarked alone.
+
+mod bucket;
+mod dedup;
+mod effect;
+mod engine;
+mod spec;
+mod stats;
+mod token;
+
+pub use bucket::{Bucket, PricePoint};
+pub use effect::{
+    event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta, EventKey, Level,
+    WalletMark, SIDE_BUY, SIDE_SELL,
+};
+pub use engine::{ApplyOutcome, EngineConfig, WindowEngine};
+pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
+pub use stats::{ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowStats, Windows};

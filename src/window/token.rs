@@ -1,0 +1,1 @@
+//! Per-token buckets and wallet activity (engine helper).
