@@ -89,6 +89,8 @@ pub struct GeneratorSettings {
     pub disorder: Duration,
     /// Random seed; the same seed gives the same stream.
     pub seed: u64,
+    /// Stop after this many swaps (0 = never).
+    pub count: u64,
 }
 
 impl Default for GeneratorSettings {
@@ -100,6 +102,7 @@ impl Default for GeneratorSettings {
             dup_rate: 0.01,
             disorder: Duration::from_secs(2),
             seed: 42,
+            count: 0,
         }
     }
 }

@@ -1,1 +1,72 @@
-fn main() {}
+//! The `swapstats` binary: one executable, a subcommand per role.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use swapstats::config::Settings;
+
+mod roles;
+
+/// Real-time token statistics for DEX swaps.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (between built-in defaults and SWAPSTATS__* env).
+    #[arg(long, global = true, env = "SWAPSTATS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generator + all shards + HTTP/WS in one process, no external services (default).
+    Standalone,
+    /// Consume one Kafka partition, persist to Redis, serve its tokens.
+    Shard,
+    /// Answer /stats, /healthz and /ws for the whole cluster.
+    Router,
+    /// Write generated swaps to Kafka.
+    Produce {
+        /// Stop after this many swaps (default: generator.count, 0 = never).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print the effective configuration as JSON (fails on unknown keys or bad values).
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swapstats: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    let command = cli.command.unwrap_or(Command::Standalone);
+    if let Command::Config = command {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    if let Command::Produce { count: Some(count) } = command {
+        settings.generator.count = count;
+    }
+    swapstats::telemetry::init(&settings);
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async move {
+        match command {
+            Command::Standalone => roles::standalone::run(settings).await,
+            Command::Shard => anyhow::bail!("`shard` is not built yet"),
+            Command::Router => anyhow::bail!("`router` is not built yet"),
+            Command::Produce { .. } => anyhow::bail!("`produce` is not built yet"),
+            Command::Config => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,146 @@
+//! One WebSocket connection: reads client messages, writes queued messages,
+//! pings, and closes with a reason when the client is too slow or silent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+
+use super::hub::{ClientId, Hub};
+use super::protocol::{ClientMessage, ServerMessage};
+use crate::api::params::validate_token;
+use crate::config::WsSettings;
+
+/// Close code for policy violations (too slow, no pong).
+const CLOSE_POLICY: u16 = 1008;
+
+/// Produces the snapshot sent when a client subscribes to a token.
+pub trait SnapshotProvider: Send + Sync + 'static {
+    /// The token's current stats as JSON, or `None` when it has none.
+    fn snapshot<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>>;
+}
+
+/// Runs one connection until it closes. `initial` are tokens from `?token=`.
+pub async fn run_session(
+    socket: WebSocket,
+    hub: Hub,
+    snapshots: Arc<dyn SnapshotProvider>,
+    settings: WsSettings,
+    initial: Vec<String>,
+) {
+    let channels = hub.register();
+    let id = channels.id;
+    let (mut sink, mut stream) = socket.split();
+    let pong_seen = Arc::new(AtomicBool::new(true));
+    let mut queue = channels.queue;
+    let mut kicked = channels.kicked;
+    let ping_interval = settings.ping_interval;
+    let writer_pong = pong_seen.clone();
+    let mut writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        let close = |reason: String| Message::Close(Some(CloseFrame { code: CLOSE_POLICY, reason: reason.into() }));
+        loop {
+            tokio::select! {
+                biased;
+                reason = &mut kicked => {
+                    if let Ok(reason) = reason {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(reason))).await;
+                    }
+                    break;
+                }
+                next = queue.recv() => {
+                    let Some(text) = next else { break };
+                    tokio::select! {
+                        sent = sink.send(Message::Text(text)) => if sent.is_err() { break },
+                        _ = &mut kicked => break,
+                    }
+                }
+                _ = ping.tick() => {
+                    if !writer_pong.swap(false, Ordering::Relaxed) {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close("no pong within the ping interval".into()))).await;
+                        break;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let session = Session { id, hub: hub.clone(), snapshots, max_message_bytes: settings.max_message_bytes };
+    if !initial.is_empty() {
+        session.subscribe(initial).await;
+    }
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => session.handle_text(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => session.error("binary frames are not supported; send JSON text"),
+                Some(Ok(Message::Pong(_))) => pong_seen.store(true, Ordering::Relaxed),
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            },
+        }
+    }
+    hub.unregister(id);
+    writer.abort();
+}
+
+struct Session {
+    id: ClientId,
+    hub: Hub,
+    snapshots: Arc<dyn SnapshotProvider>,
+    max_message_bytes: usize,
+}
+
+impl Session {
+    fn send(&self, message: &ServerMessage) {
+        self.hub.send_to(self.id, Utf8Bytes::from(message.to_text()));
+    }
+
+    fn error(&self, error: impl Into<String>) {
+        self.send(&ServerMessage::Error { error: error.into() });
+    }
+
+    async fn handle_text(&self, text: &str) {
+        if text.len() > self.max_message_bytes {
+            return self.error(format!("message larger than {} bytes", self.max_message_bytes));
+        }
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Subscribe { tokens }) => self.subscribe(tokens).await,
+            Ok(ClientMessage::Unsubscribe { tokens }) => {
+                let removed = self.hub.unsubscribe(self.id, &tokens);
+                self.send(&ServerMessage::Unsubscribed { tokens: removed });
+            }
+            Ok(ClientMessage::Ping) => self.send(&ServerMessage::Pong),
+            Err(e) => self.error(format!(
+                "bad message ({e}); expected {{\"op\":\"subscribe\",\"tokens\":[...]}}, unsubscribe or ping"
+            )),
+        }
+    }
+
+    async fn subscribe(&self, tokens: Vec<String>) {
+        if tokens.is_empty() {
+            return self.error("`tokens` must not be empty");
+        }
+        if let Some(Err(e)) = tokens.iter().map(|t| validate_token(t)).find(Result::is_err) {
+            return self.error(e.to_string());
+        }
+        match self.hub.subscribe(self.id, &tokens) {
+            Err(e) => self.error(e.to_string()),
+            Ok(fresh) => {
+                self.send(&ServerMessage::Subscribed { tokens: fresh.clone() });
+                for token in fresh {
+                    let stats = self.snapshots.snapshot(&token).await;
+                    self.send(&ServerMessage::Snapshot { token, stats });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `ShardCore`: one partition's engine plus the counters and health that the
+//! HTTP API and metrics read. Shared between the pipeline task and handlers.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::swap::{RejectReason, Swap};
+use crate::window::{BatchCounts, BatchEffect, EngineConfig, RankBy, TokenStats, TopEntry, WindowEngine};
+
+/// Counters of one partition's pipeline (all monotonic except the gauges).
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub consumed: AtomicU64,
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub late: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub store_calls: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Gauge: messages behind the partition's end.
+    pub lag: AtomicI64,
+    /// Gauge: last offset persisted to the store (-1 = none).
+    pub applied_offset: AtomicI64,
+}
+
+impl ShardCounters {
+    /// Counts one rejected swap under its reason.
+    pub fn reject(&self, reason: RejectReason) {
+        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Tokens changed since the WS coalescer last looked.
+#[derive(Debug, Default)]
+pub struct ChangeFeed {
+    dirty: Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
+impl ChangeFeed {
+    /// Marks tokens as changed and wakes the coalescer.
+    pub fn mark<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut dirty) = self.dirty.lock() {
+            dirty.extend(tokens.into_iter().map(str::to_owned));
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes the changed tokens (empty if none).
+    pub fn take(&self) -> HashSet<String> {
+        self.dirty.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+    }
+
+    /// Waits until something is marked.
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// One partition: engine, counters, health.
+pub struct ShardCore {
+    pub partition: u32,
+    engine: Mutex<WindowEngine>,
+    pub counters: ShardCounters,
+    pub changes: Arc<ChangeFeed>,
+    ready: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ShardCore {
+    /// A core with an empty engine, not ready until the pipeline says so.
+    pub fn new(partition: u32, engine: EngineConfig, changes: Arc<ChangeFeed>) -> Self {
+        let counters = ShardCounters::default();
+        counters.applied_offset.store(-1, Ordering::Relaxed);
+        Self {
+            partition,
+            engine: Mutex::new(WindowEngine::new(engine)),
+            counters,
+            changes,
+            ready: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn engine(&self) -> MutexGuard<'_, WindowEngine> {
+        // A panic while holding the lock leaves a consistent engine (every method
+        // finishes its mutation before returning), so a poisoned lock is usable.
+        self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a batch of valid swaps and counts the outcome.
+    pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
+        let (effect, counts) = self.engine().apply_batch(swaps, now_ms);
+        self.counters.applied.fetch_add(counts.applied, Ordering::Relaxed);
+        self.counters.duplicates.fetch_add(counts.duplicates, Ordering::Relaxed);
+        self.counters.late.fetch_add(counts.late, Ordering::Relaxed);
+        (effect, counts)
+    }
+
+    /// Merges restored state into the engine.
+    pub fn restore(&self, effect: &BatchEffect) {
+        self.engine().restore(effect);
+    }
+
+    /// Drops aged-out data.
+    pub fn expire(&self, now_ms: i64) {
+        self.engine().expire(now_ms);
+    }
+
+    /// Stats of one token.
+    pub fn stats(&self, token: &str, now_ms: i64) -> Option<TokenStats> {
+        self.engine().stats(token, now_ms)
+    }
+
+    /// Top tokens of this partition.
+    pub fn top(&self, window: &str, by: RankBy, limit: usize, now_ms: i64) -> Option<Vec<TopEntry>> {
+        self.engine().top(window, by, limit, now_ms)
+    }
+
+    /// Number of tokens held.
+    pub fn token_count(&self) -> usize {
+        self.engine().token_count()
+    }
+
+    /// Whether the shard serves (restored, caught up, store healthy).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Records (or clears) the last pipeline error, for `/readyz` and `/cluster`.
+    pub fn set_error(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = error;
+        }
+    }
+
+    /// The last pipeline error, if the pipeline is currently failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}

@@ -1,0 +1,190 @@
+//! The batch loop of one partition: read records, decode (bad ones to the dead
+//! letter sink), apply to the engine, persist the batch's effect in one store
+//! call, and only then commit the source offset and announce the changed tokens.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use super::StopFlag;
+
+use super::ShardCore;
+use crate::store::{PersistBatch, PersistOutcome, Store};
+use crate::swap::{decode_swap, Rejection, Swap, SwapLimits};
+
+/// One message from the source: its offset in the partition and raw payload.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    /// W3C `traceparent` carried with the record, if any.
+    pub traceparent: Option<String>,
+}
+
+/// Source failures. Transient ones are logged and retried by the source itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source: {0}")]
+    Fatal(String),
+}
+
+/// A partition's record stream, resumable at an offset.
+pub trait RecordSource: Send {
+    /// The next record; `Ok(None)` when the source has ended (generator done).
+    fn next_record(&mut self) -> impl Future<Output = Result<Option<SourceRecord>, SourceError>> + Send;
+    /// Records that `offset` (and everything before) is persisted.
+    fn commit(&mut self, offset: i64) -> Result<(), SourceError>;
+    /// Messages between the last record read and the partition's end, if known.
+    fn lag(&self) -> Option<i64>;
+}
+
+/// Where rejected records go (a Kafka dead-letter topic, or just the log).
+pub trait DeadLetterSink: Send {
+    /// Sends one rejected record with its reason.
+    fn send(&mut self, record: &SourceRecord, partition: u32, rejection: &Rejection) -> impl Future<Output = ()> + Send;
+}
+
+/// A dead-letter sink that only logs (standalone mode).
+pub struct LogDeadLetters;
+
+impl DeadLetterSink for LogDeadLetters {
+    async fn send(&mut self, record: &SourceRecord, partition: u32, rejection: &Rejection) {
+        tracing::warn!(partition, offset = record.offset, reason = rejection.reason.as_str(), detail = %rejection.detail, "dead letter");
+    }
+}
+
+/// Batching and readiness parameters.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub batch_max_swaps: usize,
+    pub batch_max_delay: Duration,
+    pub ready_max_lag: i64,
+    pub limits: SwapLimits,
+}
+
+/// Runs the pipeline until the source ends or `stop` is set.
+pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
+    core: Arc<ShardCore>,
+    mut source: R,
+    store: Arc<S>,
+    mut dead_letters: D,
+    config: PipelineConfig,
+    stop: StopFlag,
+) -> Result<(), SourceError> {
+    let mut records = Vec::with_capacity(config.batch_max_swaps);
+    let mut ended = false;
+    while !ended && !stop.is_set() {
+        records.clear();
+        ended = fill_batch(&mut source, &mut records, &config, &stop).await?;
+        update_readiness(&core, &source, &config);
+        if records.is_empty() {
+            continue;
+        }
+        apply_records(&core, &records, store.as_ref(), &mut dead_letters, &config, &stop).await;
+        if let Some(last) = records.last() {
+            source.commit(last.offset)?;
+        }
+        update_readiness(&core, &source, &config);
+    }
+    Ok(())
+}
+
+/// Reads records until the batch is full or its delay is up. Returns true when
+/// the source ended.
+async fn fill_batch<R: RecordSource>(
+    source: &mut R,
+    records: &mut Vec<SourceRecord>,
+    config: &PipelineConfig,
+    stop: &StopFlag,
+) -> Result<bool, SourceError> {
+    let idle_poll = Duration::from_millis(200);
+    let first_deadline = Instant::now() + idle_poll;
+    let mut deadline = first_deadline;
+    while records.len() < config.batch_max_swaps {
+        let next = tokio::time::timeout_at(deadline, source.next_record()).await;
+        match next {
+            Err(_elapsed) => break,
+            Ok(Ok(None)) => return Ok(true),
+            Ok(Ok(Some(record))) => {
+                if records.is_empty() {
+                    deadline = Instant::now() + config.batch_max_delay;
+                }
+                records.push(record);
+            }
+            Ok(Err(e)) => return Err(e),
+        }
+        if stop.is_set() {
+            break;
+        }
+    }
+    Ok(false)
+}
+
+async fn apply_records<S: Store, D: DeadLetterSink>(
+    core: &ShardCore,
+    records: &[SourceRecord],
+    store: &S,
+    dead_letters: &mut D,
+    config: &PipelineConfig,
+    stop: &StopFlag,
+) {
+    let now = crate::now_ms();
+    let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
+    for record in records {
+        match decode_swap(&record.payload, &config.limits, now) {
+            Ok(swap) => swaps.push(swap),
+            Err(rejection) => {
+                core.counters.reject(rejection.reason);
+                core.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                dead_letters.send(record, core.partition, &rejection).await;
+            }
+        }
+    }
+    core.counters.consumed.fetch_add(records.len() as u64, Ordering::Relaxed);
+    let (effect, _counts) = core.apply_batch(&swaps, now);
+    let (first_offset, last_offset) = match (records.first(), records.last()) {
+        (Some(f), Some(l)) => (f.offset, l.offset),
+        _ => return,
+    };
+    let batch = PersistBatch { partition: core.partition, first_offset, last_offset, effect: &effect, now_ms: now };
+    persist_with_retry(core, store, &batch, stop).await;
+    core.counters.batches.fetch_add(1, Ordering::Relaxed);
+    core.counters.applied_offset.store(last_offset, Ordering::Relaxed);
+    core.changes.mark(effect.tokens());
+}
+
+/// Persists until the store accepts (or fences) the batch: an outage pauses
+/// the partition, it never drops or skips a batch.
+async fn persist_with_retry<S: Store>(core: &ShardCore, store: &S, batch: &PersistBatch<'_>, stop: &StopFlag) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        core.counters.store_calls.fetch_add(1, Ordering::Relaxed);
+        match store.persist(batch).await {
+            Ok(PersistOutcome::Applied) => break,
+            Ok(PersistOutcome::Fenced { applied_offset }) => {
+                tracing::info!(partition = batch.partition, first = batch.first_offset, applied_offset, "batch already persisted (fenced)");
+                break;
+            }
+            Err(e) => {
+                core.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                core.set_ready(false);
+                core.set_error(Some(format!("store: {e}")));
+                tracing::warn!(partition = batch.partition, error = %e, "persist failed; retrying");
+                if stop.is_set() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    core.set_error(None);
+}
+
+fn update_readiness<R: RecordSource>(core: &ShardCore, source: &R, config: &PipelineConfig) {
+    let lag = source.lag().unwrap_or(0);
+    core.counters.lag.store(lag, Ordering::Relaxed);
+    core.set_ready(lag <= config.ready_max_lag && core.last_error().is_none());
+}
