@@ -13,7 +13,7 @@ use crate::window::WindowSpec;
 /// Errors while loading configuration; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
+    #[error(transparent)]
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },

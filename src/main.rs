@@ -63,9 +63,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Standalone => roles::standalone::run(settings).await,
-            Command::Shard => anyhow::bail!("`shard` is not built yet"),
+            Command::Shard => anyhow::bail!("`shard` needs the Redis store"),
             Command::Router => anyhow::bail!("`router` is not built yet"),
-            Command::Produce { .. } => anyhow::bail!("`produce` is not built yet"),
+            Command::Produce { .. } => roles::produce::run(settings).await,
             Command::Config => Ok(()),
         }
     })

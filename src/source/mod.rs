@@ -6,3 +6,4 @@ pub mod generator;
 
 pub use channel::ChannelSource;
 pub use generator::SwapGenerator;
+pub mod kafka;

@@ -1,0 +1,108 @@
+//! `swapstats shard`: one Kafka partition → engine → Redis, serving its tokens.
+//! Start-up restores the partition from the store and resumes after the applied
+//! offset; `/readyz` turns true once the lag is under `shard.ready_max_lag`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use swapstats::api::ws::{run_coalescer, Hub};
+use swapstats::api::{local_routes, serve, LocalApi};
+use swapstats::config::{Settings, StoreKind};
+use swapstats::shard::{run_pipeline, ChangeFeed, LocalShards, ShardCore, StopFlag};
+use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
+use swapstats::store::{MemoryStore, RedisStore, Store};
+
+use super::shared::{engine_config, pipeline_config, spawn_expiry};
+
+/// This shard's partition: `shard.partition`, else the hostname's ordinal (`name-3` → 3).
+pub fn resolve_partition(settings: &Settings, hostname: Option<&str>) -> anyhow::Result<u32> {
+    if let Some(p) = settings.shard.partition {
+        return Ok(p);
+    }
+    let hostname = hostname.context("shard.partition is unset and the hostname is unknown")?;
+    let ordinal = hostname
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .with_context(|| format!("shard.partition is unset and hostname `{hostname}` has no -N ordinal"))?;
+    anyhow::ensure!(ordinal < settings.shard.partitions, "ordinal {ordinal} of `{hostname}` is not below shard.partitions");
+    Ok(ordinal)
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// Runs the shard until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let partition = resolve_partition(&settings, hostname().as_deref())?;
+    match settings.store.kind {
+        StoreKind::Memory => run_with_store(settings, partition, Arc::new(MemoryStore::default())).await,
+        StoreKind::Redis | StoreKind::RedisCluster => {
+            let store = RedisStore::connect(&settings.store).await.context("connecting to Redis")?;
+            run_with_store(settings, partition, Arc::new(store)).await
+        }
+    }
+}
+
+async fn run_with_store<S: Store>(settings: Settings, partition: u32, store: Arc<S>) -> anyhow::Result<()> {
+    let stop = StopFlag::default();
+    let feed = Arc::new(ChangeFeed::default());
+    let core = Arc::new(ShardCore::new(partition, engine_config(&settings), feed.clone()));
+    let started = std::time::Instant::now();
+    let restored = loop {
+        match store.load(partition, swapstats::now_ms()).await {
+            Ok(restored) => break restored,
+            Err(e) => {
+                tracing::warn!(error = %e, "restore from store failed; retrying");
+                core.set_error(Some(format!("restore: {e}")));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    core.restore(&restored.effect);
+    core.set_error(None);
+    let start = restored.applied_offset.map(|o| o + 1);
+    tracing::info!(partition, ?start, tokens = core.token_count(), elapsed_ms = started.elapsed().as_millis() as u64, "restored");
+    if let Some(applied) = restored.applied_offset {
+        core.counters.applied_offset.store(applied, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    let kafka = &settings.kafka;
+    let source = KafkaPartitionSource::assign(&kafka.brokers, &kafka.topic, partition, start, stop.clone())?;
+    let dead_letters = KafkaDeadLetters::new(&kafka.brokers, &kafka.dlq_topic)?;
+    let pipeline_core = core.clone();
+    let (config, pipeline_stop) = (pipeline_config(&settings), stop.clone());
+    tokio::spawn(async move {
+        if let Err(e) = run_pipeline(pipeline_core, source, store, dead_letters, config, pipeline_stop).await {
+            tracing::error!(partition, error = %e, "pipeline stopped");
+        }
+    });
+
+    let shards = Arc::new(LocalShards::new(settings.shard.partitions, vec![core]));
+    let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
+    tokio::spawn(run_coalescer(feed, hub.clone(), shards.clone(), settings.ws.coalesce, stop.clone()));
+    spawn_expiry(shards.clone(), stop.clone());
+    let api = LocalApi { shards, hub, ws: settings.ws.clone(), windows: settings.windows.clone() };
+    serve(settings.http.addr, local_routes(api), stop).await.context("HTTP server")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_from_config_or_hostname_ordinal() {
+        let mut s = Settings::defaults();
+        s.shard.partitions = 3;
+        assert_eq!(resolve_partition(&s, Some("swapstats-shard-2")).unwrap(), 2);
+        assert!(resolve_partition(&s, Some("swapstats-shard-3")).is_err());
+        assert!(resolve_partition(&s, Some("shard")).is_err());
+        s.shard.partition = Some(1);
+        assert_eq!(resolve_partition(&s, Some("x-2")).unwrap(), 1);
+    }
+}

@@ -1,0 +1,117 @@
+//! Runs the real `swapstats` binary as a child process for end-to-end tests:
+//! free ports, log capture, readiness waits, `kill -9`, and JSON over HTTP.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback TCP port (bound then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running `swapstats` process; killed on drop.
+pub struct Service {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `swapstats ARGS` with `SWAPSTATS__HTTP__ADDR` on a free port plus `env`.
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("swapstats-test-{}-{port}.log", std::process::id()));
+        let mut service = Self {
+            child: None,
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            log,
+        };
+        service.spawn();
+        service
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_swapstats"))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("SWAPSTATS__HTTP__ADDR", format!("127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start swapstats");
+        self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `ws://127.0.0.1:PORT/ws...`.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws{query}", self.port)
+    }
+
+    /// SIGKILL, no cleanup: the crash a test wants.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same command again on the same port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process's log so far (for assertion messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        text[text.floor_char_boundary(start)..].to_string()
+    }
+
+    /// Waits until `path` answers 200, panicking with the log after `timeout`.
+    pub async fn wait_ok(&mut self, path: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = get_json(&self.url(path)).await {
+                return;
+            }
+            assert!(self.is_running(), "swapstats exited:\n{}", self.log_tail());
+            assert!(Instant::now() < deadline, "{path} not OK after {timeout:?}:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// GET `url` → (status, JSON body).
+pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    let status = response.status().as_u16();
+    let body = response.json::<serde_json::Value>().await?;
+    Ok((status, body))
+}
