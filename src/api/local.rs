@@ -32,13 +32,18 @@ pub struct LocalApi {
 
 /// The router of the local endpoints.
 pub fn local_routes(api: LocalApi) -> Router {
+    let metrics = crate::telemetry::metrics();
+    metrics.register_shards(api.shards.clone());
+    metrics.register_hub(api.hub.clone());
     Router::new()
         .route("/stats", get(stats))
         .route("/stats/top", get(top))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws))
+        .route("/metrics", get(crate::telemetry::metrics_handler))
         .fallback(super::error::not_found)
+        .layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .with_state(api)
 }
 

@@ -130,6 +130,10 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     config: &PipelineConfig,
     stop: &StopFlag,
 ) {
+    let started = std::time::Instant::now();
+    let partition_label = core.partition.to_string();
+    let metrics = crate::telemetry::metrics();
+    metrics.batch_swaps.with_label_values(&[partition_label.as_str()]).observe(records.len() as f64);
     let now = crate::now_ms();
     let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
     for record in records {
@@ -153,6 +157,7 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     core.counters.batches.fetch_add(1, Ordering::Relaxed);
     core.counters.applied_offset.store(last_offset, Ordering::Relaxed);
     core.changes.mark(effect.tokens());
+    metrics.batch_apply_seconds.with_label_values(&[partition_label.as_str()]).observe(started.elapsed().as_secs_f64());
 }
 
 /// Persists until the store accepts (or fences) the batch: an outage pauses
@@ -161,7 +166,14 @@ async fn persist_with_retry<S: Store>(core: &ShardCore, store: &S, batch: &Persi
     let mut backoff = Duration::from_millis(50);
     loop {
         core.counters.store_calls.fetch_add(1, Ordering::Relaxed);
-        match store.persist(batch).await {
+        let started = std::time::Instant::now();
+        let result = store.persist(batch).await;
+        let metrics = crate::telemetry::metrics();
+        metrics.store_call_seconds.with_label_values(&["persist"]).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics.store_errors.with_label_values(&["persist"]).inc();
+        }
+        match result {
             Ok(PersistOutcome::Applied) => break,
             Ok(PersistOutcome::Fenced { applied_offset }) => {
                 tracing::info!(partition = batch.partition, first = batch.first_offset, applied_offset, "batch already persisted (fenced)");

@@ -1,5 +1,9 @@
 //! Logs (text or JSON) via `tracing`; traces and metrics are added here too.
 
+pub mod metrics;
+
+pub use metrics::{metrics, metrics_handler, track_http, Metrics};
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;

@@ -115,3 +115,45 @@ pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Er
     let body = response.json::<serde_json::Value>().await?;
     Ok((status, body))
 }
+
+/// GET `url` → (status, body text).
+pub async fn get_text(url: &str) -> Result<(u16, String), reqwest::Error> {
+    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Parses Prometheus text exposition strictly enough to catch malformed output:
+/// returns (series with labels, value) for every sample line.
+pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix('#') {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            assert!(matches!(words.first(), Some(&"HELP") | Some(&"TYPE")), "bad comment line: {line}");
+            if words[0] == "TYPE" {
+                assert!(matches!(words.get(2), Some(&"counter" | &"gauge" | &"histogram" | &"summary" | &"untyped")), "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels: {line}");
+        }
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        samples.push((series.to_string(), value));
+    }
+    samples
+}
+
+/// Sum of all samples whose series starts with `prefix`.
+pub fn metric_sum(samples: &[(String, f64)], prefix: &str) -> f64 {
+    samples.iter().filter(|(s, _)| s.starts_with(prefix)).map(|(_, v)| v).sum()
+}

@@ -58,6 +58,7 @@ pub struct Hub {
     client_queue: usize,
     interest: Option<mpsc::UnboundedSender<InterestChange>>,
     dropped_slow: Arc<std::sync::atomic::AtomicU64>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Hub {
@@ -69,6 +70,7 @@ impl Hub {
             client_queue: client_queue.max(1),
             interest: None,
             dropped_slow: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
@@ -195,7 +197,10 @@ impl Hub {
     fn offer(&self, state: &mut HubState, id: ClientId, text: Utf8Bytes) -> bool {
         let Some(client) = state.clients.get_mut(&id) else { return false };
         match client.queue.try_send(text) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if let Some(kick) = client.kick.take() {
@@ -219,6 +224,11 @@ impl Hub {
     /// Total subscriptions over all clients.
     pub fn subscription_count(&self) -> usize {
         self.lock().clients.values().map(|c| c.tokens.len()).sum()
+    }
+
+    /// Messages queued to clients, since start.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Clients dropped for being too slow, since start.
