@@ -45,7 +45,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { addr: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
     }
 }
 
@@ -174,7 +176,10 @@ pub struct StoreSettings {
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { kind: StoreKind::Memory, redis_urls: vec!["redis://127.0.0.1:6379".into()] }
+        Self {
+            kind: StoreKind::Memory,
+            redis_urls: vec!["redis://127.0.0.1:6379".into()],
+        }
     }
 }
 
@@ -254,7 +259,10 @@ pub struct TelemetrySettings {
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { otlp_endpoint: None, sample_ratio: 1.0 }
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
     }
 }
 
@@ -294,8 +302,10 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let env: config::Map<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("SWAPSTATS__")).collect();
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SWAPSTATS__"))
+            .collect();
         let mut environment = config::Environment::with_prefix("SWAPSTATS")
             .prefix_separator("__")
             .separator("__")
@@ -312,11 +322,19 @@ impl Settings {
 
     /// The built-in defaults, with the default window list filled in.
     pub fn defaults() -> Self {
-        Settings { windows: WindowSpec::defaults(), ..Default::default() }
+        Settings {
+            windows: WindowSpec::defaults(),
+            ..Default::default()
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
         if self.windows.is_empty() {
             return invalid("windows", "at least one window is needed");
         }
@@ -344,7 +362,10 @@ impl Settings {
             return invalid("ingest.retention", "must be at least ingest.dedup_horizon");
         }
         if self.ws.client_queue == 0 || self.ws.max_subscriptions == 0 {
-            return invalid("ws.client_queue", "queues and subscription limits must be at least 1");
+            return invalid(
+                "ws.client_queue",
+                "queues and subscription limits must be at least 1",
+            );
         }
         Ok(())
     }
@@ -355,7 +376,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

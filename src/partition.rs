@@ -53,7 +53,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (key, expected) in cases {
@@ -69,6 +72,9 @@ mod tests {
             }
         }
         // toPositive(-973932308) % 3 = (−973932308 & 0x7fffffff) % 3
-        assert_eq!(partition_for("21", 3), ((-973932308i32 & 0x7fff_ffff) as u32) % 3);
+        assert_eq!(
+            partition_for("21", 3),
+            ((-973932308i32 & 0x7fff_ffff) as u32) % 3
+        );
     }
 }

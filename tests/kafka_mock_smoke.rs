@@ -22,8 +22,14 @@ fn produce_writes_each_swap_to_its_tokens_partition() {
     let mut total = 0;
     for p in 0..3 {
         for (_, payload, _) in kafka.read_all("swaps", p) {
-            let swap = decode_swap(&payload, &SwapLimits::default(), swapstats::now_ms()).expect("valid swap");
-            assert_eq!(partition_for(&swap.token, 3), p as u32, "{} on partition {p}", swap.token);
+            let swap = decode_swap(&payload, &SwapLimits::default(), swapstats::now_ms())
+                .expect("valid swap");
+            assert_eq!(
+                partition_for(&swap.token, 3),
+                p as u32,
+                "{} on partition {p}",
+                swap.token
+            );
             total += 1;
         }
     }

@@ -66,7 +66,11 @@ async fn wait_caught_up(shards: &mut [Service], kafka: &MockKafka, timeout: Dura
                 break;
             }
             assert!(shard.is_running(), "shard {p} died:\n{}", shard.log_tail());
-            assert!(Instant::now() < deadline, "shard {p} not caught up to {end}:\n{}", shard.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "shard {p} not caught up to {end}:\n{}",
+                shard.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -85,7 +89,9 @@ async fn assert_exact(shards: &[Service], kafka: &MockKafka) -> usize {
     for p in 0..PARTITIONS {
         for (_, payload, _) in kafka.read_all("swaps", p) {
             if let Ok(swap) = decode_swap(&payload, &SwapLimits::default(), now) {
-                let list = tokens.entry(partition_for(&swap.token, PARTITIONS as u32)).or_default();
+                let list = tokens
+                    .entry(partition_for(&swap.token, PARTITIONS as u32))
+                    .or_default();
                 if !list.contains(&swap.token) {
                     list.push(swap.token.clone());
                 }
@@ -101,8 +107,13 @@ async fn assert_exact(shards: &[Service], kafka: &MockKafka) -> usize {
             assert_eq!(status, 200, "{body}");
             for token in chunk {
                 let got = &body[token.as_str()];
-                let at = got["updated_at"].as_i64().unwrap_or_else(|| panic!("{token}: {got}"));
-                let want = serde_json::to_value(reference.stats(token, at).expect("reference has the token")).expect("json");
+                let at = got["updated_at"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("{token}: {got}"));
+                let want = serde_json::to_value(
+                    reference.stats(token, at).expect("reference has the token"),
+                )
+                .expect("json");
                 assert_json_close(got, &want, token);
                 compared += 1;
             }
@@ -119,8 +130,14 @@ fn assert_json_close(got: &Value, want: &Value, path: &str) {
             }
         }
         (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
-            let (x, y) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
-            assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1e-9), "{path}: {x} vs {y}");
+            let (x, y) = (
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1e-9),
+                "{path}: {x} vs {y}"
+            );
         }
         _ => assert_eq!(got, want, "{path}"),
     }
@@ -130,7 +147,9 @@ fn assert_json_close(got: &Value, want: &Value, path: &str) {
 async fn exact_through_duplicates_disorder_and_repeated_kill_9() {
     let redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS).map(|p| start_shard(p, &kafka, &redis)).collect();
+    let mut shards: Vec<Service> = (0..PARTITIONS)
+        .map(|p| start_shard(p, &kafka, &redis))
+        .collect();
     for shard in &mut shards {
         shard.wait_ok("/healthz", Duration::from_secs(30)).await;
     }
@@ -158,7 +177,9 @@ async fn exact_through_duplicates_disorder_and_repeated_kill_9() {
 async fn exact_through_a_redis_failover_and_a_broker_outage() {
     let mut redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS).map(|p| start_shard(p, &kafka, &redis)).collect();
+    let mut shards: Vec<Service> = (0..PARTITIONS)
+        .map(|p| start_shard(p, &kafka, &redis))
+        .collect();
     for shard in &mut shards {
         shard.wait_ok("/healthz", Duration::from_secs(30)).await;
     }
@@ -180,21 +201,45 @@ async fn exact_through_a_redis_failover_and_a_broker_outage() {
 async fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
     let redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS).map(|p| start_shard(p, &kafka, &redis)).collect();
+    let mut shards: Vec<Service> = (0..PARTITIONS)
+        .map(|p| start_shard(p, &kafka, &redis))
+        .collect();
     for shard in &mut shards {
         shard.wait_ok("/healthz", Duration::from_secs(30)).await;
     }
     let now = swapstats::now_ms();
     let good = |i: i64| {
-        let swap = format!(r#"{{"event_id":"ok{i}","token_id":"BTC","wallet":"w{i}","amount":1,"usd":{i},"side":"buy","rate":1,"executed_at":{}}}"#, now - i);
+        let swap = format!(
+            r#"{{"event_id":"ok{i}","token_id":"BTC","wallet":"w{i}","amount":1,"usd":{i},"side":"buy","rate":1,"executed_at":{}}}"#,
+            now - i
+        );
         ("BTC".to_string(), swap.into_bytes())
     };
     let bad: Vec<(&str, String)> = vec![
         ("malformed", "not json at all".into()),
-        ("missing_field", r#"{"event_id":"x1","token_id":"BTC"}"#.into()),
-        ("bad_number", format!(r#"{{"event_id":"x2","token_id":"BTC","amount":-1,"usd":1,"side":"buy","executed_at":{now}}}"#)),
-        ("unknown_side", format!(r#"{{"event_id":"x3","token_id":"BTC","amount":1,"usd":1,"side":"hodl","executed_at":{now}}}"#)),
-        ("from_the_future", format!(r#"{{"event_id":"x4","token_id":"BTC","amount":1,"usd":1,"side":"buy","executed_at":{}}}"#, now + 3_600_000)),
+        (
+            "missing_field",
+            r#"{"event_id":"x1","token_id":"BTC"}"#.into(),
+        ),
+        (
+            "bad_number",
+            format!(
+                r#"{{"event_id":"x2","token_id":"BTC","amount":-1,"usd":1,"side":"buy","executed_at":{now}}}"#
+            ),
+        ),
+        (
+            "unknown_side",
+            format!(
+                r#"{{"event_id":"x3","token_id":"BTC","amount":1,"usd":1,"side":"hodl","executed_at":{now}}}"#
+            ),
+        ),
+        (
+            "from_the_future",
+            format!(
+                r#"{{"event_id":"x4","token_id":"BTC","amount":1,"usd":1,"side":"buy","executed_at":{}}}"#,
+                now + 3_600_000
+            ),
+        ),
     ];
     let p = partition_for("BTC", PARTITIONS as u32) as i32;
     let mut messages = Vec::new();
@@ -210,15 +255,37 @@ async fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
     let dlq = kafka.read_all("swaps.dlq", 0);
     let reasons: Vec<String> = dlq
         .iter()
-        .map(|(_, _, headers)| headers.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone()).unwrap_or_default())
+        .map(|(_, _, headers)| {
+            headers
+                .iter()
+                .find(|(k, _)| k == "reason")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
         .collect();
-    assert_eq!(reasons, bad.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        reasons,
+        bad.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>()
+    );
     for (_, _, headers) in &dlq {
-        assert!(headers.iter().any(|(k, v)| k == "source_partition" && v == &p.to_string()), "{headers:?}");
-        assert!(headers.iter().any(|(k, _)| k == "source_offset"), "{headers:?}");
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "source_partition" && v == &p.to_string()),
+            "{headers:?}"
+        );
+        assert!(
+            headers.iter().any(|(k, _)| k == "source_offset"),
+            "{headers:?}"
+        );
     }
-    let (_, btc) = get_json(&shards[p as usize].url("/stats?token=BTC")).await.expect("stats");
+    let (_, btc) = get_json(&shards[p as usize].url("/stats?token=BTC"))
+        .await
+        .expect("stats");
     assert_eq!(btc["windows"]["5m"]["txns"], 6, "{btc}");
-    assert_eq!(btc["windows"]["5m"]["volume_usd"].as_f64(), Some((1 + 3 + 5 + 7 + 9 + 100) as f64));
+    assert_eq!(
+        btc["windows"]["5m"]["volume_usd"].as_f64(),
+        Some((1 + 3 + 5 + 7 + 9 + 100) as f64)
+    );
     assert!(shards[p as usize].is_running());
 }

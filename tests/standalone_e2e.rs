@@ -44,7 +44,9 @@ fn start_standalone(extra: &[(&str, String)]) -> Service {
     Service::start(&["standalone"], &env)
 }
 
-async fn next_json(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> Value {
+async fn next_json(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> Value {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -59,10 +61,16 @@ async fn next_json(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungste
 
 /// Sum of `applied_offset + 1` over partitions: swaps consumed so far.
 async fn consumed(service: &Service) -> u64 {
-    let (_, body) = get_json(&service.url("/readyz")).await.expect("readyz answers");
+    let (_, body) = get_json(&service.url("/readyz"))
+        .await
+        .expect("readyz answers");
     body["partitions"]
         .as_array()
-        .map(|ps| ps.iter().map(|p| (p["applied_offset"].as_i64().unwrap_or(-1) + 1) as u64).sum())
+        .map(|ps| {
+            ps.iter()
+                .map(|p| (p["applied_offset"].as_i64().unwrap_or(-1) + 1) as u64)
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -83,12 +91,20 @@ async fn stats_and_ws_match_the_generated_stream() {
     let started = swapstats::now_ms();
 
     // WebSocket: ?token= subscribes at connect; a snapshot, then live updates.
-    let (mut ws, _) = tokio_tungstenite::connect_async(service.ws_url("?token=BTC")).await.expect("ws connects");
+    let (mut ws, _) = tokio_tungstenite::connect_async(service.ws_url("?token=BTC"))
+        .await
+        .expect("ws connects");
     let ack = next_json(&mut ws).await;
     assert_eq!(ack["type"], "subscribed", "{ack}");
     let snapshot = next_json(&mut ws).await;
-    assert_eq!((snapshot["type"].as_str(), snapshot["token"].as_str()), (Some("snapshot"), Some("BTC")), "{snapshot}");
-    ws.send(Message::text(r#"{"op":"subscribe","tokens":["ETH"]}"#)).await.expect("send");
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["token"].as_str()),
+        (Some("snapshot"), Some("BTC")),
+        "{snapshot}"
+    );
+    ws.send(Message::text(r#"{"op":"subscribe","tokens":["ETH"]}"#))
+        .await
+        .expect("send");
     let mut updates = 0;
     let mut eth_snapshot = false;
     while updates < 3 || !eth_snapshot {
@@ -96,7 +112,10 @@ async fn stats_and_ws_match_the_generated_stream() {
         match msg["type"].as_str() {
             Some("update") => {
                 assert!(msg["token"] == "BTC" || msg["token"] == "ETH", "{msg}");
-                assert!(msg["stats"]["windows"]["5m"]["txns"].as_u64().unwrap_or(0) > 0, "{msg}");
+                assert!(
+                    msg["stats"]["windows"]["5m"]["txns"].as_u64().unwrap_or(0) > 0,
+                    "{msg}"
+                );
                 updates += 1;
             }
             Some("snapshot") => eth_snapshot = msg["token"] == "ETH",
@@ -108,7 +127,11 @@ async fn stats_and_ws_match_the_generated_stream() {
     // Wait for the whole stream to be applied.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while consumed(&service).await < COUNT {
-        assert!(std::time::Instant::now() < deadline, "stream not applied:\n{}", service.log_tail());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream not applied:\n{}",
+            service.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -124,8 +147,12 @@ async fn stats_and_ws_match_the_generated_stream() {
         reference.apply(&swap, started);
     }
 
-    let tokens: Vec<String> = (0..TOKENS as usize).map(swapstats::source::generator::token_name).collect();
-    let (status, body) = get_json(&service.url(&format!("/stats?tokens={}", tokens.join(",")))).await.expect("stats");
+    let tokens: Vec<String> = (0..TOKENS as usize)
+        .map(swapstats::source::generator::token_name)
+        .collect();
+    let (status, body) = get_json(&service.url(&format!("/stats?tokens={}", tokens.join(","))))
+        .await
+        .expect("stats");
     assert_eq!(status, 200, "{body}");
     let mut compared = 0;
     for token in &tokens {
@@ -133,29 +160,56 @@ async fn stats_and_ws_match_the_generated_stream() {
         let at = got["updated_at"].as_i64();
         let want = at.and_then(|at| reference.stats(token, at));
         let Some(want) = want else {
-            assert!(got.is_null(), "{token}: service has stats the reference lacks: {got}");
+            assert!(
+                got.is_null(),
+                "{token}: service has stats the reference lacks: {got}"
+            );
             continue;
         };
         let want = serde_json::to_value(want).expect("serialize");
         for window in ["5m", "1h", "6h", "24h"] {
             for field in [
-                "txns", "buys", "sells", "volume_usd", "buy_volume_usd", "sell_volume_usd", "volume_token",
-                "unique_wallets", "unique_buyers", "unique_sellers", "price_high", "price_low",
+                "txns",
+                "buys",
+                "sells",
+                "volume_usd",
+                "buy_volume_usd",
+                "sell_volume_usd",
+                "volume_token",
+                "unique_wallets",
+                "unique_buyers",
+                "unique_sellers",
+                "price_high",
+                "price_low",
             ] {
-                close(&got["windows"][window][field], &want["windows"][window][field], &format!("{token} {window} {field}"));
+                close(
+                    &got["windows"][window][field],
+                    &want["windows"][window][field],
+                    &format!("{token} {window} {field}"),
+                );
             }
-            assert_eq!(got["windows"][window]["previous"]["txns"], 0, "nothing before the stream");
+            assert_eq!(
+                got["windows"][window]["previous"]["txns"], 0,
+                "nothing before the stream"
+            );
         }
         compared += 1;
     }
     assert!(compared >= 10, "most tokens saw swaps: {compared}");
 
     // The single-token form, and the top list.
-    let (status, btc) = get_json(&service.url("/stats?token=BTC")).await.expect("stats");
+    let (status, btc) = get_json(&service.url("/stats?token=BTC"))
+        .await
+        .expect("stats");
     assert_eq!((status, btc["token"].as_str()), (200, Some("BTC")));
-    let (status, top) = get_json(&service.url("/stats/top?window=1h&by=txns&limit=3")).await.expect("top");
+    let (status, top) = get_json(&service.url("/stats/top?window=1h&by=txns&limit=3"))
+        .await
+        .expect("top");
     assert_eq!(status, 200, "{top}");
-    assert_eq!(top["tokens"][0]["token"], "BTC", "the most popular token leads: {top}");
+    assert_eq!(
+        top["tokens"][0]["token"], "BTC",
+        "the most popular token leads: {top}"
+    );
     assert_eq!(top["tokens"].as_array().map(Vec::len), Some(3));
 }
 
@@ -192,7 +246,9 @@ async fn bad_ws_frames_get_error_frames_and_the_connection_stays() {
         ("SWAPSTATS__WS__MAX_MESSAGE_BYTES", "512".to_string()),
     ]);
     service.wait_ok("/healthz", Duration::from_secs(20)).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(service.ws_url("")).await.expect("ws connects");
+    let (mut ws, _) = tokio_tungstenite::connect_async(service.ws_url(""))
+        .await
+        .expect("ws connects");
     let big = format!(r#"{{"op":"subscribe","tokens":["{}"]}}"#, "A".repeat(600));
     for bad in [
         "not json".to_string(),
@@ -206,16 +262,24 @@ async fn bad_ws_frames_get_error_frames_and_the_connection_stays() {
         let reply = next_json(&mut ws).await;
         assert_eq!(reply["type"], "error", "{bad} → {reply}");
     }
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.expect("send");
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("send");
     assert_eq!(next_json(&mut ws).await["type"], "error");
     // Still usable afterwards.
-    ws.send(Message::text(r#"{"op":"ping"}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"op":"ping"}"#))
+        .await
+        .expect("send");
     assert_eq!(next_json(&mut ws).await["type"], "pong");
-    ws.send(Message::text(r#"{"op":"subscribe","tokens":["BTC"]}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"op":"subscribe","tokens":["BTC"]}"#))
+        .await
+        .expect("send");
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     assert_eq!(next_json(&mut ws).await["type"], "snapshot");
     // A bad ?token= is a 400 before the upgrade.
-    assert!(tokio_tungstenite::connect_async(service.ws_url("?token=")).await.is_err());
+    assert!(tokio_tungstenite::connect_async(service.ws_url("?token="))
+        .await
+        .is_err());
     service.wait_ok("/healthz", Duration::from_secs(1)).await;
 }
 
@@ -227,17 +291,31 @@ async fn a_client_that_never_reads_is_dropped_and_others_keep_going() {
         ("SWAPSTATS__GENERATOR__COUNT", "0".to_string()),
     ]);
     service.wait_ok("/healthz", Duration::from_secs(20)).await;
-    let all: Vec<String> = (0..TOKENS as usize).map(swapstats::source::generator::token_name).collect();
-    let subscribe = format!(r#"{{"op":"subscribe","tokens":{}}}"#, serde_json::to_string(&all).expect("json"));
+    let all: Vec<String> = (0..TOKENS as usize)
+        .map(swapstats::source::generator::token_name)
+        .collect();
+    let subscribe = format!(
+        r#"{{"op":"subscribe","tokens":{}}}"#,
+        serde_json::to_string(&all).expect("json")
+    );
 
     // The slow client: a tiny receive buffer, subscribes to everything, never reads.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = socket.connect(([127, 0, 0, 1], service.port).into()).await.expect("connect");
-    let (mut slow, _) = tokio_tungstenite::client_async(service.ws_url(""), stream).await.expect("handshake");
-    slow.send(Message::text(subscribe.clone())).await.expect("send");
+    let stream = socket
+        .connect(([127, 0, 0, 1], service.port).into())
+        .await
+        .expect("connect");
+    let (mut slow, _) = tokio_tungstenite::client_async(service.ws_url(""), stream)
+        .await
+        .expect("handshake");
+    slow.send(Message::text(subscribe.clone()))
+        .await
+        .expect("send");
 
-    let (mut good, _) = tokio_tungstenite::connect_async(service.ws_url("")).await.expect("ws connects");
+    let (mut good, _) = tokio_tungstenite::connect_async(service.ws_url(""))
+        .await
+        .expect("ws connects");
     good.send(Message::text(subscribe)).await.expect("send");
     tokio::time::sleep(Duration::from_secs(8)).await;
 

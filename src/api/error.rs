@@ -31,7 +31,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        (status, Json(serde_json::json!({ "error": self.to_string(), "code": code }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string(), "code": code })),
+        )
+            .into_response()
     }
 }
 

@@ -47,18 +47,26 @@ pub fn local_routes(api: LocalApi) -> Router {
         .with_state(api)
 }
 
-async fn stats(State(api): State<LocalApi>, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn stats(
+    State(api): State<LocalApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let now = crate::now_ms();
     match parse_stats_query(&params)? {
         StatsQuery::One(token) => match api.shards.stats(&token, now) {
             Some(stats) => Ok(Json(stats).into_response()),
-            None => Err(ApiError::NotFound(format!("no swaps of `{token}` within retention"))),
+            None => Err(ApiError::NotFound(format!(
+                "no swaps of `{token}` within retention"
+            ))),
         },
         StatsQuery::Many(tokens) => {
             let body: serde_json::Map<String, serde_json::Value> = tokens
                 .into_iter()
                 .map(|t| {
-                    let stats = api.shards.stats(&t, now).and_then(|s| serde_json::to_value(s).ok());
+                    let stats = api
+                        .shards
+                        .stats(&t, now)
+                        .and_then(|s| serde_json::to_value(s).ok());
                     (t, stats.unwrap_or(serde_json::Value::Null))
                 })
                 .collect();
@@ -67,7 +75,10 @@ async fn stats(State(api): State<LocalApi>, Query(params): Query<HashMap<String,
     }
 }
 
-async fn top(State(api): State<LocalApi>, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn top(
+    State(api): State<LocalApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let q = parse_top_query(&params, &api.windows)?;
     let entries = api
         .shards
@@ -97,11 +108,23 @@ async fn readyz(State(api): State<LocalApi>) -> Response {
         })
         .collect();
     let ready = api.shards.all_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "partitions": partitions }))).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "partitions": partitions })),
+    )
+        .into_response()
 }
 
-async fn ws(State(api): State<LocalApi>, Query(params): Query<HashMap<String, String>>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(api): State<LocalApi>,
+    Query(params): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let initial: Vec<String> = match params.get("token") {
         Some(token) => match validate_token(token) {
             Ok(()) => vec![token.clone()],
@@ -118,7 +141,13 @@ async fn ws(State(api): State<LocalApi>, Query(params): Query<HashMap<String, St
 }
 
 impl SnapshotProvider for LocalShards {
-    fn snapshot<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>> {
-        Box::pin(async move { self.stats(token, crate::now_ms()).and_then(|s| serde_json::to_value(s).ok()) })
+    fn snapshot<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>> {
+        Box::pin(async move {
+            self.stats(token, crate::now_ms())
+                .and_then(|s| serde_json::to_value(s).ok())
+        })
     }
 }

@@ -21,7 +21,11 @@ pub async fn serve(addr: SocketAddr, app: axum::Router, stop: StopFlag) -> std::
 }
 
 /// Like [`serve`] on an already bound listener.
-pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router, stop: StopFlag) -> std::io::Result<()> {
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: StopFlag,
+) -> std::io::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -33,17 +33,23 @@ pub struct TopQuery {
 /// Checks one token name.
 pub fn validate_token(token: &str) -> Result<(), ApiError> {
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
-        return Err(ApiError::BadRequest(format!("token must be 1..={MAX_TOKEN_BYTES} bytes")));
+        return Err(ApiError::BadRequest(format!(
+            "token must be 1..={MAX_TOKEN_BYTES} bytes"
+        )));
     }
     if token.chars().any(|c| c.is_control() || c == ',') {
-        return Err(ApiError::BadRequest("token contains a control character or comma".into()));
+        return Err(ApiError::BadRequest(
+            "token contains a control character or comma".into(),
+        ));
     }
     Ok(())
 }
 
 fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::BadRequest(format!("unknown parameter `{k}`; expected one of {known:?}"))),
+        Some(k) => Err(ApiError::BadRequest(format!(
+            "unknown parameter `{k}`; expected one of {known:?}"
+        ))),
         None => Ok(()),
     }
 }
@@ -52,8 +58,12 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
 pub fn parse_stats_query(params: &HashMap<String, String>) -> Result<StatsQuery, ApiError> {
     reject_unknown(params, &["token", "tokens"])?;
     match (params.get("token"), params.get("tokens")) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest("give `token` or `tokens`, not both".into())),
-        (None, None) => Err(ApiError::BadRequest("missing `token` (or `tokens=A,B,...`)".into())),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "give `token` or `tokens`, not both".into(),
+        )),
+        (None, None) => Err(ApiError::BadRequest(
+            "missing `token` (or `tokens=A,B,...`)".into(),
+        )),
         (Some(token), None) => {
             validate_token(token)?;
             Ok(StatsQuery::One(token.clone()))
@@ -67,7 +77,9 @@ pub fn parse_stats_query(params: &HashMap<String, String>) -> Result<StatsQuery,
                 }
             }
             if tokens.len() > MAX_TOKENS_PER_REQUEST {
-                return Err(ApiError::BadRequest(format!("at most {MAX_TOKENS_PER_REQUEST} tokens per request")));
+                return Err(ApiError::BadRequest(format!(
+                    "at most {MAX_TOKENS_PER_REQUEST} tokens per request"
+                )));
             }
             Ok(StatsQuery::Many(tokens))
         }
@@ -75,19 +87,26 @@ pub fn parse_stats_query(params: &HashMap<String, String>) -> Result<StatsQuery,
 }
 
 /// Parses `/stats/top` parameters against the configured windows.
-pub fn parse_top_query(params: &HashMap<String, String>, windows: &[WindowSpec]) -> Result<TopQuery, ApiError> {
+pub fn parse_top_query(
+    params: &HashMap<String, String>,
+    windows: &[WindowSpec],
+) -> Result<TopQuery, ApiError> {
     reject_unknown(params, &["window", "by", "limit"])?;
     let window = match params.get("window") {
         Some(w) if windows.iter().any(|s| &s.name == w) => w.clone(),
         Some(w) => {
             let names: Vec<&str> = windows.iter().map(|s| s.name.as_str()).collect();
-            return Err(ApiError::BadRequest(format!("unknown window `{w}`; configured: {names:?}")));
+            return Err(ApiError::BadRequest(format!(
+                "unknown window `{w}`; configured: {names:?}"
+            )));
         }
         None => windows.first().map(|w| w.name.clone()).unwrap_or_default(),
     };
     let by = match params.get("by") {
         Some(b) => RankBy::parse(b).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown `by` `{b}`; one of volume_usd, txns, unique_wallets, price_change_pct"))
+            ApiError::BadRequest(format!(
+                "unknown `by` `{b}`; one of volume_usd, txns, unique_wallets, price_change_pct"
+            ))
         })?,
         None => RankBy::VolumeUsd,
     };
@@ -107,22 +126,40 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn stats_params() {
-        assert_eq!(parse_stats_query(&q(&[("token", "BTC")])), Ok(StatsQuery::One("BTC".into())));
+        assert_eq!(
+            parse_stats_query(&q(&[("token", "BTC")])),
+            Ok(StatsQuery::One("BTC".into()))
+        );
         assert_eq!(
             parse_stats_query(&q(&[("tokens", "A,B,A")])),
             Ok(StatsQuery::Many(vec!["A".into(), "B".into()]))
         );
-        for bad in [q(&[]), q(&[("token", "")]), q(&[("tokens", "A,,B")]), q(&[("token", "A"), ("tokens", "B")]), q(&[("tok", "A")])] {
-            assert!(matches!(parse_stats_query(&bad), Err(ApiError::BadRequest(_))), "{bad:?}");
+        for bad in [
+            q(&[]),
+            q(&[("token", "")]),
+            q(&[("tokens", "A,,B")]),
+            q(&[("token", "A"), ("tokens", "B")]),
+            q(&[("tok", "A")]),
+        ] {
+            assert!(
+                matches!(parse_stats_query(&bad), Err(ApiError::BadRequest(_))),
+                "{bad:?}"
+            );
         }
         let long = "x".repeat(129);
         assert!(parse_stats_query(&q(&[("token", &long)])).is_err());
-        let many = (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let many = (0..101)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         assert!(parse_stats_query(&q(&[("tokens", &many)])).is_err());
     }
 
@@ -130,10 +167,23 @@ mod tests {
     fn top_params() {
         let windows = WindowSpec::defaults();
         let t = parse_top_query(&q(&[]), &windows).unwrap();
-        assert_eq!((t.window.as_str(), t.by, t.limit), ("5m", RankBy::VolumeUsd, 20));
-        let t = parse_top_query(&q(&[("window", "1h"), ("by", "txns"), ("limit", "3")]), &windows).unwrap();
+        assert_eq!(
+            (t.window.as_str(), t.by, t.limit),
+            ("5m", RankBy::VolumeUsd, 20)
+        );
+        let t = parse_top_query(
+            &q(&[("window", "1h"), ("by", "txns"), ("limit", "3")]),
+            &windows,
+        )
+        .unwrap();
         assert_eq!((t.window.as_str(), t.by, t.limit), ("1h", RankBy::Txns, 3));
-        for bad in [q(&[("window", "2h")]), q(&[("by", "x")]), q(&[("limit", "0")]), q(&[("limit", "-1")]), q(&[("limit", "1001")])] {
+        for bad in [
+            q(&[("window", "2h")]),
+            q(&[("by", "x")]),
+            q(&[("limit", "0")]),
+            q(&[("limit", "-1")]),
+            q(&[("limit", "1001")]),
+        ] {
             assert!(parse_top_query(&bad, &windows).is_err(), "{bad:?}");
         }
     }

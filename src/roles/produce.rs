@@ -45,9 +45,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let partitions = tokio::task::spawn_blocking(move || topic_partitions(&brokers, &topic))
         .await?
         .context("reading the topic's partition count")?;
-    anyhow::ensure!(partitions > 0, "topic `{}` has no partitions (does it exist?)", kafka.topic);
+    anyhow::ensure!(
+        partitions > 0,
+        "topic `{}` has no partitions (does it exist?)",
+        kafka.topic
+    );
     if partitions != settings.shard.partitions {
-        tracing::warn!(partitions, configured = settings.shard.partitions, "topic partition count differs from shard.partitions; using the topic's");
+        tracing::warn!(
+            partitions,
+            configured = settings.shard.partitions,
+            "topic partition count differs from shard.partitions; using the topic's"
+        );
     }
     let producer: ThreadedProducer<DeliveryCounter> = client_config(&kafka.brokers)
         .set("linger.ms", "5")
@@ -68,7 +76,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(topic = %kafka.topic, partitions, rate = generator.rate, count = generator.count, "producing");
     while !stop.is_set() && (generator.count == 0 || sent < generator.count) {
         tick.tick().await;
-        let mut due = if generator.rate == 0 { sent + 10_000 } else { (start.elapsed().as_secs_f64() * generator.rate as f64) as u64 };
+        let mut due = if generator.rate == 0 {
+            sent + 10_000
+        } else {
+            (start.elapsed().as_secs_f64() * generator.rate as f64) as u64
+        };
         if generator.count > 0 {
             due = due.min(generator.count);
         }
@@ -76,7 +88,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let swap = swaps.next_swap(swapstats::now_ms());
             let payload = encode_swap(&swap);
             let partition = partition_for(&swap.token, partitions) as i32;
-            let mut record = BaseRecord::to(&kafka.topic).key(swap.token.as_str()).payload(&payload).partition(partition);
+            let mut record = BaseRecord::to(&kafka.topic)
+                .key(swap.token.as_str())
+                .payload(&payload)
+                .partition(partition);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -97,7 +112,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await?;
     flushed.0.context("flushing the producer")?;
     let counter = flushed.1.context();
-    let (delivered, failed) = (counter.delivered.load(Ordering::Relaxed), counter.failed.load(Ordering::Relaxed));
+    let (delivered, failed) = (
+        counter.delivered.load(Ordering::Relaxed),
+        counter.failed.load(Ordering::Relaxed),
+    );
     tracing::info!(sent, delivered, failed, "producer finished");
     println!("produced {sent} swaps ({delivered} delivered, {failed} failed)");
     anyhow::ensure!(failed == 0, "{failed} swaps were not delivered");

@@ -11,7 +11,9 @@ use swapstats::api::ws::{run_coalescer, Hub};
 use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::{GeneratorSettings, Settings};
 use swapstats::partition::partition_for;
-use swapstats::shard::{run_pipeline, ChangeFeed, LocalShards, LogDeadLetters, ShardCore, StopFlag};
+use swapstats::shard::{
+    run_pipeline, ChangeFeed, LocalShards, LogDeadLetters, ShardCore, StopFlag,
+};
 use swapstats::source::{ChannelSource, SwapGenerator};
 use swapstats::store::MemoryStore;
 use swapstats::swap::encode_swap;
@@ -33,24 +35,58 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         cores.push(core.clone());
         let (store, config, stop) = (store.clone(), pipeline_config(&settings), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = run_pipeline(core, ChannelSource::new(rx), store, LogDeadLetters, config, stop).await {
+            if let Err(e) = run_pipeline(
+                core,
+                ChannelSource::new(rx),
+                store,
+                LogDeadLetters,
+                config,
+                stop,
+            )
+            .await
+            {
                 tracing::error!(partition = p, error = %e, "pipeline stopped");
             }
         });
     }
     let shards = Arc::new(LocalShards::new(partitions, cores));
     let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
-    tokio::spawn(run_coalescer(feed, hub.clone(), shards.clone(), settings.ws.coalesce, stop.clone()));
+    tokio::spawn(run_coalescer(
+        feed,
+        hub.clone(),
+        shards.clone(),
+        settings.ws.coalesce,
+        stop.clone(),
+    ));
     spawn_expiry(shards.clone(), stop.clone());
-    tokio::spawn(feed_generator(settings.generator.clone(), senders, stop.clone()));
+    tokio::spawn(feed_generator(
+        settings.generator.clone(),
+        senders,
+        stop.clone(),
+    ));
 
-    let api = LocalApi { shards, hub, ws: settings.ws.clone(), windows: settings.windows.clone() };
-    tracing::info!(partitions, rate = settings.generator.rate, "standalone: generator → in-process shards");
-    serve(settings.http.addr, local_routes(api), stop).await.context("HTTP server")
+    let api = LocalApi {
+        shards,
+        hub,
+        ws: settings.ws.clone(),
+        windows: settings.windows.clone(),
+    };
+    tracing::info!(
+        partitions,
+        rate = settings.generator.rate,
+        "standalone: generator → in-process shards"
+    );
+    serve(settings.http.addr, local_routes(api), stop)
+        .await
+        .context("HTTP server")
 }
 
 /// Paces the generator at `rate` swaps/s and routes each swap to its partition.
-async fn feed_generator(settings: GeneratorSettings, senders: Vec<mpsc::Sender<Vec<u8>>>, stop: StopFlag) {
+async fn feed_generator(
+    settings: GeneratorSettings,
+    senders: Vec<mpsc::Sender<Vec<u8>>>,
+    stop: StopFlag,
+) {
     let mut generator = SwapGenerator::new(&settings);
     let partitions = senders.len() as u32;
     let start = tokio::time::Instant::now();
@@ -63,7 +99,11 @@ async fn feed_generator(settings: GeneratorSettings, senders: Vec<mpsc::Sender<V
         } else {
             (start.elapsed().as_secs_f64() * settings.rate as f64) as u64
         };
-        let due = if settings.count > 0 { due.min(settings.count) } else { due };
+        let due = if settings.count > 0 {
+            due.min(settings.count)
+        } else {
+            due
+        };
         while sent < due {
             let swap = generator.next_swap(swapstats::now_ms());
             let p = partition_for(&swap.token, partitions) as usize;

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::swap::{RejectReason, Swap};
-use crate::window::{BatchCounts, BatchEffect, EngineConfig, RankBy, TokenStats, TopEntry, WindowEngine};
+use crate::window::{
+    BatchCounts, BatchEffect, EngineConfig, RankBy, TokenStats, TopEntry, WindowEngine,
+};
 
 /// Counters of one partition's pipeline (all monotonic except the gauges).
 #[derive(Debug, Default)]
@@ -31,7 +33,10 @@ pub struct ShardCounters {
 impl ShardCounters {
     /// Counts one rejected swap under its reason.
     pub fn reject(&self, reason: RejectReason) {
-        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.rejected[i].fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -54,7 +59,10 @@ impl ChangeFeed {
 
     /// Takes the changed tokens (empty if none).
     pub fn take(&self) -> HashSet<String> {
-        self.dirty.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+        self.dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 
     /// Waits until something is marked.
@@ -91,14 +99,20 @@ impl ShardCore {
     fn engine(&self) -> MutexGuard<'_, WindowEngine> {
         // A panic while holding the lock leaves a consistent engine (every method
         // finishes its mutation before returning), so a poisoned lock is usable.
-        self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies a batch of valid swaps and counts the outcome.
     pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
         let (effect, counts) = self.engine().apply_batch(swaps, now_ms);
-        self.counters.applied.fetch_add(counts.applied, Ordering::Relaxed);
-        self.counters.duplicates.fetch_add(counts.duplicates, Ordering::Relaxed);
+        self.counters
+            .applied
+            .fetch_add(counts.applied, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(counts.duplicates, Ordering::Relaxed);
         self.counters.late.fetch_add(counts.late, Ordering::Relaxed);
         (effect, counts)
     }
@@ -119,7 +133,13 @@ impl ShardCore {
     }
 
     /// Top tokens of this partition.
-    pub fn top(&self, window: &str, by: RankBy, limit: usize, now_ms: i64) -> Option<Vec<TopEntry>> {
+    pub fn top(
+        &self,
+        window: &str,
+        by: RankBy,
+        limit: usize,
+        now_ms: i64,
+    ) -> Option<Vec<TopEntry>> {
         self.engine().top(window, by, limit, now_ms)
     }
 

@@ -36,7 +36,13 @@ impl LocalShards {
     }
 
     /// Top tokens over all partitions held; `None` for an unknown window.
-    pub fn top(&self, window: &str, by: RankBy, limit: usize, now_ms: i64) -> Option<Vec<TopEntry>> {
+    pub fn top(
+        &self,
+        window: &str,
+        by: RankBy,
+        limit: usize,
+        now_ms: i64,
+    ) -> Option<Vec<TopEntry>> {
         let mut all = Vec::new();
         for core in &self.cores {
             all.extend(core.top(window, by, limit, now_ms)?);

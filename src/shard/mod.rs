@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 pub use self::core::{ChangeFeed, ShardCore, ShardCounters};
 pub use local::{merge_top, LocalShards};
-pub use pipeline::{run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, RecordSource, SourceError, SourceRecord};
+pub use pipeline::{
+    run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, RecordSource, SourceError,
+    SourceRecord,
+};
 
 /// A shared "please stop" flag for pipeline loops (set on SIGINT/SIGTERM).
 #[derive(Debug, Clone, Default)]

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use super::StopFlag;
+use tokio::time::Instant;
 
 use super::ShardCore;
 use crate::store::{PersistBatch, PersistOutcome, Store};
@@ -33,7 +33,9 @@ pub enum SourceError {
 /// A partition's record stream, resumable at an offset.
 pub trait RecordSource: Send {
     /// The next record; `Ok(None)` when the source has ended (generator done).
-    fn next_record(&mut self) -> impl Future<Output = Result<Option<SourceRecord>, SourceError>> + Send;
+    fn next_record(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<SourceRecord>, SourceError>> + Send;
     /// Records that `offset` (and everything before) is persisted.
     fn commit(&mut self, offset: i64) -> Result<(), SourceError>;
     /// Messages between the last record read and the partition's end, if known.
@@ -43,7 +45,12 @@ pub trait RecordSource: Send {
 /// Where rejected records go (a Kafka dead-letter topic, or just the log).
 pub trait DeadLetterSink: Send {
     /// Sends one rejected record with its reason.
-    fn send(&mut self, record: &SourceRecord, partition: u32, rejection: &Rejection) -> impl Future<Output = ()> + Send;
+    fn send(
+        &mut self,
+        record: &SourceRecord,
+        partition: u32,
+        rejection: &Rejection,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// A dead-letter sink that only logs (standalone mode).
@@ -82,7 +89,15 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
         if records.is_empty() {
             continue;
         }
-        apply_records(&core, &records, store.as_ref(), &mut dead_letters, &config, &stop).await;
+        apply_records(
+            &core,
+            &records,
+            store.as_ref(),
+            &mut dead_letters,
+            &config,
+            &stop,
+        )
+        .await;
         if let Some(last) = records.last() {
             source.commit(last.offset)?;
         }
@@ -133,7 +148,10 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     let started = std::time::Instant::now();
     let partition_label = core.partition.to_string();
     let metrics = crate::telemetry::metrics();
-    metrics.batch_swaps.with_label_values(&[partition_label.as_str()]).observe(records.len() as f64);
+    metrics
+        .batch_swaps
+        .with_label_values(&[partition_label.as_str()])
+        .observe(records.len() as f64);
     let now = crate::now_ms();
     let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
     for record in records {
@@ -146,37 +164,63 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
             }
         }
     }
-    core.counters.consumed.fetch_add(records.len() as u64, Ordering::Relaxed);
+    core.counters
+        .consumed
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
     let (effect, _counts) = core.apply_batch(&swaps, now);
     let (first_offset, last_offset) = match (records.first(), records.last()) {
         (Some(f), Some(l)) => (f.offset, l.offset),
         _ => return,
     };
-    let batch = PersistBatch { partition: core.partition, first_offset, last_offset, effect: &effect, now_ms: now };
+    let batch = PersistBatch {
+        partition: core.partition,
+        first_offset,
+        last_offset,
+        effect: &effect,
+        now_ms: now,
+    };
     persist_with_retry(core, store, &batch, stop).await;
     core.counters.batches.fetch_add(1, Ordering::Relaxed);
-    core.counters.applied_offset.store(last_offset, Ordering::Relaxed);
+    core.counters
+        .applied_offset
+        .store(last_offset, Ordering::Relaxed);
     core.changes.mark(effect.tokens());
-    metrics.batch_apply_seconds.with_label_values(&[partition_label.as_str()]).observe(started.elapsed().as_secs_f64());
+    metrics
+        .batch_apply_seconds
+        .with_label_values(&[partition_label.as_str()])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Persists until the store accepts (or fences) the batch: an outage pauses
 /// the partition, it never drops or skips a batch.
-async fn persist_with_retry<S: Store>(core: &ShardCore, store: &S, batch: &PersistBatch<'_>, stop: &StopFlag) {
+async fn persist_with_retry<S: Store>(
+    core: &ShardCore,
+    store: &S,
+    batch: &PersistBatch<'_>,
+    stop: &StopFlag,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         core.counters.store_calls.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let result = store.persist(batch).await;
         let metrics = crate::telemetry::metrics();
-        metrics.store_call_seconds.with_label_values(&["persist"]).observe(started.elapsed().as_secs_f64());
+        metrics
+            .store_call_seconds
+            .with_label_values(&["persist"])
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             metrics.store_errors.with_label_values(&["persist"]).inc();
         }
         match result {
             Ok(PersistOutcome::Applied) => break,
             Ok(PersistOutcome::Fenced { applied_offset }) => {
-                tracing::info!(partition = batch.partition, first = batch.first_offset, applied_offset, "batch already persisted (fenced)");
+                tracing::info!(
+                    partition = batch.partition,
+                    first = batch.first_offset,
+                    applied_offset,
+                    "batch already persisted (fenced)"
+                );
                 break;
             }
             Err(e) => {

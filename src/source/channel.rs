@@ -23,7 +23,11 @@ impl RecordSource for ChannelSource {
         Ok(self.rx.recv().await.map(|payload| {
             let offset = self.next_offset;
             self.next_offset += 1;
-            SourceRecord { offset, payload, traceparent: None }
+            SourceRecord {
+                offset,
+                payload,
+                traceparent: None,
+            }
         }))
     }
 

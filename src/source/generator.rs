@@ -92,15 +92,26 @@ impl SwapGenerator {
         self.seq += 1;
         let total = self.cdf.last().copied().unwrap_or(1.0);
         let pick: f64 = self.rng.random_range(0.0..total);
-        let t = self.cdf.partition_point(|c| *c < pick).min(self.tokens.len() - 1);
+        let t = self
+            .cdf
+            .partition_point(|c| *c < pick)
+            .min(self.tokens.len() - 1);
         // Random walk: ~0.1% per swap, so prices move visibly within minutes.
         let step: f64 = self.rng.random_range(-0.001..0.001);
         self.prices[t] *= 1.0 + step;
         let price = self.prices[t];
         let usd = 10f64.powf(self.rng.random_range(1.0..4.0));
-        let side = if self.rng.random_bool(0.5) { Side::Buy } else { Side::Sell };
+        let side = if self.rng.random_bool(0.5) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
         let wallet = self.rng.random_range(0..self.wallets);
-        let lag = if self.disorder_ms > 0 { self.rng.random_range(0..=self.disorder_ms) } else { 0 };
+        let lag = if self.disorder_ms > 0 {
+            self.rng.random_range(0..=self.disorder_ms)
+        } else {
+            0
+        };
         Swap {
             event_id: format!("g{}-{}", self.seed, self.seq),
             token: self.tokens[t].clone(),
@@ -121,7 +132,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_head_tokens_dominate() {
-        let settings = GeneratorSettings { dup_rate: 0.1, ..Default::default() };
+        let settings = GeneratorSettings {
+            dup_rate: 0.1,
+            ..Default::default()
+        };
         let mut a = SwapGenerator::new(&settings);
         let mut b = SwapGenerator::new(&settings);
         let mut btc = 0;

@@ -29,7 +29,9 @@ pub enum KafkaError {
 /// Base client settings shared by consumers and producers.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers).set("client.id", "swapstats");
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "swapstats");
     config
 }
 
@@ -45,7 +47,13 @@ pub struct KafkaPartitionSource {
 impl KafkaPartitionSource {
     /// Assigns `topic`/`partition` at `start` (the offset after the last applied
     /// one; `None` = from the beginning) and starts watching the partition's end.
-    pub fn assign(brokers: &str, topic: &str, partition: u32, start: Option<i64>, stop: StopFlag) -> Result<Self, KafkaError> {
+    pub fn assign(
+        brokers: &str,
+        topic: &str,
+        partition: u32,
+        start: Option<i64>,
+        stop: StopFlag,
+    ) -> Result<Self, KafkaError> {
         let consumer: StreamConsumer = client_config(brokers)
             .set("group.id", GROUP_ID)
             .set("enable.auto.commit", "false")
@@ -76,12 +84,19 @@ impl KafkaPartitionSource {
     /// Refreshes the partition's high watermark every 500 ms (a blocking call,
     /// so it runs on the blocking pool), for lag and readiness.
     fn watch_watermark(&self, stop: StopFlag) {
-        let (consumer, topic, partition, high) =
-            (self.consumer.clone(), self.topic.clone(), self.partition, self.high_watermark.clone());
+        let (consumer, topic, partition, high) = (
+            self.consumer.clone(),
+            self.topic.clone(),
+            self.partition,
+            self.high_watermark.clone(),
+        );
         tokio::spawn(async move {
             while !stop.is_set() {
                 let (c, t) = (consumer.clone(), topic.clone());
-                let result = tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, partition, Duration::from_secs(2))).await;
+                let result = tokio::task::spawn_blocking(move || {
+                    c.fetch_watermarks(&t, partition, Duration::from_secs(2))
+                })
+                .await;
                 match result {
                     Ok(Ok((_low, hw))) => high.store(hw, Ordering::Relaxed),
                     Ok(Err(e)) => tracing::debug!(error = %e, "watermark fetch failed"),
@@ -152,22 +167,40 @@ impl KafkaDeadLetters {
     /// A producer for `topic`.
     pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
         let producer = client_config(brokers).set("linger.ms", "5").create()?;
-        Ok(Self { producer, topic: topic.to_string() })
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+        })
     }
 }
 
 impl DeadLetterSink for KafkaDeadLetters {
     async fn send(&mut self, record: &SourceRecord, partition: u32, rejection: &Rejection) {
         let (partition, offset) = (partition.to_string(), record.offset.to_string());
-        let headers = || OwnedHeaders::new()
-            .insert(Header { key: "reason", value: Some(rejection.reason.as_str()) })
-            .insert(Header { key: "detail", value: Some(rejection.detail.as_str()) })
-            .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "source_offset", value: Some(offset.as_str()) });
+        let headers = || {
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "reason",
+                    value: Some(rejection.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(rejection.detail.as_str()),
+                })
+                .insert(Header {
+                    key: "source_partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "source_offset",
+                    value: Some(offset.as_str()),
+                })
+        };
         // Retry until the DLQ accepts it: a dead letter is never silently lost.
         loop {
-            let message: FutureRecord<'_, (), [u8]> =
-                FutureRecord::to(&self.topic).payload(record.payload.as_slice()).headers(headers());
+            let message: FutureRecord<'_, (), [u8]> = FutureRecord::to(&self.topic)
+                .payload(record.payload.as_slice())
+                .headers(headers());
             match self.producer.send(message, Duration::from_secs(5)).await {
                 Ok(_) => return,
                 Err((e, _)) => {
@@ -182,6 +215,12 @@ impl DeadLetterSink for KafkaDeadLetters {
 /// Number of partitions of `topic`, from the broker's metadata.
 pub fn topic_partitions(brokers: &str, topic: &str) -> Result<u32, KafkaError> {
     let producer: rdkafka::producer::BaseProducer = client_config(brokers).create()?;
-    let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata.topics().first().map(|t| t.partitions().len() as u32).unwrap_or(0))
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len() as u32)
+        .unwrap_or(0))
 }

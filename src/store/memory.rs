@@ -15,18 +15,29 @@ pub struct MemoryStore {
 
 impl Store for MemoryStore {
     async fn persist(&self, batch: &PersistBatch<'_>) -> Result<PersistOutcome, StoreError> {
-        let mut applied = self.applied.lock().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut applied = self
+            .applied
+            .lock()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let entry = applied.entry(batch.partition).or_insert(-1);
         if batch.first_offset <= *entry {
-            return Ok(PersistOutcome::Fenced { applied_offset: *entry });
+            return Ok(PersistOutcome::Fenced {
+                applied_offset: *entry,
+            });
         }
         *entry = batch.last_offset;
         Ok(PersistOutcome::Applied)
     }
 
     async fn load(&self, partition: u32, _now_ms: i64) -> Result<Restored, StoreError> {
-        let applied = self.applied.lock().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Restored { applied_offset: applied.get(&partition).copied(), effect: BatchEffect::default() })
+        let applied = self
+            .applied
+            .lock()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Restored {
+            applied_offset: applied.get(&partition).copied(),
+            effect: BatchEffect::default(),
+        })
     }
 
     async fn load_token(&self, _: u32, _: &str, _: i64) -> Result<Option<BatchEffect>, StoreError> {

@@ -58,7 +58,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PersistOutcome, StoreError>> + Send;
 
     /// Reads back everything persisted for `partition`.
-    fn load(&self, partition: u32, now_ms: i64) -> impl Future<Output = Result<Restored, StoreError>> + Send;
+    fn load(
+        &self,
+        partition: u32,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Restored, StoreError>> + Send;
 
     /// Reads one token's persisted buckets and wallet marks (for the router's
     /// fallback); `None` when the token has nothing persisted.

@@ -63,7 +63,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -78,7 +81,10 @@ pub struct SwapLimits {
 
 impl Default for SwapLimits {
     fn default() -> Self {
-        Self { max_string_bytes: 128, max_future_skew_ms: 5_000 }
+        Self {
+            max_string_bytes: 128,
+            max_future_skew_ms: 5_000,
+        }
     }
 }
 
@@ -116,7 +122,12 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     let event_id = match wire.event_id.ok_or_else(|| missing("event_id"))? {
         serde_json::Value::String(s) => s,
         serde_json::Value::Number(n) => n.to_string(),
-        _ => return Err(Rejection::new(Malformed, "`event_id` must be a string or number")),
+        _ => {
+            return Err(Rejection::new(
+                Malformed,
+                "`event_id` must be a string or number",
+            ))
+        }
     };
     let token = wire.token_id.ok_or_else(|| missing("token_id"))?;
     check_string("event_id", &event_id, limits)?;
@@ -124,7 +135,12 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     if let Some(wallet) = &wire.wallet {
         check_string("wallet", wallet, limits)?;
     }
-    let side = match wire.side.ok_or_else(|| missing("side"))?.to_ascii_lowercase().as_str() {
+    let side = match wire
+        .side
+        .ok_or_else(|| missing("side"))?
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "buy" => Side::Buy,
         "sell" => Side::Sell,
         other => return Err(Rejection::new(UnknownSide, format!("side `{other}`"))),
@@ -136,15 +152,31 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
         None if amount > 0.0 => usd / amount,
         None => 0.0,
     };
-    let executed_at_ms = parse_time("executed_at", wire.executed_at.ok_or_else(|| missing("executed_at"))?)?;
-    let created_at_ms = wire.created_at.map(|t| parse_time("created_at", t)).transpose()?;
+    let executed_at_ms = parse_time(
+        "executed_at",
+        wire.executed_at.ok_or_else(|| missing("executed_at"))?,
+    )?;
+    let created_at_ms = wire
+        .created_at
+        .map(|t| parse_time("created_at", t))
+        .transpose()?;
     if executed_at_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
         return Err(Rejection::new(
             FromTheFuture,
             format!("executed_at is {} ms ahead of now", executed_at_ms - now_ms),
         ));
     }
-    Ok(Swap { event_id, token, wallet: wire.wallet, side, amount, usd, rate, created_at_ms, executed_at_ms })
+    Ok(Swap {
+        event_id,
+        token,
+        wallet: wire.wallet,
+        side,
+        amount,
+        usd,
+        rate,
+        created_at_ms,
+        executed_at_ms,
+    })
 }
 
 /// Encodes a swap in the wire format (times as RFC 3339), as the producer sends it.
@@ -173,7 +205,11 @@ fn check_string(name: &str, value: &str, limits: &SwapLimits) -> Result<(), Reje
     if value.is_empty() || value.len() > limits.max_string_bytes {
         return Err(Rejection::new(
             RejectReason::BadString,
-            format!("`{name}` must be 1..={} bytes, got {}", limits.max_string_bytes, value.len()),
+            format!(
+                "`{name}` must be 1..={} bytes, got {}",
+                limits.max_string_bytes,
+                value.len()
+            ),
         ));
     }
     Ok(())
@@ -181,7 +217,10 @@ fn check_string(name: &str, value: &str, limits: &SwapLimits) -> Result<(), Reje
 
 fn check_number(name: &str, value: f64) -> Result<f64, Rejection> {
     if !value.is_finite() || value < 0.0 {
-        return Err(Rejection::new(RejectReason::BadNumber, format!("`{name}` = {value}")));
+        return Err(Rejection::new(
+            RejectReason::BadNumber,
+            format!("`{name}` = {value}"),
+        ));
     }
     Ok(value)
 }
@@ -189,7 +228,7 @@ fn check_number(name: &str, value: f64) -> Result<f64, Rejection> {
 fn parse_time(name: &str, value: WireTime) -> Result<i64, Rejection> {
     let bad = |detail: String| Rejection::new(RejectReason::BadTime, format!("`{name}`: {detail}"));
     match value {
-        WireTime::Millis(ms) if ms.is_finite() && ms >= 0.0 && ms < 1e15 => Ok(ms as i64),
+        WireTime::Millis(ms) if (0.0..1e15).contains(&ms) => Ok(ms as i64),
         WireTime::Millis(ms) => Err(bad(format!("{ms} is not a unix millisecond time"))),
         WireTime::Text(text) => {
             let t = OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| bad(e.to_string()))?;
@@ -214,8 +253,10 @@ mod tests {
 
     #[test]
     fn accepts_the_original_fields() {
-        let s = decode(r#"{"event_id":"e1","token_id":"BTC","amount":2,"usd":100,"side":"buy","rate":50,
-            "created_at":"2023-11-14T22:13:20Z","executed_at":"2023-11-14T22:13:19.5Z"}"#)
+        let s = decode(
+            r#"{"event_id":"e1","token_id":"BTC","amount":2,"usd":100,"side":"buy","rate":50,
+            "created_at":"2023-11-14T22:13:20Z","executed_at":"2023-11-14T22:13:19.5Z"}"#,
+        )
         .unwrap();
         assert_eq!(s.token, "BTC");
         assert_eq!(s.side, Side::Buy);
@@ -246,20 +287,28 @@ mod tests {
             RejectReason::BadTime
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","token_id":"T","amount":-1,"usd":1,"side":"buy","executed_at":1}"#),
+            reason(
+                r#"{"event_id":"e","token_id":"T","amount":-1,"usd":1,"side":"buy","executed_at":1}"#
+            ),
             RejectReason::BadNumber
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","token_id":"T","amount":1,"usd":1,"side":"hold","executed_at":1}"#),
+            reason(
+                r#"{"event_id":"e","token_id":"T","amount":1,"usd":1,"side":"hold","executed_at":1}"#
+            ),
             RejectReason::UnknownSide
         );
         assert_eq!(
-            reason(r#"{"event_id":"","token_id":"T","amount":1,"usd":1,"side":"buy","executed_at":1}"#),
+            reason(
+                r#"{"event_id":"","token_id":"T","amount":1,"usd":1,"side":"buy","executed_at":1}"#
+            ),
             RejectReason::BadString
         );
         let long = "x".repeat(129);
         assert_eq!(
-            reason(&format!(r#"{{"event_id":"e","token_id":"{long}","amount":1,"usd":1,"side":"buy","executed_at":1}}"#)),
+            reason(&format!(
+                r#"{{"event_id":"e","token_id":"{long}","amount":1,"usd":1,"side":"buy","executed_at":1}}"#
+            )),
             RejectReason::BadString
         );
         assert_eq!(

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::api::ws::Hub;
@@ -37,7 +38,8 @@ pub struct Metrics {
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram definition")
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram definition")
 }
 
 /// The metrics of this process.
@@ -46,17 +48,35 @@ pub fn metrics() -> &'static Metrics {
         let seconds = || exponential_buckets(0.0001, 2.0, 16).expect("valid buckets");
         let m = Metrics {
             registry: Registry::new_custom(Some("swapstats".into()), None).expect("valid registry"),
-            http_seconds: histogram("http_request_seconds", "HTTP request latency", &["route", "method", "status"], seconds()),
+            http_seconds: histogram(
+                "http_request_seconds",
+                "HTTP request latency",
+                &["route", "method", "status"],
+                seconds(),
+            ),
             batch_swaps: histogram(
                 "batch_swaps",
                 "Swaps per batch",
                 &["partition"],
                 exponential_buckets(1.0, 4.0, 9).expect("valid buckets"),
             ),
-            batch_apply_seconds: histogram("batch_apply_seconds", "Batch decode+apply+persist time", &["partition"], seconds()),
-            store_call_seconds: histogram("store_call_seconds", "Store (Redis) call latency", &["op"], seconds()),
-            store_errors: IntCounterVec::new(Opts::new("store_errors_total", "Failed store calls"), &["op"])
-                .expect("valid counter"),
+            batch_apply_seconds: histogram(
+                "batch_apply_seconds",
+                "Batch decode+apply+persist time",
+                &["partition"],
+                seconds(),
+            ),
+            store_call_seconds: histogram(
+                "store_call_seconds",
+                "Store (Redis) call latency",
+                &["op"],
+                seconds(),
+            ),
+            store_errors: IntCounterVec::new(
+                Opts::new("store_errors_total", "Failed store calls"),
+                &["op"],
+            )
+            .expect("valid counter"),
             router_fallbacks: IntCounterVec::new(
                 Opts::new("router_fallbacks_total", "Router answers served from Redis"),
                 &["reason"],
@@ -110,7 +130,11 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub async fn metrics_handler() -> Response {
-    ([("content-type", prometheus::TEXT_FORMAT)], metrics().render()).into_response()
+    (
+        [("content-type", prometheus::TEXT_FORMAT)],
+        metrics().render(),
+    )
+        .into_response()
 }
 
 /// Middleware observing request latency by matched route and status.
@@ -138,40 +162,88 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition")
 }
 
+/// Reads one counter of a partition.
+type CounterRead = fn(&crate::shard::ShardCounters) -> u64;
+/// Reads one gauge of a partition.
+type GaugeRead = fn(&crate::shard::ShardCore) -> i64;
+
 /// Reads `ShardCounters` of every held partition at scrape time.
 struct ShardCollector {
     shards: Arc<LocalShards>,
-    counters: Vec<(IntCounterVec, fn(&crate::shard::ShardCounters) -> u64)>,
+    counters: Vec<(IntCounterVec, CounterRead)>,
     rejected: IntCounterVec,
-    gauges: Vec<(IntGaugeVec, fn(&crate::shard::ShardCore) -> i64)>,
+    gauges: Vec<(IntGaugeVec, GaugeRead)>,
     descs: Vec<Desc>,
 }
 
 impl ShardCollector {
     fn new(shards: Arc<LocalShards>) -> Self {
         let p = &["partition"];
-        let counters: Vec<(IntCounterVec, fn(&crate::shard::ShardCounters) -> u64)> = vec![
-            (counter("swaps_consumed_total", "Records read from the source", p), |c| c.consumed.load(Ordering::Relaxed)),
-            (counter("swaps_applied_total", "Distinct valid swaps applied", p), |c| c.applied.load(Ordering::Relaxed)),
-            (counter("swaps_duplicate_total", "Swaps ignored as duplicates", p), |c| c.duplicates.load(Ordering::Relaxed)),
-            (counter("swaps_late_total", "Swaps dropped as older than the dedup horizon", p), |c| c.late.load(Ordering::Relaxed)),
-            (counter("swaps_dead_lettered_total", "Records sent to the dead-letter sink", p), |c| {
-                c.dead_lettered.load(Ordering::Relaxed)
+        let counters: Vec<(IntCounterVec, CounterRead)> = vec![
+            (
+                counter("swaps_consumed_total", "Records read from the source", p),
+                |c| c.consumed.load(Ordering::Relaxed),
+            ),
+            (
+                counter("swaps_applied_total", "Distinct valid swaps applied", p),
+                |c| c.applied.load(Ordering::Relaxed),
+            ),
+            (
+                counter("swaps_duplicate_total", "Swaps ignored as duplicates", p),
+                |c| c.duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                counter(
+                    "swaps_late_total",
+                    "Swaps dropped as older than the dedup horizon",
+                    p,
+                ),
+                |c| c.late.load(Ordering::Relaxed),
+            ),
+            (
+                counter(
+                    "swaps_dead_lettered_total",
+                    "Records sent to the dead-letter sink",
+                    p,
+                ),
+                |c| c.dead_lettered.load(Ordering::Relaxed),
+            ),
+            (counter("batches_total", "Batches persisted", p), |c| {
+                c.batches.load(Ordering::Relaxed)
             }),
-            (counter("batches_total", "Batches persisted", p), |c| c.batches.load(Ordering::Relaxed)),
-            (counter("store_calls_total", "Persist calls (one per batch, plus retries)", p), |c| {
-                c.store_calls.load(Ordering::Relaxed)
-            }),
-            (counter("store_persist_errors_total", "Failed persist calls", p), |c| c.store_errors.load(Ordering::Relaxed)),
+            (
+                counter(
+                    "store_calls_total",
+                    "Persist calls (one per batch, plus retries)",
+                    p,
+                ),
+                |c| c.store_calls.load(Ordering::Relaxed),
+            ),
+            (
+                counter("store_persist_errors_total", "Failed persist calls", p),
+                |c| c.store_errors.load(Ordering::Relaxed),
+            ),
         ];
-        let rejected = counter("swaps_rejected_total", "Invalid swaps by reason", &["partition", "reason"]);
-        let gauges: Vec<(IntGaugeVec, fn(&crate::shard::ShardCore) -> i64)> = vec![
-            (gauge("consumer_lag", "Messages behind the partition's end", p), |s| s.counters.lag.load(Ordering::Relaxed)),
-            (gauge("applied_offset", "Last source offset persisted", p), |s| {
-                s.counters.applied_offset.load(Ordering::Relaxed)
+        let rejected = counter(
+            "swaps_rejected_total",
+            "Invalid swaps by reason",
+            &["partition", "reason"],
+        );
+        let gauges: Vec<(IntGaugeVec, GaugeRead)> = vec![
+            (
+                gauge("consumer_lag", "Messages behind the partition's end", p),
+                |s| s.counters.lag.load(Ordering::Relaxed),
+            ),
+            (
+                gauge("applied_offset", "Last source offset persisted", p),
+                |s| s.counters.applied_offset.load(Ordering::Relaxed),
+            ),
+            (gauge("tokens", "Tokens held in memory", p), |s| {
+                s.token_count() as i64
             }),
-            (gauge("tokens", "Tokens held in memory", p), |s| s.token_count() as i64),
-            (gauge("ready", "1 when the partition is ready", p), |s| i64::from(s.is_ready())),
+            (gauge("ready", "1 when the partition is ready", p), |s| {
+                i64::from(s.is_ready())
+            }),
         ];
         let mut descs: Vec<Desc> = Vec::new();
         for (c, _) in &counters {
@@ -181,7 +253,13 @@ impl ShardCollector {
         for (g, _) in &gauges {
             descs.extend(g.desc().into_iter().cloned());
         }
-        Self { shards, counters, rejected, gauges, descs }
+        Self {
+            shards,
+            counters,
+            rejected,
+            gauges,
+            descs,
+        }
     }
 }
 
@@ -195,7 +273,8 @@ impl Collector for ShardCollector {
         for (vec, read) in &self.counters {
             vec.reset();
             for core in self.shards.cores() {
-                vec.with_label_values(&[core.partition.to_string().as_str()]).inc_by(read(&core.counters));
+                vec.with_label_values(&[core.partition.to_string().as_str()])
+                    .inc_by(read(&core.counters));
             }
             out.extend(vec.collect());
         }
@@ -204,13 +283,16 @@ impl Collector for ShardCollector {
             let partition = core.partition.to_string();
             for (i, reason) in RejectReason::ALL.iter().enumerate() {
                 let n = core.counters.rejected[i].load(Ordering::Relaxed);
-                self.rejected.with_label_values(&[partition.as_str(), reason.as_str()]).inc_by(n);
+                self.rejected
+                    .with_label_values(&[partition.as_str(), reason.as_str()])
+                    .inc_by(n);
             }
         }
         out.extend(self.rejected.collect());
         for (vec, read) in &self.gauges {
             for core in self.shards.cores() {
-                vec.with_label_values(&[core.partition.to_string().as_str()]).set(read(core));
+                vec.with_label_values(&[core.partition.to_string().as_str()])
+                    .set(read(core));
             }
             out.extend(vec.collect());
         }
@@ -231,15 +313,34 @@ struct HubCollector {
 impl HubCollector {
     fn new(hub: Hub) -> Self {
         let connections = gauge("ws_connections", "Open WebSocket connections", &[]);
-        let subscriptions = gauge("ws_subscriptions", "Token subscriptions over all connections", &[]);
-        let sent = counter("ws_messages_sent_total", "Messages queued to WebSocket clients", &[]);
-        let dropped = counter("ws_clients_dropped_total", "Clients closed for being too slow", &[]);
+        let subscriptions = gauge(
+            "ws_subscriptions",
+            "Token subscriptions over all connections",
+            &[],
+        );
+        let sent = counter(
+            "ws_messages_sent_total",
+            "Messages queued to WebSocket clients",
+            &[],
+        );
+        let dropped = counter(
+            "ws_clients_dropped_total",
+            "Clients closed for being too slow",
+            &[],
+        );
         let mut descs: Vec<Desc> = Vec::new();
         descs.extend(connections.desc().into_iter().cloned());
         descs.extend(subscriptions.desc().into_iter().cloned());
         descs.extend(sent.desc().into_iter().cloned());
         descs.extend(dropped.desc().into_iter().cloned());
-        Self { hub, connections, subscriptions, sent, dropped, descs }
+        Self {
+            hub,
+            connections,
+            subscriptions,
+            sent,
+            dropped,
+            descs,
+        }
     }
 }
 
@@ -249,12 +350,20 @@ impl Collector for HubCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        self.connections.with_label_values(&[] as &[&str]).set(self.hub.client_count() as i64);
-        self.subscriptions.with_label_values(&[] as &[&str]).set(self.hub.subscription_count() as i64);
+        self.connections
+            .with_label_values(&[] as &[&str])
+            .set(self.hub.client_count() as i64);
+        self.subscriptions
+            .with_label_values(&[] as &[&str])
+            .set(self.hub.subscription_count() as i64);
         self.sent.reset();
-        self.sent.with_label_values(&[] as &[&str]).inc_by(self.hub.messages_sent());
+        self.sent
+            .with_label_values(&[] as &[&str])
+            .inc_by(self.hub.messages_sent());
         self.dropped.reset();
-        self.dropped.with_label_values(&[] as &[&str]).inc_by(self.hub.dropped_slow());
+        self.dropped
+            .with_label_values(&[] as &[&str])
+            .inc_by(self.hub.dropped_slow());
         let mut out = self.connections.collect();
         out.extend(self.subscriptions.collect());
         out.extend(self.sent.collect());

@@ -41,7 +41,11 @@ pub struct Bucket {
 impl Bucket {
     /// A bucket holding exactly one swap.
     pub fn of_swap(swap: &Swap, tie: u64) -> Self {
-        let point = PricePoint { at_ms: swap.executed_at_ms, tie, price: swap.rate };
+        let point = PricePoint {
+            at_ms: swap.executed_at_ms,
+            tie,
+            price: swap.rate,
+        };
         let (buys, sells, buy_usd, sell_usd) = match swap.side {
             Side::Buy => (1, 0, swap.usd, 0.0),
             Side::Sell => (0, 1, 0.0, swap.usd),

@@ -63,7 +63,13 @@ impl WindowEngine {
     }
 
     /// Top `limit` tokens of window `window` by `by`; `None` for an unknown window.
-    pub fn top(&self, window: &str, by: RankBy, limit: usize, now_ms: i64) -> Option<Vec<TopEntry>> {
+    pub fn top(
+        &self,
+        window: &str,
+        by: RankBy,
+        limit: usize,
+        now_ms: i64,
+    ) -> Option<Vec<TopEntry>> {
         let _ = (window, by, limit, now_ms);
         todo!("engine helper")
     }

@@ -36,18 +36,26 @@ pub struct WindowRanges {
 impl WindowSpec {
     /// Parses a humantime duration ("90s", "5m", "1h 30m") of 1 s up to 24 h.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let d: Duration = humantime::parse_duration(text.trim())
-            .map_err(|e| format!("window `{text}`: {e}"))?;
+        let d: Duration =
+            humantime::parse_duration(text.trim()).map_err(|e| format!("window `{text}`: {e}"))?;
         let secs = d.as_secs() as i64;
-        if d.subsec_nanos() != 0 || secs < 1 || secs > MAX_WINDOW_SECS {
-            return Err(format!("window `{text}` must be whole seconds from 1s to 24h"));
+        if d.subsec_nanos() != 0 || !(1..=MAX_WINDOW_SECS).contains(&secs) {
+            return Err(format!(
+                "window `{text}` must be whole seconds from 1s to 24h"
+            ));
         }
-        Ok(Self { name: text.trim().to_string(), secs })
+        Ok(Self {
+            name: text.trim().to_string(),
+            secs,
+        })
     }
 
     /// The default windows: 5m, 1h, 6h, 24h.
     pub fn defaults() -> Vec<Self> {
-        ["5m", "1h", "6h", "24h"].iter().filter_map(|w| Self::parse(w).ok()).collect()
+        ["5m", "1h", "6h", "24h"]
+            .iter()
+            .filter_map(|w| Self::parse(w).ok())
+            .collect()
     }
 
     /// True when this window is exact to the second at both edges.
@@ -63,12 +71,24 @@ impl WindowSpec {
     /// window is the same length immediately before, rounded the same way.
     pub fn ranges(&self, now_ms: i64) -> WindowRanges {
         let now_s = now_ms.div_euclid(1000);
-        let align = |s: i64| if self.is_second_exact() { s } else { s.div_euclid(60) * 60 };
+        let align = |s: i64| {
+            if self.is_second_exact() {
+                s
+            } else {
+                s.div_euclid(60) * 60
+            }
+        };
         let start = align(now_s + 1 - self.secs);
         let prev_start = align(start - self.secs);
         WindowRanges {
-            current: SecondRange { start_s: start, end_s: i64::MAX },
-            previous: SecondRange { start_s: prev_start, end_s: start },
+            current: SecondRange {
+                start_s: start,
+                end_s: i64::MAX,
+            },
+            previous: SecondRange {
+                start_s: prev_start,
+                end_s: start,
+            },
         }
     }
 }
@@ -111,7 +131,13 @@ mod tests {
         let w = WindowSpec::parse("5m").unwrap();
         let r = w.ranges(1_000_000_500);
         assert_eq!(r.current.start_s, 1_000_000 + 1 - 300);
-        assert_eq!(r.previous, SecondRange { start_s: 1_000_000 + 1 - 600, end_s: r.current.start_s });
+        assert_eq!(
+            r.previous,
+            SecondRange {
+                start_s: 1_000_000 + 1 - 600,
+                end_s: r.current.start_s
+            }
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl PeriodStats {
         if b.is_empty() {
             return Self::default();
         }
-        let change = (b.open.price > 0.0).then(|| (b.close.price - b.open.price) / b.open.price * 100.0);
+        let change =
+            (b.open.price > 0.0).then(|| (b.close.price - b.open.price) / b.open.price * 100.0);
         Self {
             txns: u64::from(b.txns),
             buys: u64::from(b.buys),
@@ -74,7 +75,10 @@ impl ChangePct {
         Self {
             txns: pct(current.txns as f64, previous.txns as f64),
             volume_usd: pct(current.volume_usd, previous.volume_usd),
-            unique_wallets: pct(current.unique_wallets as f64, previous.unique_wallets as f64),
+            unique_wallets: pct(
+                current.unique_wallets as f64,
+                previous.unique_wallets as f64,
+            ),
             price_close: match (current.price_close, previous.price_close) {
                 (Some(now), Some(before)) => pct(now, before),
                 _ => None,
@@ -135,7 +139,10 @@ impl<'de> Deserialize<'de> for Windows {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object of window stats")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Windows, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Windows, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, WindowStats>()? {
                     out.push((k, v));

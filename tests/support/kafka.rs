@@ -36,9 +36,13 @@ impl MockKafka {
         let (cmd_tx, cmd_rx) = mpsc::channel::<(Command, mpsc::Sender<()>)>();
         let thread = std::thread::spawn(move || {
             let cluster = MockCluster::new(BROKERS).expect("mock cluster");
-            cluster.create_topic("swaps", partitions, 1).expect("create swaps");
+            cluster
+                .create_topic("swaps", partitions, 1)
+                .expect("create swaps");
             cluster.create_topic("swaps.dlq", 1, 1).expect("create dlq");
-            boot_tx.send(cluster.bootstrap_servers()).expect("send bootstrap");
+            boot_tx
+                .send(cluster.bootstrap_servers())
+                .expect("send bootstrap");
             while let Ok((command, done)) = cmd_rx.recv() {
                 match command {
                     Command::BrokerDown(id) => cluster.broker_down(id).expect("broker down"),
@@ -48,30 +52,49 @@ impl MockKafka {
                 let _ = done.send(());
             }
         });
-        let bootstrap = boot_rx.recv_timeout(Duration::from_secs(10)).expect("mock cluster started");
-        Self { bootstrap, commands: cmd_tx, thread: Some(thread) }
+        let bootstrap = boot_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("mock cluster started");
+        Self {
+            bootstrap,
+            commands: cmd_tx,
+            thread: Some(thread),
+        }
     }
 
     fn command(&self, command: Command) {
         let (tx, rx) = mpsc::channel();
-        self.commands.send((command, tx)).expect("mock cluster thread alive");
+        self.commands
+            .send((command, tx))
+            .expect("mock cluster thread alive");
         let _ = rx.recv_timeout(Duration::from_secs(10));
     }
 
     /// Takes every broker down (an outage) or brings them all back.
     pub fn set_all_brokers(&self, up: bool) {
         for id in 1..=BROKERS {
-            self.command(if up { Command::BrokerUp(id) } else { Command::BrokerDown(id) });
+            self.command(if up {
+                Command::BrokerUp(id)
+            } else {
+                Command::BrokerDown(id)
+            });
         }
     }
 
     /// Writes raw payloads to one partition of a topic (keyed, awaited).
     pub fn produce_raw(&self, topic: &str, partition: i32, messages: &[(String, Vec<u8>)]) {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().expect("producer");
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("producer");
         for (key, payload) in messages {
             producer
-                .send(BaseRecord::to(topic).key(key.as_str()).payload(payload.as_slice()).partition(partition))
+                .send(
+                    BaseRecord::to(topic)
+                        .key(key.as_str())
+                        .payload(payload.as_slice())
+                        .partition(partition),
+                )
                 .map_err(|(e, _)| e)
                 .expect("enqueue");
         }
@@ -81,7 +104,10 @@ impl MockKafka {
     /// The high watermark (next offset) of a partition.
     pub fn end_offset(&self, topic: &str, partition: i32) -> i64 {
         let consumer = self.consumer();
-        consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks").1
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .expect("watermarks")
+            .1
     }
 
     fn consumer(&self) -> BaseConsumer {
@@ -95,26 +121,45 @@ impl MockKafka {
     }
 
     /// Every message of a partition: (offset, payload, headers as (key, value)).
-    pub fn read_all(&self, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>, Vec<(String, String)>)> {
+    pub fn read_all(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Vec<(i64, Vec<u8>, Vec<(String, String)>)> {
         let end = self.end_offset(topic, partition);
         let consumer = self.consumer();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("tpl");
         consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while out.last().map_or(end > 0, |(o, _, _)| *o + 1 < end) {
-            assert!(Instant::now() < deadline, "read_all timed out at {} of {end}", out.len());
+            assert!(
+                Instant::now() < deadline,
+                "read_all timed out at {} of {end}",
+                out.len()
+            );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 let headers = m
                     .headers()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push((m.offset(), m.payload().unwrap_or_default().to_vec(), headers));
+                out.push((
+                    m.offset(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
             }
         }
         out

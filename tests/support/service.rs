@@ -24,12 +24,16 @@ impl Service {
     /// Starts `swapstats ARGS` with `SWAPSTATS__HTTP__ADDR` on a free port plus `env`.
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("swapstats-test-{}-{port}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("swapstats-test-{}-{port}.log", std::process::id()));
         let mut service = Self {
             child: None,
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             log,
         };
         service.spawn();
@@ -37,7 +41,11 @@ impl Service {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
         let child = Command::new(env!("CARGO_BIN_EXE_swapstats"))
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -77,7 +85,9 @@ impl Service {
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The process's log so far (for assertion messages).
@@ -95,7 +105,11 @@ impl Service {
                 return;
             }
             assert!(self.is_running(), "swapstats exited:\n{}", self.log_tail());
-            assert!(Instant::now() < deadline, "{path} not OK after {timeout:?}:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "{path} not OK after {timeout:?}:\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -110,7 +124,11 @@ impl Drop for Service {
 
 /// GET `url` → (status, JSON body).
 pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
-    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
     let status = response.status().as_u16();
     let body = response.json::<serde_json::Value>().await?;
     Ok((status, body))
@@ -118,7 +136,11 @@ pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Er
 
 /// GET `url` → (status, body text).
 pub async fn get_text(url: &str) -> Result<(u16, String), reqwest::Error> {
-    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }
@@ -130,16 +152,33 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix('#') {
             let words: Vec<&str> = rest.split_whitespace().collect();
-            assert!(matches!(words.first(), Some(&"HELP") | Some(&"TYPE")), "bad comment line: {line}");
+            assert!(
+                matches!(words.first(), Some(&"HELP") | Some(&"TYPE")),
+                "bad comment line: {line}"
+            );
             if words[0] == "TYPE" {
-                assert!(matches!(words.get(2), Some(&"counter" | &"gauge" | &"histogram" | &"summary" | &"untyped")), "{line}");
+                assert!(
+                    matches!(
+                        words.get(2),
+                        Some(&"counter" | &"gauge" | &"histogram" | &"summary" | &"untyped")
+                    ),
+                    "{line}"
+                );
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
-        assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad name: {line}");
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name: {line}"
+        );
         if name_end < series.len() {
             assert!(series.ends_with('}'), "bad labels: {line}");
         }
@@ -155,5 +194,9 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
 
 /// Sum of all samples whose series starts with `prefix`.
 pub fn metric_sum(samples: &[(String, f64)], prefix: &str) -> f64 {
-    samples.iter().filter(|(s, _)| s.starts_with(prefix)).map(|(_, v)| v).sum()
+    samples
+        .iter()
+        .filter(|(s, _)| s.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
 }

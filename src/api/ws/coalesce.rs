@@ -13,12 +13,22 @@ use super::protocol::ServerMessage;
 use crate::shard::{ChangeFeed, LocalShards, StopFlag};
 
 /// Runs until `stop` is set: publishes updates of changed, subscribed tokens.
-pub async fn run_coalescer(feed: Arc<ChangeFeed>, hub: Hub, shards: Arc<LocalShards>, interval: Duration, stop: StopFlag) {
+pub async fn run_coalescer(
+    feed: Arc<ChangeFeed>,
+    hub: Hub,
+    shards: Arc<LocalShards>,
+    interval: Duration,
+    stop: StopFlag,
+) {
     let mut last_sent: HashMap<String, Instant> = HashMap::new();
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut last_cleanup = Instant::now();
     while !stop.is_set() {
-        let wake = pending.values().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        let wake = pending
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
         tokio::select! {
             _ = feed.changed() => {}
             _ = tokio::time::sleep_until(wake) => {}
@@ -38,7 +48,11 @@ pub async fn run_coalescer(feed: Arc<ChangeFeed>, hub: Hub, shards: Arc<LocalSha
                 }
             }
         }
-        let due: Vec<String> = pending.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
+        let due: Vec<String> = pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
         for token in due {
             pending.remove(&token);
             publish(&hub, &shards, &token);
@@ -52,8 +66,15 @@ pub async fn run_coalescer(feed: Arc<ChangeFeed>, hub: Hub, shards: Arc<LocalSha
 }
 
 fn publish(hub: &Hub, shards: &LocalShards, token: &str) {
-    let Some(stats) = shards.stats(token, crate::now_ms()) else { return };
-    let Ok(stats) = serde_json::to_value(&stats) else { return };
-    let message = ServerMessage::Update { token: token.to_string(), stats };
+    let Some(stats) = shards.stats(token, crate::now_ms()) else {
+        return;
+    };
+    let Ok(stats) = serde_json::to_value(&stats) else {
+        return;
+    };
+    let message = ServerMessage::Update {
+        token: token.to_string(),
+        stats,
+    };
     hub.publish(token, Utf8Bytes::from(message.to_text()));
 }

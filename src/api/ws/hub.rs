@@ -92,8 +92,19 @@ impl Hub {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
-        state.clients.insert(id, Client { queue: tx, tokens: HashSet::new(), kick: Some(kick_tx) });
-        ClientChannels { id, queue: rx, kicked: kick_rx }
+        state.clients.insert(
+            id,
+            Client {
+                queue: tx,
+                tokens: HashSet::new(),
+                kick: Some(kick_tx),
+            },
+        );
+        ClientChannels {
+            id,
+            queue: rx,
+            kicked: kick_rx,
+        }
     }
 
     /// Removes a client and all its subscriptions.
@@ -107,9 +118,16 @@ impl Hub {
     }
 
     /// Subscribes a client; returns the tokens that are new for it.
-    pub fn subscribe(&self, id: ClientId, tokens: &[String]) -> Result<Vec<String>, SubscribeError> {
+    pub fn subscribe(
+        &self,
+        id: ClientId,
+        tokens: &[String],
+    ) -> Result<Vec<String>, SubscribeError> {
         let mut state = self.lock();
-        let client = state.clients.get(&id).ok_or(SubscribeError::UnknownClient)?;
+        let client = state
+            .clients
+            .get(&id)
+            .ok_or(SubscribeError::UnknownClient)?;
         let fresh: Vec<String> = tokens
             .iter()
             .filter(|t| !client.tokens.contains(*t))
@@ -138,7 +156,10 @@ impl Hub {
         let mut state = self.lock();
         let mut removed = Vec::new();
         for token in tokens {
-            let had = state.clients.get_mut(&id).is_some_and(|c| c.tokens.remove(token));
+            let had = state
+                .clients
+                .get_mut(&id)
+                .is_some_and(|c| c.tokens.remove(token));
             if had {
                 self.remove_subscriber(&mut state, token, id);
                 removed.push(token.clone());
@@ -176,7 +197,9 @@ impl Hub {
     /// Sends `text` to every subscriber of `token`; returns how many got it.
     pub fn publish(&self, token: &str, text: Utf8Bytes) -> usize {
         let mut state = self.lock();
-        let Some(subs) = state.subscribers.get(token) else { return 0 };
+        let Some(subs) = state.subscribers.get(token) else {
+            return 0;
+        };
         let ids: Vec<ClientId> = subs.iter().copied().collect();
         let mut delivered = 0;
         for id in ids {
@@ -195,7 +218,9 @@ impl Hub {
 
     /// Queues a message or, if the client's queue is full, drops the client.
     fn offer(&self, state: &mut HubState, id: ClientId, text: Utf8Bytes) -> bool {
-        let Some(client) = state.clients.get_mut(&id) else { return false };
+        let Some(client) = state.clients.get_mut(&id) else {
+            return false;
+        };
         match client.queue.try_send(text) {
             Ok(()) => {
                 self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -204,8 +229,12 @@ impl Hub {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if let Some(kick) = client.kick.take() {
-                    let _ = kick.send(format!("client too slow: more than {} messages queued", self.client_queue));
-                    self.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = kick.send(format!(
+                        "client too slow: more than {} messages queued",
+                        self.client_queue
+                    ));
+                    self.dropped_slow
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let tokens: Vec<String> = client.tokens.drain().collect();
                 for token in tokens {
@@ -246,11 +275,23 @@ mod tests {
         let (hub, mut interest) = Hub::new(2, 2).with_interest_feed();
         let mut a = hub.register();
         let mut b = hub.register();
-        assert_eq!(hub.subscribe(a.id, &["BTC".into()]).unwrap(), vec!["BTC".to_string()]);
+        assert_eq!(
+            hub.subscribe(a.id, &["BTC".into()]).unwrap(),
+            vec!["BTC".to_string()]
+        );
         assert_eq!(hub.subscribe(b.id, &["BTC".into()]).unwrap().len(), 1);
-        assert_eq!(interest.try_recv().unwrap(), InterestChange::Wanted("BTC".into()));
-        assert!(interest.try_recv().is_err(), "second subscriber is not a new interest");
-        assert_eq!(hub.subscribe(a.id, &["X".into(), "Y".into()]), Err(SubscribeError::TooMany(2)));
+        assert_eq!(
+            interest.try_recv().unwrap(),
+            InterestChange::Wanted("BTC".into())
+        );
+        assert!(
+            interest.try_recv().is_err(),
+            "second subscriber is not a new interest"
+        );
+        assert_eq!(
+            hub.subscribe(a.id, &["X".into(), "Y".into()]),
+            Err(SubscribeError::TooMany(2))
+        );
 
         assert_eq!(hub.publish("BTC", "1".into()), 2);
         assert_eq!(a.queue.try_recv().unwrap().as_str(), "1");
@@ -261,7 +302,10 @@ mod tests {
         assert!(b.kicked.try_recv().unwrap().contains("too slow"));
         assert_eq!(hub.dropped_slow(), 1);
         hub.unregister(a.id);
-        assert_eq!(interest.try_recv().unwrap(), InterestChange::Unwanted("BTC".into()));
+        assert_eq!(
+            interest.try_recv().unwrap(),
+            InterestChange::Unwanted("BTC".into())
+        );
         assert!(!hub.is_wanted("BTC"));
     }
 }

@@ -20,13 +20,25 @@ pub enum ClientMessage {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerMessage {
     /// Current stats right after subscribing; `stats` is null while the token has no swaps.
-    Snapshot { token: String, stats: Option<serde_json::Value> },
+    Snapshot {
+        token: String,
+        stats: Option<serde_json::Value>,
+    },
     /// The token's stats changed.
-    Update { token: String, stats: serde_json::Value },
-    Subscribed { tokens: Vec<String> },
-    Unsubscribed { tokens: Vec<String> },
+    Update {
+        token: String,
+        stats: serde_json::Value,
+    },
+    Subscribed {
+        tokens: Vec<String>,
+    },
+    Unsubscribed {
+        tokens: Vec<String>,
+    },
     /// The last client message was refused; the connection stays open.
-    Error { error: String },
+    Error {
+        error: String,
+    },
     Pong,
 }
 

@@ -21,7 +21,10 @@ const CLOSE_POLICY: u16 = 1008;
 /// Produces the snapshot sent when a client subscribes to a token.
 pub trait SnapshotProvider: Send + Sync + 'static {
     /// The token's current stats as JSON, or `None` when it has none.
-    fn snapshot<'a>(&'a self, token: &'a str) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>>;
+    fn snapshot<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>>;
 }
 
 /// Runs one connection until it closes. `initial` are tokens from `?token=`.
@@ -41,8 +44,14 @@ pub async fn run_session(
     let ping_interval = settings.ping_interval;
     let writer_pong = pong_seen.clone();
     let mut writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-        let close = |reason: String| Message::Close(Some(CloseFrame { code: CLOSE_POLICY, reason: reason.into() }));
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        let close = |reason: String| {
+            Message::Close(Some(CloseFrame {
+                code: CLOSE_POLICY,
+                reason: reason.into(),
+            }))
+        };
         loop {
             tokio::select! {
                 biased;
@@ -72,7 +81,12 @@ pub async fn run_session(
         }
     });
 
-    let session = Session { id, hub: hub.clone(), snapshots, max_message_bytes: settings.max_message_bytes };
+    let session = Session {
+        id,
+        hub: hub.clone(),
+        snapshots,
+        max_message_bytes: settings.max_message_bytes,
+    };
     if !initial.is_empty() {
         session.subscribe(initial).await;
     }
@@ -101,16 +115,22 @@ struct Session {
 
 impl Session {
     fn send(&self, message: &ServerMessage) {
-        self.hub.send_to(self.id, Utf8Bytes::from(message.to_text()));
+        self.hub
+            .send_to(self.id, Utf8Bytes::from(message.to_text()));
     }
 
     fn error(&self, error: impl Into<String>) {
-        self.send(&ServerMessage::Error { error: error.into() });
+        self.send(&ServerMessage::Error {
+            error: error.into(),
+        });
     }
 
     async fn handle_text(&self, text: &str) {
         if text.len() > self.max_message_bytes {
-            return self.error(format!("message larger than {} bytes", self.max_message_bytes));
+            return self.error(format!(
+                "message larger than {} bytes",
+                self.max_message_bytes
+            ));
         }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Subscribe { tokens }) => self.subscribe(tokens).await,
@@ -129,13 +149,19 @@ impl Session {
         if tokens.is_empty() {
             return self.error("`tokens` must not be empty");
         }
-        if let Some(Err(e)) = tokens.iter().map(|t| validate_token(t)).find(Result::is_err) {
+        if let Some(Err(e)) = tokens
+            .iter()
+            .map(|t| validate_token(t))
+            .find(Result::is_err)
+        {
             return self.error(e.to_string());
         }
         match self.hub.subscribe(self.id, &tokens) {
             Err(e) => self.error(e.to_string()),
             Ok(fresh) => {
-                self.send(&ServerMessage::Subscribed { tokens: fresh.clone() });
+                self.send(&ServerMessage::Subscribed {
+                    tokens: fresh.clone(),
+                });
                 for token in fresh {
                     let stats = self.snapshots.snapshot(&token).await;
                     self.send(&ServerMessage::Snapshot { token, stats });
