@@ -943,7 +943,11 @@ fn restore_rebuilds_identical_state_and_dedup() {
                 } else {
                     format!("e{batch}-{i}")
                 };
-                let side = if x.is_multiple_of(3) { Side::Sell } else { Side::Buy };
+                let side = if x.is_multiple_of(3) {
+                    Side::Sell
+                } else {
+                    Side::Buy
+                };
                 let at = now - (x % (3 * HOUR as u64)) as i64;
                 let mut s = swap(
                     &id,

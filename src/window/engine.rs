@@ -59,7 +59,7 @@ impl Default for EngineTuning {
         Self {
             tier_min_buckets: 64,
             flat_max_marks: 24,
-            counters_min_wallets: 48,
+            counters_min_wallets: 256,
         }
     }
 }
@@ -681,8 +681,9 @@ mod tests {
             .token
             .as_ref()
             .unwrap();
-        assert!(old.levels[SECOND].series.is_empty() && old.levels[SECOND].marks.is_empty());
-        assert_eq!(old.levels[MINUTE].series.len(), 1);
+        assert!(old.series[SECOND].is_empty() && old.activity.len(SECOND) == 0);
+        assert_eq!(old.series[MINUTE].len(), 1);
+        assert_eq!(old.activity.len(MINUTE), 1);
 
         // The dedup horizon (24 h) forgets "a"; the swap is then late anyway.
         engine.expire(T0 + 24 * HOUR + 1);

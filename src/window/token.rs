@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::marks::{MarkAdded, MarkLimits, MarkStore, UniqueCounts, UniqueQuery};
+use super::marks::{Activity, MarkAdded, MarkLimits, UniqueCounts, UniqueQuery};
 use super::series::Series;
 use super::{Bucket, ChangePct, Level, PeriodStats, WindowSpec, WindowStats};
 
@@ -87,27 +87,14 @@ impl Plan {
     }
 }
 
-/// Buckets and wallet marks of one token at one level.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct LevelState {
-    pub(crate) series: Series,
-    pub(crate) marks: MarkStore,
-}
-
-impl LevelState {
-    fn oldest_key(&self) -> Option<i64> {
-        match (self.series.first_key(), self.marks.oldest_key()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
 /// Everything the engine holds for one token.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenState {
     pub(crate) name: Arc<str>,
-    pub(crate) levels: [LevelState; 2],
+    /// Buckets per level.
+    pub(crate) series: [Series; 2],
+    /// Wallet marks of both levels.
+    pub(crate) activity: Activity,
     /// Due time of this token's live entry in the expiry schedule (`i64::MAX`: none).
     pub(crate) scheduled_due_ms: i64,
 }
@@ -124,30 +111,27 @@ impl TokenState {
     pub(crate) fn new(name: Arc<str>) -> Self {
         Self {
             name,
-            levels: Default::default(),
+            series: Default::default(),
+            activity: Activity::default(),
             scheduled_due_ms: i64::MAX,
         }
     }
 
     /// True when it holds neither buckets nor marks.
     pub(crate) fn is_empty(&self) -> bool {
-        self.levels
-            .iter()
-            .all(|l| l.series.is_empty() && l.marks.is_empty())
+        self.series.iter().all(Series::is_empty) && self.activity.is_empty()
     }
 
     /// Merges a bucket delta at `key` of `level`.
     #[inline]
     pub(crate) fn merge(&mut self, level: usize, key: i64, delta: &Bucket, limits: ShapeLimits) {
-        self.levels[level]
-            .series
-            .merge(key, delta, limits.tier_min_buckets);
+        self.series[level].merge(key, delta, limits.tier_min_buckets);
     }
 
     /// Side bits of `wallet` at `key` of `level`.
     #[inline]
     pub(crate) fn sides(&self, level: usize, wallet: u32, key: i64) -> u8 {
-        self.levels[level].marks.sides(wallet, key)
+        self.activity.sides(level, wallet, key)
     }
 
     /// Adds side bits of `wallet` at `key` of `level`.
@@ -161,47 +145,46 @@ impl TokenState {
         plan: &Plan,
         limits: ShapeLimits,
     ) -> MarkAdded {
-        self.levels[level]
-            .marks
-            .add(wallet, key, sides, &plan.lens[level], limits.marks)
+        self.activity
+            .add(level, wallet, key, sides, &plan.lens, limits.marks)
     }
 
-    /// Drops second data before `second_cut` and minute data before `minute_cut`.
-    pub(crate) fn trim(
-        &mut self,
-        cuts: [i64; 2],
-        limits: ShapeLimits,
-        mut release: impl FnMut(u32),
-    ) {
-        for (level, cut) in self.levels.iter_mut().zip(cuts) {
-            level.series.trim(cut, limits.tier_min_buckets);
-            level.marks.trim(cut, limits.marks, &mut release);
+    /// Drops data with keys before `cuts[level]` (second, minute).
+    pub(crate) fn trim(&mut self, cuts: [i64; 2], limits: ShapeLimits, release: impl FnMut(u32)) {
+        for (series, cut) in self.series.iter_mut().zip(cuts) {
+            series.trim(cut, limits.tier_min_buckets);
         }
+        self.activity.trim(cuts, limits.marks, release);
     }
 
     /// Releases every wallet reference (before the token is dropped).
-    pub(crate) fn release_all(&mut self, mut release: impl FnMut(u32)) {
-        for level in &mut self.levels {
-            level.marks.release_all(&mut release);
+    pub(crate) fn release_all(&mut self, release: impl FnMut(u32)) {
+        self.activity.release_all(release);
+    }
+
+    fn oldest_key(&self, level: usize) -> Option<i64> {
+        match (
+            self.series[level].first_key(),
+            self.activity.oldest_key(level),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// When the oldest data needs trimming: second key `s` at `(s + 7200) s`,
     /// minute key `m` at `(m + 1) min + retention`.
     pub(crate) fn due_ms(&self, retention_ms: i64) -> i64 {
-        let second = self.levels[SECOND]
-            .oldest_key()
-            .map_or(i64::MAX, second_due_ms);
-        let minute = self.levels[MINUTE]
-            .oldest_key()
+        let second = self.oldest_key(SECOND).map_or(i64::MAX, second_due_ms);
+        let minute = self
+            .oldest_key(MINUTE)
             .map_or(i64::MAX, |m| minute_due_ms(m, retention_ms));
         second.min(minute)
     }
 
     /// The newest minute bucket's key and block time of its latest swap.
     pub(crate) fn newest(&self) -> Option<(i64, i64)> {
-        self.levels[MINUTE]
-            .series
+        self.series[MINUTE]
             .last()
             .map(|(key, b)| (*key, b.close.at_ms))
     }
@@ -230,9 +213,8 @@ impl TokenState {
         ];
         for level in [SECOND, MINUTE] {
             if !queries[level].is_empty() {
-                self.levels[level]
-                    .marks
-                    .uniques(&queries[level], &mut uniques[level]);
+                self.activity
+                    .uniques(level, &queries[level], &mut uniques[level]);
             }
         }
         let mut next = [0_usize; 2];
@@ -240,7 +222,7 @@ impl TokenState {
             .iter()
             .zip(starts)
             .map(|(w, (current_start, previous_start))| {
-                let series = &self.levels[w.level].series;
+                let series = &self.series[w.level];
                 let i = next[w.level];
                 next[w.level] += 2;
                 let current = period(&series.fold(current_start, i64::MAX), uniques[w.level][i]);
@@ -277,13 +259,10 @@ impl TokenState {
             },
         ];
         let mut uniques = [[0; 3]; 2];
-        let level = &self.levels[w.level];
-        level.marks.uniques(&queries, &mut uniques);
-        let current = period(&level.series.fold(current_start, i64::MAX), uniques[0]);
-        let previous = period(
-            &level.series.fold(previous_start, current_start),
-            uniques[1],
-        );
+        self.activity.uniques(w.level, &queries, &mut uniques);
+        let series = &self.series[w.level];
+        let current = period(&series.fold(current_start, i64::MAX), uniques[0]);
+        let previous = period(&series.fold(previous_start, current_start), uniques[1]);
         let change_pct = ChangePct::between(&current, &previous);
         WindowStats {
             current,
@@ -300,27 +279,24 @@ impl TokenState {
         with_uniques: bool,
     ) -> PeriodStats {
         let (current_start, _) = w.key_ranges(now_ms);
-        let level = &self.levels[w.level];
         let mut uniques = [[0; 3]];
         if with_uniques {
-            level.marks.uniques(
-                &[UniqueQuery {
-                    start: current_start,
-                    end: i64::MAX,
-                    lane: 0,
-                }],
-                &mut uniques,
-            );
+            let query = [UniqueQuery {
+                start: current_start,
+                end: i64::MAX,
+                lane: 0,
+            }];
+            self.activity.uniques(w.level, &query, &mut uniques);
         }
-        period(&level.series.fold(current_start, i64::MAX), uniques[0])
+        period(
+            &self.series[w.level].fold(current_start, i64::MAX),
+            uniques[0],
+        )
     }
 
     /// Approximate heap bytes held, excluding the name (for memory reports).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.levels
-            .iter()
-            .map(|l| l.series.heap_bytes() + l.marks.heap_bytes())
-            .sum()
+        self.series.iter().map(Series::heap_bytes).sum::<usize>() + self.activity.heap_bytes()
     }
 }
 
