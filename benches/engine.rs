@@ -3,9 +3,11 @@
 //! - `apply/*`: 1 M pre-decoded arrivals (1000 tokens Zipf(1.0), 10k wallets
 //!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
 //!   up to a minute) into a fresh engine, one swap at a time and in batches of 500.
-//! - `stats/*`, `top/*`: one full day built first (400 swaps/s over 1000 tokens
-//!   Zipf(1.2), the busiest ~90 swaps/s), then one token's full stats (4 windows,
-//!   current + previous, uniques) for a quiet, a middling and the busiest token.
+//! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
+//!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
+//!   current + previous, uniques) for a quiet token (one swap), the 600th (~100
+//!   wallets in 2 h: unique counts by visiting wallets), the 50th and the busiest
+//!   (unique counts from counters).
 //!
 //! Run: `cargo bench --bench engine` (about two minutes, plus ~30 s to build the day).
 
@@ -92,19 +94,19 @@ fn bench_apply(c: &mut Criterion) {
     group.finish();
 }
 
-/// One day of swaps at 400/s; dedup horizon cut to 10 minutes (with expire every
-/// 10 s) so the bench does not hold 35 M event ids. Stats do not depend on it.
+/// One day of swaps at 300/s; dedup horizon cut to 10 minutes (with expire every
+/// 10 s) so the bench does not hold 26 M event ids. Stats do not depend on it.
 fn build_day() -> (WindowEngine, Stream, i64) {
+    const RATE: f64 = 300.0;
     let started = Instant::now();
     let config = EngineConfig {
         dedup_horizon_ms: 10 * 60 * SECOND,
         ..default_config()
     };
     let mut engine = WindowEngine::new(config);
-    let mut stream = Stream::new(7, 1000, 1.2, 10_000, 400.0, 0.0);
+    let mut stream = Stream::new(7, 1000, 1.3, 10_000, RATE, 0.0);
     let mut now = T0;
     let mut next_expire = T0;
-    let mut batch = Vec::with_capacity(400);
     // Hours of data to build (24 unless overridden, e.g. for profiling).
     let hours: i64 = std::env::var("ENGINE_BENCH_DAY_HOURS")
         .ok()
@@ -113,17 +115,12 @@ fn build_day() -> (WindowEngine, Stream, i64) {
     while now < T0 + hours * HOUR {
         let (swap, clock) = stream.next_swap();
         now = now.max(clock);
-        batch.push(swap);
-        if batch.len() == 400 {
-            engine.apply_batch(&batch, now);
-            batch.clear();
-        }
+        engine.apply(&swap, now);
         if now >= next_expire {
             engine.expire(now);
             next_expire = now + 10 * SECOND;
         }
     }
-    engine.apply_batch(&batch, now);
     let quiet = Swap {
         event_id: "quiet-1".into(),
         token: "QUIET".into(),
@@ -142,7 +139,7 @@ fn build_day() -> (WindowEngine, Stream, i64) {
         engine.token_count(),
         engine.wallet_count(),
         100.0 * stream.top_token_share(),
-        400.0 * stream.top_token_share(),
+        RATE * stream.top_token_share(),
         started.elapsed()
     );
     (engine, stream, now + SECOND)
@@ -153,6 +150,8 @@ struct Day {
     engine: WindowEngine,
     busiest: String,
     middling: String,
+    /// Few enough wallets per level that unique counts visit them.
+    thin: String,
     now: i64,
 }
 
@@ -160,17 +159,23 @@ fn day() -> Day {
     let (engine, stream, now) = build_day();
     let busiest = stream.token_name(0).to_string();
     let middling = stream.token_name(50).to_string();
+    let thin = stream.token_name(600).to_string();
     for (name, token) in [
         ("quiet", "QUIET"),
+        ("rank_600", thin.as_str()),
         ("rank_50", middling.as_str()),
         ("busiest", busiest.as_str()),
     ] {
         let stats = engine.stats(token, now).expect("token is live");
         let day = stats.windows.get("24h").expect("24h window");
         eprintln!(
-            "{name}: 24h txns {} unique wallets {} (5m txns {})",
+            "{name}: 24h txns {} unique wallets {} (1h unique wallets {}, 5m txns {})",
             day.current.txns,
             day.current.unique_wallets,
+            stats
+                .windows
+                .get("1h")
+                .map_or(0, |w| w.current.unique_wallets),
             stats.windows.get("5m").map_or(0, |w| w.current.txns)
         );
     }
@@ -178,6 +183,7 @@ fn day() -> Day {
         engine,
         busiest,
         middling,
+        thin,
         now,
     }
 }
@@ -192,6 +198,10 @@ fn bench_queries(c: &mut Criterion) {
     group.bench_function("quiet_token", |b| {
         let d = day_cell.get_or_init(day);
         b.iter(|| black_box(d.engine.stats(black_box("QUIET"), d.now)))
+    });
+    group.bench_function("rank_600_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box(&d.thin), d.now)))
     });
     group.bench_function("rank_50_token", |b| {
         let d = day_cell.get_or_init(day);

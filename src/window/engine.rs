@@ -26,18 +26,24 @@ use super::{
 /// Engine parameters, from `windows` and `ingest.*`.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Windows reported by `stats`, in this order.
     pub windows: Vec<WindowSpec>,
+    /// Event ids are remembered this long (by block time); older swaps are late.
     pub dedup_horizon_ms: i64,
+    /// Minute buckets and wallet marks are kept this long; at least 2 h (the
+    /// second level's span) is expected.
     pub retention_ms: i64,
 }
 
 /// What happened to one swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
+    /// Counted, and its event id remembered.
     Applied,
     /// Its event id was applied before, within the dedup horizon.
     Duplicate,
-    /// Block time older than the dedup horizon: dropped.
+    /// Block time older than the dedup horizon (or the retention): dropped,
+    /// not remembered.
     Late,
 }
 
@@ -46,11 +52,14 @@ pub enum ApplyOutcome {
 /// exercise every shape. Results never depend on these, only speed and memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineTuning {
-    /// A level with more buckets than this keeps block summaries (8/64/512).
+    /// A token level with more buckets than this keeps block summaries (of
+    /// 8, 64 and 512 buckets) so range folds stay short.
     pub tier_min_buckets: usize,
-    /// A level with more wallet marks than this keeps them per wallet (max 64).
+    /// A token with more wallet marks than this (both levels) keeps them in
+    /// per-wallet records instead of one sorted vector (at most 64).
     pub flat_max_marks: usize,
-    /// A level with more wallets than this keeps O(1) unique counters.
+    /// A token level with more active wallets than this keeps difference-array
+    /// counters: O(1) unique counts, ~0.2–0.5 MB per level.
     pub counters_min_wallets: usize,
 }
 

@@ -75,6 +75,8 @@ struct WalletActivity {
     newest: [i64; 2],
     last_buy: [i64; 2],
     last_sell: [i64; 2],
+    /// Position in the level's list of active wallets (valid while it has marks there).
+    listed_at: [u32; 2],
     older: [VecDeque<i64>; 2],
 }
 
@@ -84,6 +86,7 @@ impl WalletActivity {
             newest: [NONE; 2],
             last_buy: [NONE; 2],
             last_sell: [NONE; 2],
+            listed_at: [0; 2],
             older: [VecDeque::new(), VecDeque::new()],
         }
     }
@@ -344,6 +347,9 @@ impl WalletActivity {
 pub(crate) struct WalletIndex {
     wallets: FastMap<u32, WalletActivity>,
     marks: [usize; 2],
+    /// Per level: the wallets with at least one mark there (what a unique
+    /// count without counters visits).
+    listed: [Vec<u32>; 2],
     /// Per level: every wallet is filed at (or before) the key of its oldest
     /// mark, so a trim visits only the wallets filed before the cut.
     by_oldest: [WalletWheel; 2],
@@ -355,6 +361,7 @@ impl WalletIndex {
         Self {
             wallets: FastMap::default(),
             marks: [0; 2],
+            listed: [Vec::new(), Vec::new()],
             by_oldest: [WalletWheel::default(), WalletWheel::default()],
             counters: [None, None],
         }
@@ -372,6 +379,10 @@ impl WalletIndex {
         let added = record.add(level, key, sides, self.counters[level].as_mut());
         if added.created {
             self.marks[level] += 1;
+            if newest == NONE {
+                record.listed_at[level] = self.listed[level].len() as u32;
+                self.listed[level].push(wallet);
+            }
             if may_be_oldest {
                 self.by_oldest[level].file(key, wallet);
             }
@@ -386,23 +397,21 @@ impl WalletIndex {
         self.by_oldest[level].first_key()
     }
 
-    fn build_counters(&mut self, lens: &[Vec<i64>; 2]) {
-        for (level, lens) in lens.iter().enumerate() {
-            let mut counters = Counters::new(lens);
-            for record in self.wallets.values() {
-                for class in [CLASS_ANY, CLASS_BUY, CLASS_SELL] {
-                    let mask = class_mask(class);
-                    let mut prev = NONE;
-                    for m in record.marks(level) {
-                        if sides_of(m) & mask != 0 {
-                            counters.link(class, prev, key_of(m), NONE);
-                            prev = key_of(m);
-                        }
+    fn build_counters(&mut self, level: usize, lens: &[i64]) {
+        let mut counters = Counters::new(lens);
+        for record in self.wallets.values() {
+            for class in [CLASS_ANY, CLASS_BUY, CLASS_SELL] {
+                let mask = class_mask(class);
+                let mut prev = NONE;
+                for m in record.marks(level) {
+                    if sides_of(m) & mask != 0 {
+                        counters.link(class, prev, key_of(m), NONE);
+                        prev = key_of(m);
                     }
                 }
             }
-            self.counters[level] = Some(counters);
         }
+        self.counters[level] = Some(counters);
     }
 
     fn trim(&mut self, cuts: [i64; 2], release: &mut impl FnMut(u32)) -> bool {
@@ -421,10 +430,21 @@ impl WalletIndex {
                 }
                 self.marks[level] -= gone;
                 dropped |= gone > 0;
+                let unlisted =
+                    (gone > 0 && record.newest[level] == NONE).then_some(record.listed_at[level]);
                 if let Some(oldest) = record.oldest_key(level) {
                     self.by_oldest[level].file(oldest, wallet);
                 } else if record.is_empty() {
                     self.wallets.remove(&wallet);
+                }
+                if let Some(position) = unlisted {
+                    let listed = &mut self.listed[level];
+                    listed.swap_remove(position as usize);
+                    if let Some(&moved) = listed.get(position as usize) {
+                        if let Some(moved) = self.wallets.get_mut(&moved) {
+                            moved.listed_at[level] = position;
+                        }
+                    }
                 }
             }
         }
@@ -462,6 +482,11 @@ impl WalletWheel {
             self.slots.push_back(Vec::new());
         }
         self.slots[index].push(wallet);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.slots.iter().map(|s| s.capacity() * 4).sum::<usize>()
     }
 
     /// Start key of the first non-empty slot: no filed wallet has an older mark.
@@ -655,8 +680,12 @@ impl Activity {
             *self = Self::Wallets(Box::new(index));
         }
         if let Self::Wallets(index) = self {
-            if index.counters[0].is_none() && index.wallets.len() > limits.counters_min_wallets {
-                index.build_counters(lens);
+            for (level, lens) in lens.iter().enumerate() {
+                if index.counters[level].is_none()
+                    && index.listed[level].len() > limits.counters_min_wallets
+                {
+                    index.build_counters(level, lens);
+                }
             }
         }
     }
@@ -679,7 +708,7 @@ impl Activity {
                     }
                     keep
                 });
-                if marks.capacity() > 2 * marks.len().max(2) {
+                if marks.capacity() > marks.len() + marks.len() / 2 {
                     marks.shrink_to_fit();
                 }
                 marks.len() != before
@@ -703,10 +732,12 @@ impl Activity {
                     .collect();
                 marks.sort_unstable_by_key(FlatMark::order);
                 *self = Self::Flat(marks);
-            } else if index.counters[0].is_some()
-                && index.wallets.len() < limits.counters_min_wallets / 4
-            {
-                index.counters = [None, None];
+            } else {
+                for level in 0..2 {
+                    if index.listed[level].len() < limits.counters_min_wallets / 4 {
+                        index.counters[level] = None;
+                    }
+                }
             }
         }
         dropped
@@ -739,16 +770,73 @@ impl Activity {
                     }
                 }
                 None => {
-                    for record in index.wallets.values() {
-                        if record.newest[level] == NONE {
+                    for wallet in &index.listed[level] {
+                        let Some(record) = index.wallets.get(wallet) else {
                             continue;
-                        }
+                        };
                         for (q, o) in queries.iter().zip(out.iter_mut()) {
                             add_sides(o, record.sides_in(level, q.start, q.end));
                         }
                     }
                 }
             },
+        }
+    }
+
+    /// Asserts the per-wallet invariants (for tests): marks sorted, the newest
+    /// inline, the newest buy/sell keys exact, every wallet filed no later than
+    /// its oldest mark.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let Self::Wallets(index) = self else { return };
+        for level in 0..2 {
+            let mut active: Vec<u32> = index
+                .wallets
+                .iter()
+                .filter(|(_, r)| r.newest[level] != NONE)
+                .map(|(&w, _)| w)
+                .collect();
+            active.sort_unstable();
+            let mut listed = index.listed[level].clone();
+            listed.sort_unstable();
+            assert_eq!(listed, active, "active wallets at level {level}");
+            for (position, wallet) in index.listed[level].iter().enumerate() {
+                assert_eq!(index.wallets[wallet].listed_at[level] as usize, position);
+            }
+        }
+        for (&wallet, record) in &index.wallets {
+            assert!(!record.is_empty());
+            for level in 0..2 {
+                let marks: Vec<i64> = record.marks(level).collect();
+                assert!(marks.windows(2).all(|w| key_of(w[0]) < key_of(w[1])));
+                let last_with = |bit: u8| {
+                    marks
+                        .iter()
+                        .rev()
+                        .find(|&&m| sides_of(m) & bit != 0)
+                        .map_or(NONE, |&m| key_of(m))
+                };
+                assert_eq!(
+                    record.last_buy[level],
+                    last_with(SIDE_BUY),
+                    "last buy of {wallet}"
+                );
+                assert_eq!(
+                    record.last_sell[level],
+                    last_with(SIDE_SELL),
+                    "last sell of {wallet}"
+                );
+                if let Some(&first) = marks.first() {
+                    let filed = &index.by_oldest[level];
+                    let slot = key_of(first) >> WHEEL_SHIFT;
+                    assert!(
+                        filed.slots.iter().enumerate().any(|(i, wallets)| {
+                            filed.first_slot + i as i64 <= slot && wallets.contains(&wallet)
+                        }),
+                        "wallet {wallet} filed no later than its oldest mark"
+                    );
+                }
+            }
         }
     }
 
@@ -793,6 +881,12 @@ impl Activity {
                         .iter()
                         .flatten()
                         .map(Counters::heap_bytes)
+                        .sum::<usize>()
+                    + (index.listed[0].capacity() + index.listed[1].capacity()) * 4
+                    + index
+                        .by_oldest
+                        .iter()
+                        .map(WalletWheel::heap_bytes)
                         .sum::<usize>()
             }
         }
@@ -848,6 +942,8 @@ fn flat_uniques(
 mod tests {
     use super::*;
 
+    const SECOND: usize = 0;
+
     /// Brute force over `(wallet, key, sides)` marks.
     fn brute(marks: &[(u32, i64, u8)], start: i64, end: i64) -> UniqueCounts {
         let mut per_wallet: std::collections::BTreeMap<u32, u8> = Default::default();
@@ -879,7 +975,7 @@ mod tests {
         for step in 0..900 {
             let r = next();
             let level = (r >> 40) as usize % 2;
-            let wallet = (r % 9) as u32;
+            let wallet = (r % 23) as u32;
             // Mostly forward in time, sometimes far back.
             let key = if (r >> 50) % 4 == 0 {
                 ((r >> 8) % 150) as i64
@@ -902,6 +998,7 @@ mod tests {
                     assert!(store.all(level).iter().all(|m| m.1 >= *cut));
                 }
             }
+            store.check();
             saw_counters |= store.has_counters(0);
             for (level, level_lens) in lens.iter().enumerate() {
                 let all = store.all(level);
@@ -939,6 +1036,34 @@ mod tests {
         store.trim([i64::MAX; 2], limits, |w| *refs.entry(w).or_default() -= 1);
         assert!(store.is_empty() && refs.values().all(|&r| r == 0));
         saw_counters
+    }
+
+    #[test]
+    fn trimming_a_side_forgets_its_newest_key() {
+        let lens = [vec![5_i64], vec![]];
+        for counters_min_wallets in [0, 1000] {
+            let limits = MarkLimits {
+                flat_max: 0,
+                counters_min_wallets,
+            };
+            let mut store = Activity::default();
+            store.add(SECOND, 1, 9, SIDE_SELL, &lens, limits);
+            store.add(SECOND, 1, 10, SIDE_BUY, &lens, limits);
+            store.add(SECOND, 1, 11, SIDE_BUY, &lens, limits);
+            store.add(SECOND, 2, 12, SIDE_SELL, &lens, limits);
+            let mut released = Vec::new();
+            store.trim([10, i64::MIN], limits, |w| released.push(w));
+            assert_eq!(released, vec![1]);
+            store.check();
+            let query = [UniqueQuery {
+                start: 0,
+                end: i64::MAX,
+                lane: 0,
+            }];
+            let mut out = [[0; 3]];
+            store.uniques(SECOND, &query, &mut out);
+            assert_eq!(out[0], [2, 1, 1], "wallet 1 buys only after the trim");
+        }
     }
 
     #[test]

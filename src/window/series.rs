@@ -138,10 +138,11 @@ impl Series {
                 }
             }
         }
-        if self.base.len() < tier_threshold / 4 {
+        if self.base.len() < tier_threshold / 4 || self.base.is_empty() {
             self.tiers = None;
         }
-        if self.base.capacity() > 4 * self.base.len().max(1) {
+        // Give memory back: all of it when empty, the slack when mostly unused.
+        if self.base.capacity() > 2 * self.base.len().max(2) || self.base.is_empty() {
             self.base.shrink_to_fit();
         }
         true
