@@ -11,7 +11,7 @@
 //!
 //! Run: `cargo bench --bench engine` (about two minutes, plus ~30 s to build the day).
 
-#[path = "common.rs"]
+#[path = "common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

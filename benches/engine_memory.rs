@@ -12,7 +12,7 @@
 //!
 //! Run: `cargo bench --bench engine_memory` (about a minute).
 
-#[path = "common.rs"]
+#[path = "common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -19,8 +19,8 @@ use super::token::{
     SECOND_SPAN_S,
 };
 use super::{
-    event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, Bucket, BucketDelta, Level,
-    RankBy, TokenStats, TopEntry, WalletMark, WindowSpec, Windows, SIDE_BUY, SIDE_SELL,
+    event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, Bucket, BucketDelta, EventKey,
+    Level, RankBy, TokenStats, TopEntry, WalletMark, WindowSpec, Windows, SIDE_BUY, SIDE_SELL,
 };
 
 /// Engine parameters, from `windows` and `ingest.*`.
@@ -199,13 +199,10 @@ impl WindowEngine {
     /// Applies one swap at query clock `now_ms`.
     pub fn apply(&mut self, swap: &Swap, now_ms: i64) -> ApplyOutcome {
         let key = event_key(&swap.event_id);
-        if self.dedup.contains(key) {
-            return ApplyOutcome::Duplicate;
+        match self.admit(key, swap.executed_at_ms, now_ms) {
+            ApplyOutcome::Applied => {}
+            rejected => return rejected,
         }
-        if self.is_late(swap.executed_at_ms, now_ms) {
-            return ApplyOutcome::Late;
-        }
-        self.dedup.insert(key, swap.executed_at_ms);
         let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
         let slot = self.slot_for(&swap.token);
         let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
@@ -246,16 +243,17 @@ impl WindowEngine {
         let mut pending = PendingBatch::default();
         for swap in swaps {
             let key = event_key(&swap.event_id);
-            if self.dedup.contains(key) {
-                counts.duplicates += 1;
-                continue;
+            match self.admit(key, swap.executed_at_ms, now_ms) {
+                ApplyOutcome::Applied => counts.applied += 1,
+                ApplyOutcome::Duplicate => {
+                    counts.duplicates += 1;
+                    continue;
+                }
+                ApplyOutcome::Late => {
+                    counts.late += 1;
+                    continue;
+                }
             }
-            if self.is_late(swap.executed_at_ms, now_ms) {
-                counts.late += 1;
-                continue;
-            }
-            counts.applied += 1;
-            self.dedup.insert(key, swap.executed_at_ms);
             pending.events.push(AppliedEvent {
                 key,
                 executed_at_ms: swap.executed_at_ms,
@@ -530,6 +528,23 @@ impl WindowEngine {
             + self.wallets.names.capacity() * (std::mem::size_of::<Option<Arc<str>>>() + 4);
         let schedule = self.schedule.capacity() * std::mem::size_of::<Reverse<(i64, u32, u32)>>();
         tokens + slots + index + wallet_names + schedule + self.dedup.approx_heap_bytes()
+    }
+
+    /// Dedup and lateness of one event: a remembered key is a duplicate (even if
+    /// late); otherwise a late one is dropped, and any other is remembered.
+    #[inline]
+    fn admit(&mut self, key: EventKey, executed_at_ms: i64, now_ms: i64) -> ApplyOutcome {
+        if self.is_late(executed_at_ms, now_ms) {
+            if self.dedup.contains(key) {
+                ApplyOutcome::Duplicate
+            } else {
+                ApplyOutcome::Late
+            }
+        } else if self.dedup.insert(key, executed_at_ms) {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Duplicate
+        }
     }
 
     /// Late: older than the dedup horizon or the retention.
