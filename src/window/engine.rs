@@ -671,6 +671,12 @@ mod tests {
     }
 
     #[test]
+    fn engine_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<WindowEngine>();
+    }
+
+    #[test]
     fn duplicates_and_late_swaps_are_dropped() {
         let mut engine = WindowEngine::new(config());
         let s = swap("e1", "T", Some("w"), Side::Buy, 10.0, T0);
