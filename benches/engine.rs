@@ -1,1 +1,245 @@
-fn main() {}
+//! Window engine throughput and query latency.
+//!
+//! - `apply/*`: 1 M pre-decoded arrivals (1000 tokens Zipf(1.0), 10k wallets
+//!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
+//!   up to a minute) into a fresh engine, one swap at a time and in batches of 500.
+//! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
+//!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
+//!   current + previous, uniques) for a quiet token (one swap), the 600th (~100
+//!   wallets in 2 h: unique counts by visiting wallets), the 50th and the busiest
+//!   (unique counts from counters).
+//!
+//! Run: `cargo bench --bench engine` (about two minutes, plus ~30 s to build the day).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::{default_config, Stream, HOUR, SECOND, T0};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use swapstats::swap::{Side, Swap};
+use swapstats::window::{EngineConfig, RankBy, WindowEngine};
+
+const APPLY_SWAPS: usize = 1_000_000;
+
+fn bench_apply(c: &mut Criterion) {
+    let mut stream = Stream::new(1, 1000, 1.0, 10_000, 1000.0, 0.01);
+    let (swaps, clocks): (Vec<Swap>, Vec<i64>) =
+        (0..APPLY_SWAPS).map(|_| stream.next_swap()).unzip();
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(APPLY_SWAPS as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(12));
+    group.bench_function("one_by_one_1M", |b| {
+        b.iter_batched(
+            || WindowEngine::new(default_config()),
+            |mut engine| {
+                for (swap, &now) in swaps.iter().zip(&clocks) {
+                    black_box(engine.apply(swap, now));
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("batches_of_500_with_expire_1M", |b| {
+        b.iter_batched(
+            || WindowEngine::new(default_config()),
+            |mut engine| {
+                for (chunk, chunk_clocks) in swaps.chunks(500).zip(clocks.chunks(500)) {
+                    let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+                    black_box(engine.apply_batch(chunk, now));
+                    engine.expire(now);
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // Where the time goes: the same stream without wallets (no unique-count
+    // bookkeeping), and re-applied as pure duplicates (hash + dedup probe only).
+    let anonymous: Vec<Swap> = swaps
+        .iter()
+        .map(|s| Swap {
+            wallet: None,
+            ..s.clone()
+        })
+        .collect();
+    group.bench_function("one_by_one_without_wallets_1M", |b| {
+        b.iter_batched(
+            || WindowEngine::new(default_config()),
+            |mut engine| {
+                for (swap, &now) in anonymous.iter().zip(&clocks) {
+                    black_box(engine.apply(swap, now));
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let mut filled = WindowEngine::new(default_config());
+    for (swap, &now) in swaps.iter().zip(&clocks) {
+        filled.apply(swap, now);
+    }
+    group.bench_function("all_duplicates_1M", |b| {
+        b.iter(|| {
+            for (swap, &now) in swaps.iter().zip(&clocks) {
+                black_box(filled.apply(swap, now));
+            }
+        })
+    });
+    group.finish();
+}
+
+/// One day of swaps at 300/s; dedup horizon cut to 10 minutes (with expire every
+/// 10 s) so the bench does not hold 26 M event ids. Stats do not depend on it.
+fn build_day() -> (WindowEngine, Stream, i64) {
+    const RATE: f64 = 300.0;
+    let started = Instant::now();
+    let config = EngineConfig {
+        dedup_horizon_ms: 10 * 60 * SECOND,
+        ..default_config()
+    };
+    let mut engine = WindowEngine::new(config);
+    let mut stream = Stream::new(7, 1000, 1.3, 10_000, RATE, 0.0);
+    let mut now = T0;
+    let mut next_expire = T0;
+    // Hours of data to build (24 unless overridden, e.g. for profiling).
+    let hours: i64 = std::env::var("ENGINE_BENCH_DAY_HOURS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(24);
+    while now < T0 + hours * HOUR {
+        let (swap, clock) = stream.next_swap();
+        now = now.max(clock);
+        engine.apply(&swap, now);
+        if now >= next_expire {
+            engine.expire(now);
+            next_expire = now + 10 * SECOND;
+        }
+    }
+    let quiet = Swap {
+        event_id: "quiet-1".into(),
+        token: "QUIET".into(),
+        wallet: Some("quiet-wallet".into()),
+        side: Side::Buy,
+        amount: 10.0,
+        usd: 5.0,
+        rate: 0.5,
+        created_at_ms: None,
+        executed_at_ms: now - 10 * 60 * SECOND,
+    };
+    engine.apply(&quiet, now);
+    engine.expire(now);
+    eprintln!(
+        "built one day: {} tokens, {} wallets, busiest share {:.1}% ({:.0} swaps/s), in {:.1?}",
+        engine.token_count(),
+        engine.wallet_count(),
+        100.0 * stream.top_token_share(),
+        RATE * stream.top_token_share(),
+        started.elapsed()
+    );
+    (engine, stream, now + SECOND)
+}
+
+/// The day, the names of the busiest and the 50th token, and the query clock.
+struct Day {
+    engine: WindowEngine,
+    busiest: String,
+    middling: String,
+    /// Few enough wallets per level that unique counts visit them.
+    thin: String,
+    now: i64,
+}
+
+fn day() -> Day {
+    let (engine, stream, now) = build_day();
+    let busiest = stream.token_name(0).to_string();
+    let middling = stream.token_name(50).to_string();
+    let thin = stream.token_name(600).to_string();
+    for (name, token) in [
+        ("quiet", "QUIET"),
+        ("rank_600", thin.as_str()),
+        ("rank_50", middling.as_str()),
+        ("busiest", busiest.as_str()),
+    ] {
+        let stats = engine.stats(token, now).expect("token is live");
+        let day = stats.windows.get("24h").expect("24h window");
+        eprintln!(
+            "{name}: 24h txns {} unique wallets {} (1h unique wallets {}, 5m txns {})",
+            day.current.txns,
+            day.current.unique_wallets,
+            stats
+                .windows
+                .get("1h")
+                .map_or(0, |w| w.current.unique_wallets),
+            stats.windows.get("5m").map_or(0, |w| w.current.txns)
+        );
+    }
+    Day {
+        engine,
+        busiest,
+        middling,
+        thin,
+        now,
+    }
+}
+
+fn bench_queries(c: &mut Criterion) {
+    // Built on first use, so a filter that skips these benches skips the build.
+    let day_cell = std::cell::OnceCell::new();
+    let mut group = c.benchmark_group("stats");
+    group.sample_size(30);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("quiet_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box("QUIET"), d.now)))
+    });
+    group.bench_function("rank_600_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box(&d.thin), d.now)))
+    });
+    group.bench_function("rank_50_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box(&d.middling), d.now)))
+    });
+    group.bench_function("busiest_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box(&d.busiest), d.now)))
+    });
+    group.bench_function("busiest_token_clock_over_last_minute", |b| {
+        let d = day_cell.get_or_init(day);
+        // Query times spread over the last minute (different second/minute edges).
+        let mut i: i64 = 0;
+        b.iter(|| {
+            i += 1;
+            let t = d.now - 60 * SECOND + (i * 137) % (60 * SECOND);
+            black_box(d.engine.stats(black_box(&d.busiest), t))
+        })
+    });
+    group.finish();
+    let mut group = c.benchmark_group("top");
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("1000_tokens_24h_by_volume_top_10", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.top("24h", RankBy::VolumeUsd, 10, d.now)))
+    });
+    group.bench_function("1000_tokens_5m_by_unique_wallets_top_10", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.top("5m", RankBy::UniqueWallets, 10, d.now)))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().nresamples(10_000).without_plots();
+    targets = bench_apply, bench_queries
+}
+criterion_main!(benches);

@@ -1,36 +1,194 @@
 //! `WindowEngine`: all tokens of one partition, their buckets, wallets and dedup.
+//!
+//! Tokens live in a slab indexed by name; wallets are interned to `u32` ids with
+//! reference counts (one per mark), so ids of wallets that aged out are reused.
+//! An expiry schedule (a min-heap of per-token due times) lets [`WindowEngine::expire`]
+//! visit only tokens that have data to drop, never all of them.
 
-use crate::swap::Swap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::Arc;
 
-use super::{BatchCounts, BatchEffect, RankBy, TokenStats, TopEntry, WindowSpec};
+use crate::swap::{Side, Swap};
+
+use super::dedup::Dedup;
+use super::hash::FastMap;
+use super::marks::MarkLimits;
+use super::token::{
+    level_index, minute_due_ms, second_due_ms, Plan, ShapeLimits, TokenState, MINUTE, SECOND,
+    SECOND_SPAN_S,
+};
+use super::{
+    event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, Bucket, BucketDelta, EventKey,
+    Level, RankBy, TokenStats, TopEntry, WalletMark, WindowSpec, Windows, SIDE_BUY, SIDE_SELL,
+};
 
 /// Engine parameters, from `windows` and `ingest.*`.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Windows reported by `stats`, in this order.
     pub windows: Vec<WindowSpec>,
+    /// Event ids are remembered this long (by block time); older swaps are late.
     pub dedup_horizon_ms: i64,
+    /// Minute buckets and wallet marks are kept this long; at least 2 h (the
+    /// second level's span) is expected.
     pub retention_ms: i64,
 }
 
 /// What happened to one swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
+    /// Counted, and its event id remembered.
     Applied,
     /// Its event id was applied before, within the dedup horizon.
     Duplicate,
-    /// Block time older than the dedup horizon: dropped.
+    /// Block time older than the dedup horizon (or the retention): dropped,
+    /// not remembered.
     Late,
+}
+
+/// When a token's structures switch from their sparse shape to their indexed one.
+/// The defaults are what production uses; tests lower them so that small inputs
+/// exercise every shape. Results never depend on these, only speed and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// A token level with more buckets than this keeps block summaries (of
+    /// 8, 64 and 512 buckets) so range folds stay short.
+    pub tier_min_buckets: usize,
+    /// A token with more wallet marks than this (both levels) keeps them in
+    /// per-wallet records instead of one sorted vector (at most 64).
+    pub flat_max_marks: usize,
+    /// A token level with more active wallets than this keeps difference-array
+    /// counters: O(1) unique counts, ~0.2–0.5 MB per level.
+    pub counters_min_wallets: usize,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        Self {
+            tier_min_buckets: 64,
+            flat_max_marks: 24,
+            counters_min_wallets: 256,
+        }
+    }
+}
+
+impl EngineTuning {
+    fn shape(&self) -> ShapeLimits {
+        ShapeLimits {
+            tier_min_buckets: self.tier_min_buckets,
+            marks: MarkLimits {
+                flat_max: self.flat_max_marks,
+                counters_min_wallets: self.counters_min_wallets,
+            },
+        }
+    }
+}
+
+/// A slab slot: the generation tells a reused slot from the token that left it.
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    token: Option<TokenState>,
+}
+
+/// Interned wallet addresses with one reference per mark that uses them.
+#[derive(Debug, Default)]
+struct WalletNames {
+    ids: FastMap<Arc<str>, u32>,
+    names: Vec<Option<Arc<str>>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+impl WalletNames {
+    #[inline]
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = Some(name.clone());
+                id
+            }
+            None => {
+                self.names.push(Some(name.clone()));
+                self.refs.push(0);
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.ids.insert(name, id);
+        id
+    }
+
+    #[inline]
+    fn acquire(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    fn release(&mut self, id: u32) {
+        let refs = &mut self.refs[id as usize];
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            if let Some(name) = self.names[id as usize].take() {
+                self.ids.remove(&name);
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names[id as usize].as_deref().unwrap_or_default()
+    }
+}
+
+/// A batch's effect while it is being built: slots and wallet ids instead of
+/// strings, deltas pre-merged per (token, level, key).
+#[derive(Default)]
+struct PendingBatch {
+    buckets: Vec<(u32, usize, i64, Bucket)>,
+    bucket_at: FastMap<(u32, u8, i64), u32>,
+    marks: Vec<(u32, u32, usize, i64, u8)>,
+    mark_at: FastMap<(u32, u32, u8, i64), u32>,
+    events: Vec<AppliedEvent>,
 }
 
 /// Sliding-window statistics for every token of one partition.
 pub struct WindowEngine {
     config: EngineConfig,
+    tuning: EngineTuning,
+    plan: Plan,
+    index: FastMap<Arc<str>, u32>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    wallets: WalletNames,
+    dedup: Dedup,
+    /// Min-heap of `(due_ms, slot, generation)`; stale entries are skipped.
+    schedule: BinaryHeap<Reverse<(i64, u32, u32)>>,
 }
 
 impl WindowEngine {
     /// An empty engine.
     pub fn new(config: EngineConfig) -> Self {
-        Self { config }
+        Self::with_tuning(config, EngineTuning::default())
+    }
+
+    /// An empty engine with explicit shape thresholds (see [`EngineTuning`]).
+    pub fn with_tuning(config: EngineConfig, tuning: EngineTuning) -> Self {
+        let plan = Plan::new(&config.windows);
+        Self {
+            config,
+            tuning,
+            plan,
+            index: FastMap::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            wallets: WalletNames::default(),
+            dedup: Dedup::default(),
+            schedule: BinaryHeap::new(),
+        }
     }
 
     /// The configuration it was built with.
@@ -40,26 +198,205 @@ impl WindowEngine {
 
     /// Applies one swap at query clock `now_ms`.
     pub fn apply(&mut self, swap: &Swap, now_ms: i64) -> ApplyOutcome {
-        let _ = (swap, now_ms);
-        todo!("engine helper")
+        let key = event_key(&swap.event_id);
+        match self.admit(key, swap.executed_at_ms, now_ms) {
+            ApplyOutcome::Applied => {}
+            rejected => return rejected,
+        }
+        let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
+        let slot = self.slot_for(&swap.token);
+        let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
+        let keys = level_keys(swap.executed_at_ms, now_ms);
+        let shape = self.tuning.shape();
+        let Self {
+            slots,
+            wallets,
+            plan,
+            ..
+        } = self;
+        let Some(token) = slots[slot as usize].token.as_mut() else {
+            return ApplyOutcome::Applied;
+        };
+        for (level, key) in keys.iter().enumerate() {
+            let Some(key) = *key else { continue };
+            token.merge(level, key, &bucket, shape);
+            if let Some(wallet) = wallet {
+                if token
+                    .add_mark(level, wallet, key, side_bit(swap.side), plan, shape)
+                    .created
+                {
+                    wallets.acquire(wallet);
+                }
+            }
+        }
+        self.schedule_keys(slot, keys);
+        ApplyOutcome::Applied
     }
 
     /// Applies a batch and returns what it changed (for the store) and the counts.
+    ///
+    /// The batch's deltas are merged first and then folded into the engine, in the
+    /// same order [`WindowEngine::restore`] folds them, so restoring the effects
+    /// of a sequence of batches rebuilds bit-identical state.
     pub fn apply_batch(&mut self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
-        let _ = (swaps, now_ms);
-        todo!("engine helper")
+        let mut counts = BatchCounts::default();
+        let mut pending = PendingBatch::default();
+        for swap in swaps {
+            let key = event_key(&swap.event_id);
+            match self.admit(key, swap.executed_at_ms, now_ms) {
+                ApplyOutcome::Applied => counts.applied += 1,
+                ApplyOutcome::Duplicate => {
+                    counts.duplicates += 1;
+                    continue;
+                }
+                ApplyOutcome::Late => {
+                    counts.late += 1;
+                    continue;
+                }
+            }
+            pending.events.push(AppliedEvent {
+                key,
+                executed_at_ms: swap.executed_at_ms,
+            });
+            let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
+            let slot = self.slot_for(&swap.token);
+            let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
+            let Some(token) = self.slots[slot as usize].token.as_ref() else {
+                continue;
+            };
+            for (level, key) in level_keys(swap.executed_at_ms, now_ms).iter().enumerate() {
+                let Some(key) = *key else { continue };
+                let next = pending.buckets.len() as u32;
+                let at = *pending
+                    .bucket_at
+                    .entry((slot, level as u8, key))
+                    .or_insert(next);
+                match pending.buckets.get_mut(at as usize) {
+                    Some(entry) => entry.3.merge(&bucket),
+                    None => pending.buckets.push((slot, level, key, bucket)),
+                }
+                let Some(wallet) = wallet else { continue };
+                let held = token.sides(level, wallet, key);
+                let next = pending.marks.len() as u32;
+                let at = *pending
+                    .mark_at
+                    .entry((slot, wallet, level as u8, key))
+                    .or_insert(next);
+                match pending.marks.get_mut(at as usize) {
+                    Some(entry) => entry.4 |= side_bit(swap.side) & !held,
+                    None => {
+                        pending
+                            .marks
+                            .push((slot, wallet, level, key, side_bit(swap.side) & !held))
+                    }
+                }
+            }
+        }
+        let shape = self.tuning.shape();
+        let mut effect = BatchEffect {
+            buckets: Vec::with_capacity(pending.buckets.len()),
+            wallets: Vec::new(),
+            events: pending.events,
+        };
+        for (slot, level, key, delta) in pending.buckets {
+            let Some(token) = self.slots[slot as usize].token.as_mut() else {
+                continue;
+            };
+            token.merge(level, key, &delta, shape);
+            effect.buckets.push(BucketDelta {
+                token: token.name.to_string(),
+                level: LEVELS[level],
+                at: key,
+                delta,
+            });
+            let mut keys = [None, None];
+            keys[level] = Some(key);
+            self.schedule_keys(slot, keys);
+        }
+        for (slot, wallet, level, key, sides) in pending.marks {
+            if sides == 0 {
+                continue;
+            }
+            let Self {
+                slots,
+                wallets,
+                plan,
+                ..
+            } = &mut *self;
+            let Some(token) = slots[slot as usize].token.as_mut() else {
+                continue;
+            };
+            if token
+                .add_mark(level, wallet, key, sides, plan, shape)
+                .created
+            {
+                wallets.acquire(wallet);
+            }
+            effect.wallets.push(WalletMark {
+                token: token.name.to_string(),
+                wallet: wallets.name(wallet).to_string(),
+                level: LEVELS[level],
+                at: key,
+                sides,
+            });
+        }
+        (effect, counts)
     }
 
     /// Merges persisted effects back in (restart from the store).
     pub fn restore(&mut self, effect: &BatchEffect) {
-        let _ = effect;
-        todo!("engine helper")
+        let shape = self.tuning.shape();
+        for delta in &effect.buckets {
+            let slot = self.slot_for(&delta.token);
+            let level = level_index(delta.level);
+            if let Some(token) = self.slots[slot as usize].token.as_mut() {
+                token.merge(level, delta.at, &delta.delta, shape);
+            }
+            let mut keys = [None, None];
+            keys[level] = Some(delta.at);
+            self.schedule_keys(slot, keys);
+        }
+        for mark in &effect.wallets {
+            let sides = mark.sides & (SIDE_BUY | SIDE_SELL);
+            if sides == 0 {
+                continue;
+            }
+            let slot = self.slot_for(&mark.token);
+            let wallet = self.wallets.intern(&mark.wallet);
+            let level = level_index(mark.level);
+            let Self {
+                slots,
+                wallets,
+                plan,
+                ..
+            } = &mut *self;
+            if let Some(token) = slots[slot as usize].token.as_mut() {
+                if token
+                    .add_mark(level, wallet, mark.at, sides, plan, shape)
+                    .created
+                {
+                    wallets.acquire(wallet);
+                }
+            }
+            let mut keys = [None, None];
+            keys[level] = Some(mark.at);
+            self.schedule_keys(slot, keys);
+        }
+        for event in &effect.events {
+            self.dedup.insert(event.key, event.executed_at_ms);
+        }
     }
 
     /// Stats of `token` at `now_ms`; `None` when it has no swap within retention.
     pub fn stats(&self, token: &str, now_ms: i64) -> Option<TokenStats> {
-        let _ = (token, now_ms);
-        todo!("engine helper")
+        let state = self.live_token(token, now_ms)?;
+        let (_, last_swap_at) = state.newest()?;
+        Some(TokenStats {
+            token: state.name.to_string(),
+            updated_at: now_ms,
+            last_swap_at: Some(last_swap_at),
+            windows: Windows(state.window_stats(&self.plan, now_ms)),
+        })
     }
 
     /// Top `limit` tokens of window `window` by `by`; `None` for an unknown window.
@@ -70,18 +407,417 @@ impl WindowEngine {
         limit: usize,
         now_ms: i64,
     ) -> Option<Vec<TopEntry>> {
-        let _ = (window, by, limit, now_ms);
-        todo!("engine helper")
+        let plan = self.plan.windows.iter().find(|w| w.spec.name == window)?;
+        let minute_cut = self.minute_cut(now_ms);
+        let mut ranked: Vec<(Option<f64>, &TokenState)> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.token.as_ref())
+            .filter(|token| {
+                token
+                    .newest()
+                    .is_some_and(|(minute, _)| minute >= minute_cut)
+            })
+            .map(|token| {
+                let current = token.current_period(plan, now_ms, by == RankBy::UniqueWallets);
+                (by.value(&current), token)
+            })
+            .collect();
+        let order = |a: &(Option<f64>, &TokenState), b: &(Option<f64>, &TokenState)| -> Ordering {
+            let by_value = match (a.0, b.0) {
+                (Some(x), Some(y)) => y.total_cmp(&x),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            };
+            by_value.then_with(|| a.1.name.cmp(&b.1.name))
+        };
+        if limit == 0 {
+            return Some(Vec::new());
+        }
+        if ranked.len() > limit {
+            ranked.select_nth_unstable_by(limit - 1, order);
+            ranked.truncate(limit);
+        }
+        ranked.sort_unstable_by(order);
+        Some(
+            ranked
+                .into_iter()
+                .map(|(value, token)| TopEntry {
+                    token: token.name.to_string(),
+                    value,
+                    stats: token.one_window(plan, now_ms),
+                })
+                .collect(),
+        )
     }
 
     /// Drops buckets, wallet marks and dedup entries that aged out at `now_ms`.
     pub fn expire(&mut self, now_ms: i64) {
-        let _ = now_ms;
-        todo!("engine helper")
+        self.dedup
+            .expire(now_ms.saturating_sub(self.config.dedup_horizon_ms));
+        let cuts = [second_cut(now_ms), self.minute_cut(now_ms)];
+        let shape = self.tuning.shape();
+        let retention_ms = self.config.retention_ms;
+        while let Some(&Reverse((due_ms, slot, generation))) = self.schedule.peek() {
+            if due_ms > now_ms {
+                break;
+            }
+            self.schedule.pop();
+            let Self {
+                slots,
+                wallets,
+                index,
+                free_slots,
+                schedule,
+                ..
+            } = self;
+            let entry = &mut slots[slot as usize];
+            if entry.generation != generation {
+                continue;
+            }
+            let Some(token) = entry.token.as_mut() else {
+                continue;
+            };
+            if token.scheduled_due_ms != due_ms {
+                continue;
+            }
+            token.trim(cuts, shape, |w| wallets.release(w));
+            if token.is_empty() {
+                index.remove(&token.name);
+                token.release_all(|w| wallets.release(w));
+                entry.token = None;
+                entry.generation = entry.generation.wrapping_add(1);
+                free_slots.push(slot);
+            } else {
+                let due = token.due_ms(retention_ms).max(now_ms.saturating_add(1));
+                token.scheduled_due_ms = due;
+                schedule.push(Reverse((due, slot, generation)));
+            }
+        }
     }
 
     /// Number of tokens held.
     pub fn token_count(&self) -> usize {
-        todo!("engine helper")
+        self.index.len()
+    }
+
+    /// Number of event keys remembered for dedup.
+    pub fn remembered_events(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// Number of distinct wallets referenced by any token.
+    pub fn wallet_count(&self) -> usize {
+        self.wallets.ids.len()
+    }
+
+    /// Approximate heap bytes held by tokens, wallet names and dedup (for the
+    /// memory gauge; allocator overhead not included).
+    pub fn approx_heap_bytes(&self) -> usize {
+        let tokens: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.token.as_ref())
+            .map(|t| t.heap_bytes() + t.name.len() + 16)
+            .sum();
+        let slots = self.slots.capacity() * std::mem::size_of::<Slot>();
+        let index = self.index.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1);
+        let wallet_names: usize = self.wallets.ids.keys().map(|k| k.len() + 16).sum::<usize>()
+            + self.wallets.ids.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
+            + self.wallets.names.capacity() * (std::mem::size_of::<Option<Arc<str>>>() + 4);
+        let schedule = self.schedule.capacity() * std::mem::size_of::<Reverse<(i64, u32, u32)>>();
+        tokens + slots + index + wallet_names + schedule + self.dedup.approx_heap_bytes()
+    }
+
+    /// Dedup and lateness of one event: a remembered key is a duplicate (even if
+    /// late); otherwise a late one is dropped, and any other is remembered.
+    #[inline]
+    fn admit(&mut self, key: EventKey, executed_at_ms: i64, now_ms: i64) -> ApplyOutcome {
+        if self.is_late(executed_at_ms, now_ms) {
+            if self.dedup.contains(key) {
+                ApplyOutcome::Duplicate
+            } else {
+                ApplyOutcome::Late
+            }
+        } else if self.dedup.insert(key, executed_at_ms) {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Duplicate
+        }
+    }
+
+    /// Late: older than the dedup horizon or the retention.
+    #[inline]
+    fn is_late(&self, executed_at_ms: i64, now_ms: i64) -> bool {
+        let horizon = self.config.dedup_horizon_ms.min(self.config.retention_ms);
+        executed_at_ms < now_ms.saturating_sub(horizon)
+    }
+
+    /// Minute buckets before this key are older than the retention at `now_ms`.
+    fn minute_cut(&self, now_ms: i64) -> i64 {
+        now_ms
+            .saturating_sub(self.config.retention_ms)
+            .div_euclid(60_000)
+    }
+
+    /// The token named `token` if it has a minute bucket within retention.
+    fn live_token(&self, token: &str, now_ms: i64) -> Option<&TokenState> {
+        let slot = *self.index.get(token)?;
+        let state = self.slots.get(slot as usize)?.token.as_ref()?;
+        let (newest_minute, _) = state.newest()?;
+        (newest_minute >= self.minute_cut(now_ms)).then_some(state)
+    }
+
+    /// The slot of `token`, created when absent.
+    #[inline]
+    fn slot_for(&mut self, token: &str) -> u32 {
+        if let Some(&slot) = self.index.get(token) {
+            return slot;
+        }
+        let name: Arc<str> = Arc::from(token);
+        let state = TokenState::new(name.clone());
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.slots[slot as usize].token = Some(state);
+                slot
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    token: Some(state),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(name, slot);
+        slot
+    }
+
+    /// Makes sure the token's schedule entry is no later than the due time of
+    /// data just added at these level keys.
+    #[inline]
+    fn schedule_keys(&mut self, slot: u32, keys: [Option<i64>; 2]) {
+        let second = keys[SECOND].map_or(i64::MAX, second_due_ms);
+        let minute = keys[MINUTE].map_or(i64::MAX, |m| minute_due_ms(m, self.config.retention_ms));
+        let due = second.min(minute);
+        let entry = &mut self.slots[slot as usize];
+        if let Some(token) = entry.token.as_mut() {
+            if due < token.scheduled_due_ms {
+                token.scheduled_due_ms = due;
+                self.schedule.push(Reverse((due, slot, entry.generation)));
+            }
+        }
+    }
+}
+
+/// Level enum by per-level index.
+const LEVELS: [Level; 2] = [Level::Second, Level::Minute];
+
+#[inline]
+fn side_bit(side: Side) -> u8 {
+    match side {
+        Side::Buy => SIDE_BUY,
+        Side::Sell => SIDE_SELL,
+    }
+}
+
+/// Second buckets before this key are outside the last two hours at `now_ms`.
+#[inline]
+fn second_cut(now_ms: i64) -> i64 {
+    now_ms.div_euclid(1000) + 1 - SECOND_SPAN_S
+}
+
+/// The second key (when still within the last two hours) and minute key of a
+/// block time.
+#[inline]
+fn level_keys(executed_at_ms: i64, now_ms: i64) -> [Option<i64>; 2] {
+    let second = executed_at_ms.div_euclid(1000);
+    [
+        (second >= second_cut(now_ms)).then_some(second),
+        Some(executed_at_ms.div_euclid(60_000)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swap::Side;
+
+    const HOUR: i64 = 3_600_000;
+    /// Minute-aligned.
+    const T0: i64 = 1_700_000_040_000;
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            windows: WindowSpec::defaults(),
+            dedup_horizon_ms: 24 * HOUR,
+            retention_ms: 48 * HOUR,
+        }
+    }
+
+    fn swap(id: &str, token: &str, wallet: Option<&str>, side: Side, usd: f64, at: i64) -> Swap {
+        Swap {
+            event_id: id.to_string(),
+            token: token.to_string(),
+            wallet: wallet.map(str::to_string),
+            side,
+            amount: usd * 2.0,
+            usd,
+            rate: 0.5,
+            created_at_ms: None,
+            executed_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn engine_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<WindowEngine>();
+    }
+
+    #[test]
+    fn duplicates_and_late_swaps_are_dropped() {
+        let mut engine = WindowEngine::new(config());
+        let s = swap("e1", "T", Some("w"), Side::Buy, 10.0, T0);
+        assert_eq!(engine.apply(&s, T0), ApplyOutcome::Applied);
+        assert_eq!(engine.apply(&s, T0 + 5), ApplyOutcome::Duplicate);
+        let late = swap("e2", "T", Some("w"), Side::Buy, 10.0, T0 - 24 * HOUR - 1);
+        assert_eq!(engine.apply(&late, T0), ApplyOutcome::Late);
+        // Late swaps are not remembered: a later, in-horizon clock still drops them as late.
+        assert_eq!(engine.apply(&late, T0), ApplyOutcome::Late);
+        let edge = swap("e3", "T", None, Side::Sell, 1.0, T0 - 24 * HOUR);
+        assert_eq!(engine.apply(&edge, T0), ApplyOutcome::Applied);
+        let stats = engine.stats("T", T0).unwrap();
+        let day = stats.windows.get("24h").unwrap();
+        assert_eq!(day.current.txns + day.previous.txns, 2);
+        assert_eq!(engine.remembered_events(), 2);
+    }
+
+    #[test]
+    fn expire_forgets_events_buckets_marks_and_tokens() {
+        let mut engine = WindowEngine::new(config());
+        engine.apply(&swap("a", "OLD", Some("w1"), Side::Buy, 5.0, T0), T0);
+        engine.apply(
+            &swap("b", "NEW", Some("w2"), Side::Sell, 7.0, T0 + 3 * HOUR),
+            T0 + 3 * HOUR,
+        );
+        assert_eq!(engine.token_count(), 2);
+        assert_eq!(engine.wallet_count(), 2);
+
+        // Second buckets of OLD are gone after 2 h; its minute bucket stays.
+        engine.expire(T0 + 2 * HOUR + 1000);
+        let old = engine.slots[engine.index["OLD"] as usize]
+            .token
+            .as_ref()
+            .unwrap();
+        assert!(old.series[SECOND].is_empty() && old.activity.len(SECOND) == 0);
+        assert_eq!(old.series[MINUTE].len(), 1);
+        assert_eq!(old.activity.len(MINUTE), 1);
+
+        // The dedup horizon (24 h) forgets "a"; the swap is then late anyway.
+        engine.expire(T0 + 24 * HOUR + 1);
+        assert_eq!(engine.remembered_events(), 1);
+        let again = swap("a", "OLD", Some("w1"), Side::Buy, 5.0, T0);
+        assert_eq!(engine.apply(&again, T0 + 24 * HOUR + 1), ApplyOutcome::Late);
+
+        // After the retention (48 h) the whole token and its wallet go.
+        assert!(engine.stats("OLD", T0 + 48 * HOUR + 59_999).is_some());
+        assert!(
+            engine.stats("OLD", T0 + 48 * HOUR + 60_000).is_none(),
+            "minute fully past retention"
+        );
+        engine.expire(T0 + 48 * HOUR + 60_000);
+        assert_eq!(engine.token_count(), 1);
+        assert_eq!(engine.wallet_count(), 1);
+        assert!(engine.stats("OLD", T0 + 48 * HOUR + 60_000).is_none());
+        assert!(engine.stats("NEW", T0 + 48 * HOUR + 60_000).is_some());
+
+        engine.expire(T0 + 100 * HOUR);
+        assert_eq!(engine.token_count(), 0);
+        assert_eq!(engine.wallet_count(), 0);
+        assert_eq!(engine.remembered_events(), 0);
+        assert!(engine.schedule.is_empty());
+        // Slots and wallet ids are reused.
+        engine.apply(
+            &swap("c", "X", Some("w3"), Side::Buy, 1.0, T0 + 100 * HOUR),
+            T0 + 100 * HOUR,
+        );
+        assert_eq!(engine.slots.len(), 2);
+        assert_eq!(engine.wallets.names.len(), 2);
+    }
+
+    #[test]
+    fn expire_visits_only_due_tokens() {
+        let mut engine = WindowEngine::new(config());
+        for i in 0..100 {
+            engine.apply(
+                &swap(
+                    &format!("e{i}"),
+                    &format!("T{i}"),
+                    None,
+                    Side::Buy,
+                    1.0,
+                    T0 + i * 1000,
+                ),
+                T0 + i * 1000,
+            );
+        }
+        // Each token has one entry due at its second key + 2 h.
+        assert_eq!(engine.schedule.len(), 100);
+        engine.expire(T0 + 2 * HOUR + 49_000);
+        // Tokens 0..=49 were trimmed and rescheduled for their minute bucket.
+        let due: Vec<i64> = engine
+            .schedule
+            .iter()
+            .map(|Reverse((d, _, _))| *d)
+            .collect();
+        assert_eq!(due.iter().filter(|&&d| d > T0 + 40 * HOUR).count(), 50);
+        assert_eq!(engine.token_count(), 100);
+    }
+
+    #[test]
+    fn stale_second_data_is_not_kept() {
+        let mut engine = WindowEngine::new(config());
+        let (effect, counts) = engine.apply_batch(
+            &[swap("a", "T", Some("w"), Side::Buy, 1.0, T0)],
+            T0 + 3 * HOUR,
+        );
+        assert_eq!(counts.applied, 1);
+        assert!(effect.buckets.iter().all(|d| d.level == Level::Minute));
+        assert!(effect.wallets.iter().all(|m| m.level == Level::Minute));
+        assert_eq!(effect.buckets.len(), 1);
+        assert_eq!(effect.wallets.len(), 1);
+    }
+
+    #[test]
+    fn batch_marks_only_add_bits() {
+        let mut engine = WindowEngine::new(config());
+        engine.apply(&swap("a", "T", Some("w"), Side::Buy, 1.0, T0), T0);
+        let batch = [
+            swap("b", "T", Some("w"), Side::Buy, 1.0, T0 + 10),
+            swap("c", "T", Some("w"), Side::Sell, 1.0, T0 + 20),
+            swap("d", "T", Some("w"), Side::Sell, 1.0, T0 + 30),
+            swap("a", "T", Some("w"), Side::Buy, 1.0, T0),
+        ];
+        let (effect, counts) = engine.apply_batch(&batch, T0 + 100);
+        assert_eq!(
+            counts,
+            BatchCounts {
+                applied: 3,
+                duplicates: 1,
+                late: 0
+            }
+        );
+        assert_eq!(effect.events.len(), 3);
+        // One delta per level, pre-merged.
+        assert_eq!(effect.buckets.len(), 2);
+        assert!(effect.buckets.iter().all(|d| d.delta.txns == 3));
+        // Only the sell bit is new, at each level.
+        assert_eq!(effect.wallets.len(), 2);
+        assert!(effect
+            .wallets
+            .iter()
+            .all(|m| m.sides == SIDE_SELL && m.wallet == "w"));
     }
 }

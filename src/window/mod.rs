@@ -2,9 +2,13 @@
 //! no I/O and no async, so it is tested against a naive oracle and benchmarked alone.
 
 mod bucket;
+mod counter;
 mod dedup;
 mod effect;
 mod engine;
+mod hash;
+mod marks;
+mod series;
 mod spec;
 mod stats;
 mod token;
@@ -14,6 +18,6 @@ pub use effect::{
     event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta, EventKey, Level,
     WalletMark, SIDE_BUY, SIDE_SELL,
 };
-pub use engine::{ApplyOutcome, EngineConfig, WindowEngine};
+pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, WindowEngine};
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
 pub use stats::{ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowStats, Windows};

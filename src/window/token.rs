@@ -1,1 +1,367 @@
-//! Per-token buckets and wallet activity (engine helper).
+//! Per-token state: buckets and wallet activity at the second and minute levels,
+//! and the window queries over them.
+
+use std::sync::Arc;
+
+use super::marks::{Activity, MarkAdded, MarkLimits, UniqueCounts, UniqueQuery};
+use super::series::Series;
+use super::{Bucket, ChangePct, Level, PeriodStats, WindowSpec, WindowStats};
+
+/// Index of the second level in per-level arrays.
+pub(crate) const SECOND: usize = 0;
+/// Index of the minute level in per-level arrays.
+pub(crate) const MINUTE: usize = 1;
+
+/// Second buckets are kept for this many seconds: a 1 h window's previous range
+/// starts at `now_s + 1 - 7200`.
+pub(crate) const SECOND_SPAN_S: i64 = 7200;
+
+/// Per-level array index of a [`Level`].
+pub(crate) fn level_index(level: Level) -> usize {
+    match level {
+        Level::Second => SECOND,
+        Level::Minute => MINUTE,
+    }
+}
+
+/// One configured window, resolved to the level and counter lane that answer it.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowPlan {
+    pub(crate) spec: WindowSpec,
+    pub(crate) level: usize,
+    /// Counter lane of the previous range (lane 0 is the current range).
+    pub(crate) lane: usize,
+}
+
+impl WindowPlan {
+    /// Level keys `(current_start, previous_start)` at `now_ms`: the current range
+    /// is `[current_start, ∞)`, the previous `[previous_start, current_start)`.
+    #[inline]
+    pub(crate) fn key_ranges(&self, now_ms: i64) -> (i64, i64) {
+        let ranges = self.spec.ranges(now_ms);
+        if self.level == SECOND {
+            (ranges.current.start_s, ranges.previous.start_s)
+        } else {
+            // Minute buckets whose start second is in the range.
+            let ceil_minute = |s: i64| -(-s).div_euclid(60);
+            (
+                ceil_minute(ranges.current.start_s),
+                ceil_minute(ranges.previous.start_s),
+            )
+        }
+    }
+}
+
+/// All windows, plus each level's distinct previous-range lengths (counter lanes).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) windows: Vec<WindowPlan>,
+    pub(crate) lens: [Vec<i64>; 2],
+}
+
+impl Plan {
+    /// Resolves the configured windows.
+    pub(crate) fn new(specs: &[WindowSpec]) -> Self {
+        let mut lens: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+        let mut windows = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let (level, len) = if spec.is_second_exact() {
+                (SECOND, spec.secs)
+            } else {
+                (MINUTE, (spec.secs + 59) / 60)
+            };
+            let lane = match lens[level].iter().position(|&l| l == len) {
+                Some(i) => i + 1,
+                None => {
+                    lens[level].push(len);
+                    lens[level].len()
+                }
+            };
+            windows.push(WindowPlan {
+                spec: spec.clone(),
+                level,
+                lane,
+            });
+        }
+        Self { windows, lens }
+    }
+}
+
+/// Everything the engine holds for one token.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenState {
+    pub(crate) name: Arc<str>,
+    /// Buckets per level.
+    pub(crate) series: [Series; 2],
+    /// Wallet marks of both levels.
+    pub(crate) activity: Activity,
+    /// Due time of this token's live entry in the expiry schedule (`i64::MAX`: none).
+    pub(crate) scheduled_due_ms: i64,
+}
+
+/// Thresholds for the sparse/indexed shapes of a token's structures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShapeLimits {
+    pub(crate) tier_min_buckets: usize,
+    pub(crate) marks: MarkLimits,
+}
+
+impl TokenState {
+    /// An empty token.
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            series: Default::default(),
+            activity: Activity::default(),
+            scheduled_due_ms: i64::MAX,
+        }
+    }
+
+    /// True when it holds neither buckets nor marks.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.series.iter().all(Series::is_empty) && self.activity.is_empty()
+    }
+
+    /// Merges a bucket delta at `key` of `level`.
+    #[inline]
+    pub(crate) fn merge(&mut self, level: usize, key: i64, delta: &Bucket, limits: ShapeLimits) {
+        self.series[level].merge(key, delta, limits.tier_min_buckets);
+    }
+
+    /// Side bits of `wallet` at `key` of `level`.
+    #[inline]
+    pub(crate) fn sides(&self, level: usize, wallet: u32, key: i64) -> u8 {
+        self.activity.sides(level, wallet, key)
+    }
+
+    /// Adds side bits of `wallet` at `key` of `level`.
+    #[inline]
+    pub(crate) fn add_mark(
+        &mut self,
+        level: usize,
+        wallet: u32,
+        key: i64,
+        sides: u8,
+        plan: &Plan,
+        limits: ShapeLimits,
+    ) -> MarkAdded {
+        self.activity
+            .add(level, wallet, key, sides, &plan.lens, limits.marks)
+    }
+
+    /// Drops data with keys before `cuts[level]` (second, minute).
+    pub(crate) fn trim(&mut self, cuts: [i64; 2], limits: ShapeLimits, release: impl FnMut(u32)) {
+        for (series, cut) in self.series.iter_mut().zip(cuts) {
+            series.trim(cut, limits.tier_min_buckets);
+        }
+        self.activity.trim(cuts, limits.marks, release);
+    }
+
+    /// Releases every wallet reference (before the token is dropped).
+    pub(crate) fn release_all(&mut self, release: impl FnMut(u32)) {
+        self.activity.release_all(release);
+    }
+
+    fn oldest_key(&self, level: usize) -> Option<i64> {
+        match (
+            self.series[level].first_key(),
+            self.activity.oldest_key(level),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the oldest data needs trimming: second key `s` at `(s + 7200) s`,
+    /// minute key `m` at `(m + 1) min + retention`.
+    pub(crate) fn due_ms(&self, retention_ms: i64) -> i64 {
+        let second = self.oldest_key(SECOND).map_or(i64::MAX, second_due_ms);
+        let minute = self
+            .oldest_key(MINUTE)
+            .map_or(i64::MAX, |m| minute_due_ms(m, retention_ms));
+        second.min(minute)
+    }
+
+    /// The newest minute bucket's key and block time of its latest swap.
+    pub(crate) fn newest(&self) -> Option<(i64, i64)> {
+        self.series[MINUTE]
+            .last()
+            .map(|(key, b)| (*key, b.close.at_ms))
+    }
+
+    /// Stats of every window at `now_ms`, in plan order.
+    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> Vec<(String, WindowStats)> {
+        let mut queries: [Vec<UniqueQuery>; 2] = [Vec::new(), Vec::new()];
+        let mut starts = Vec::with_capacity(plan.windows.len());
+        for w in &plan.windows {
+            let (current, previous) = w.key_ranges(now_ms);
+            queries[w.level].push(UniqueQuery {
+                start: current,
+                end: i64::MAX,
+                lane: 0,
+            });
+            queries[w.level].push(UniqueQuery {
+                start: previous,
+                end: current,
+                lane: w.lane,
+            });
+            starts.push((current, previous));
+        }
+        let mut uniques: [Vec<UniqueCounts>; 2] = [
+            vec![[0; 3]; queries[0].len()],
+            vec![[0; 3]; queries[1].len()],
+        ];
+        for level in [SECOND, MINUTE] {
+            if !queries[level].is_empty() {
+                self.activity
+                    .uniques(level, &queries[level], &mut uniques[level]);
+            }
+        }
+        let mut next = [0_usize; 2];
+        plan.windows
+            .iter()
+            .zip(starts)
+            .map(|(w, (current_start, previous_start))| {
+                let series = &self.series[w.level];
+                let i = next[w.level];
+                next[w.level] += 2;
+                let current = period(&series.fold(current_start, i64::MAX), uniques[w.level][i]);
+                let previous = period(
+                    &series.fold(previous_start, current_start),
+                    uniques[w.level][i + 1],
+                );
+                let change_pct = ChangePct::between(&current, &previous);
+                (
+                    w.spec.name.clone(),
+                    WindowStats {
+                        current,
+                        previous,
+                        change_pct,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Stats of one window at `now_ms`.
+    pub(crate) fn one_window(&self, w: &WindowPlan, now_ms: i64) -> WindowStats {
+        let (current_start, previous_start) = w.key_ranges(now_ms);
+        let queries = [
+            UniqueQuery {
+                start: current_start,
+                end: i64::MAX,
+                lane: 0,
+            },
+            UniqueQuery {
+                start: previous_start,
+                end: current_start,
+                lane: w.lane,
+            },
+        ];
+        let mut uniques = [[0; 3]; 2];
+        self.activity.uniques(w.level, &queries, &mut uniques);
+        let series = &self.series[w.level];
+        let current = period(&series.fold(current_start, i64::MAX), uniques[0]);
+        let previous = period(&series.fold(previous_start, current_start), uniques[1]);
+        let change_pct = ChangePct::between(&current, &previous);
+        WindowStats {
+            current,
+            previous,
+            change_pct,
+        }
+    }
+
+    /// The current period of one window, with unique counts only when asked.
+    pub(crate) fn current_period(
+        &self,
+        w: &WindowPlan,
+        now_ms: i64,
+        with_uniques: bool,
+    ) -> PeriodStats {
+        let (current_start, _) = w.key_ranges(now_ms);
+        let mut uniques = [[0; 3]];
+        if with_uniques {
+            let query = [UniqueQuery {
+                start: current_start,
+                end: i64::MAX,
+                lane: 0,
+            }];
+            self.activity.uniques(w.level, &query, &mut uniques);
+        }
+        period(
+            &self.series[w.level].fold(current_start, i64::MAX),
+            uniques[0],
+        )
+    }
+
+    /// Approximate heap bytes held, excluding the name (for memory reports).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.series.iter().map(Series::heap_bytes).sum::<usize>() + self.activity.heap_bytes()
+    }
+}
+
+/// Due time of second key `s`.
+pub(crate) fn second_due_ms(s: i64) -> i64 {
+    s.saturating_add(SECOND_SPAN_S).saturating_mul(1000)
+}
+
+/// Due time of minute key `m`.
+pub(crate) fn minute_due_ms(m: i64, retention_ms: i64) -> i64 {
+    m.saturating_add(1)
+        .saturating_mul(60_000)
+        .saturating_add(retention_ms)
+}
+
+fn period(bucket: &Bucket, uniques: UniqueCounts) -> PeriodStats {
+    let mut stats = PeriodStats::from_bucket(bucket);
+    stats.unique_wallets = uniques[0];
+    stats.unique_buyers = uniques[1];
+    stats.unique_sellers = uniques[2];
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_match_the_lengths_of_the_previous_ranges() {
+        let specs: Vec<WindowSpec> = [
+            "1s",
+            "90s",
+            "5m",
+            "1h",
+            "61m",
+            "1h 0m 30s",
+            "2h",
+            "6h",
+            "24h",
+        ]
+        .iter()
+        .map(|s| WindowSpec::parse(s).unwrap())
+        .collect();
+        let plan = Plan::new(&specs);
+        for w in &plan.windows {
+            for now_ms in [
+                0_i64,
+                999,
+                1000,
+                59_999,
+                60_000,
+                1_700_000_000_123,
+                -1,
+                -61_001,
+            ] {
+                let (current, previous) = w.key_ranges(now_ms);
+                assert_eq!(
+                    current - previous,
+                    plan.lens[w.level][w.lane - 1],
+                    "{} at {now_ms}",
+                    w.spec.name
+                );
+            }
+        }
+        assert_eq!(plan.lens[SECOND], vec![1, 90, 300, 3600]);
+        assert_eq!(plan.lens[MINUTE], vec![61, 120, 360, 1440]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Synthetic swap workloads shared by the engine benchmarks: Zipf-distributed
+//! tokens and wallets, realistic id/address lengths, small arrival disorder and
+//! duplicates.
+
+#![allow(dead_code)]
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use swapstats::swap::{Side, Swap};
+use swapstats::window::{EngineConfig, WindowSpec};
+
+pub const SECOND: i64 = 1000;
+pub const HOUR: i64 = 3_600_000;
+/// A minute-aligned unix time.
+pub const T0: i64 = 1_700_000_040_000;
+
+/// Samples ranks `0..n` with probability ∝ `1 / (rank + 1)^s`.
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: usize, s: f64) -> Self {
+        let mut total = 0.0;
+        let mut cdf: Vec<f64> = (0..n)
+            .map(|k| {
+                total += 1.0 / ((k + 1) as f64).powf(s);
+                total
+            })
+            .collect();
+        cdf.iter_mut().for_each(|c| *c /= total);
+        Self { cdf }
+    }
+
+    pub fn sample(&self, rng: &mut SmallRng) -> usize {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+
+    /// Probability of rank 0.
+    pub fn top_share(&self) -> f64 {
+        self.cdf[0]
+    }
+}
+
+/// A 44-character base58-looking address for entity `i` of kind `tag`.
+pub fn address(tag: char, i: usize) -> String {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(tag);
+    let mut s = String::with_capacity(44);
+    s.push(tag);
+    while s.len() < 44 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push(ALPHABET[(x % 58) as usize] as char);
+    }
+    s
+}
+
+/// A transaction-signature-like event id (88 base58-ish chars would be Solana;
+/// this is a 66-char hash plus a log index, like an EVM event).
+pub fn event_id(n: u64) -> String {
+    let a = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let b = a.rotate_left(29) ^ 0xD6E8_FEB8_6659_FD93;
+    format!(
+        "0x{a:016x}{b:016x}{:016x}{:016x}:{}",
+        a ^ b,
+        b.rotate_left(7),
+        n % 7
+    )
+}
+
+/// The default engine configuration (windows 5m/1h/6h/24h, 24 h dedup, 48 h retention).
+pub fn default_config() -> EngineConfig {
+    EngineConfig {
+        windows: WindowSpec::defaults(),
+        dedup_horizon_ms: 24 * HOUR,
+        retention_ms: 48 * HOUR,
+    }
+}
+
+/// A stream generator: `rate` swaps per second of block time starting at `T0`.
+pub struct Stream {
+    rng: SmallRng,
+    tokens: Zipf,
+    wallets: Zipf,
+    token_names: Vec<String>,
+    wallet_names: Vec<String>,
+    rate: f64,
+    dup_rate: f64,
+    next_id: u64,
+    recent: Vec<Swap>,
+}
+
+impl Stream {
+    pub fn new(
+        seed: u64,
+        token_count: usize,
+        token_skew: f64,
+        wallet_count: usize,
+        rate: f64,
+        dup_rate: f64,
+    ) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+            tokens: Zipf::new(token_count, token_skew),
+            wallets: Zipf::new(wallet_count, 0.9),
+            token_names: (0..token_count).map(|i| address('T', i)).collect(),
+            wallet_names: (0..wallet_count).map(|i| address('W', i)).collect(),
+            rate,
+            dup_rate,
+            next_id: 0,
+            recent: Vec::new(),
+        }
+    }
+
+    pub fn token_name(&self, rank: usize) -> &str {
+        &self.token_names[rank]
+    }
+
+    pub fn top_token_share(&self) -> f64 {
+        self.tokens.top_share()
+    }
+
+    /// The next swap and its arrival clock (`now_ms`): block times advance at
+    /// `rate`/s; arrival lags the block by 0–2 s (1% by up to a minute); a
+    /// `dup_rate` share of arrivals re-delivers one of the last 1000 swaps.
+    pub fn next_swap(&mut self) -> (Swap, i64) {
+        let n = self.next_id;
+        let block_ms = T0 + (n as f64 * 1000.0 / self.rate) as i64;
+        if !self.recent.is_empty() && self.rng.random::<f64>() < self.dup_rate {
+            let i = self.rng.random_range(0..self.recent.len());
+            let dup = self.recent[i].clone();
+            return (dup, block_ms + 500);
+        }
+        self.next_id += 1;
+        let lag = if self.rng.random::<f64>() < 0.01 {
+            self.rng.random_range(0..60 * SECOND)
+        } else {
+            self.rng.random_range(0..2 * SECOND)
+        };
+        let executed_at_ms = block_ms - lag;
+        let token = self.tokens.sample(&mut self.rng);
+        let wallet = self.wallets.sample(&mut self.rng);
+        let usd = (self.rng.random::<f64>() * 8.0).exp();
+        let rate = 0.001 + self.rng.random::<f64>();
+        let swap = Swap {
+            event_id: event_id(n),
+            token: self.token_names[token].clone(),
+            wallet: Some(self.wallet_names[wallet].clone()),
+            side: if self.rng.random::<bool>() {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            amount: usd / rate,
+            usd,
+            rate,
+            created_at_ms: Some(block_ms),
+            executed_at_ms,
+        };
+        if self.recent.len() < 1000 {
+            self.recent.push(swap.clone());
+        } else {
+            let i = (n % 1000) as usize;
+            self.recent[i] = swap.clone();
+        }
+        (swap, block_ms)
+    }
+}

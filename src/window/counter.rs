@@ -1,0 +1,301 @@
+//! Exact distinct-wallet counts over sliding ranges in O(1) per update.
+//!
+//! For a window of length `L` (in bucket keys) let `C_L(a)` be the number of
+//! wallets with a mark in `[a, a + L)`. Give every mark `t` of a wallet, whose
+//! previous mark (of the same class) is `p`, the interval `(max(p, t - L), t]`: a
+//! wallet's intervals are disjoint and their union is exactly the set of `a` for
+//! which it has a mark in `[a, a + L)`. So `C_L(a)` is the number of intervals
+//! covering `a`, a prefix sum over a difference array, and inserting or removing
+//! a mark changes at most two intervals. `L = ∞` gives the current window
+//! (`[a, ∞)`), where the intervals are `(p, t]`.
+//!
+//! One level keeps a difference array per class (any / buy / sell) and lane
+//! (lane 0 is `L = ∞`, lane `i` the `i`-th window length), interleaved by
+//! position: the cells one mark touches share cache lines.
+
+use std::collections::VecDeque;
+
+/// "No such mark": the predecessor of a wallet's first mark.
+pub(crate) const NONE: i64 = i64::MIN;
+
+/// Class of a mark chain: any side, buys, sells.
+pub(crate) const CLASS_ANY: usize = 0;
+/// See [`CLASS_ANY`].
+pub(crate) const CLASS_BUY: usize = 1;
+/// See [`CLASS_ANY`].
+pub(crate) const CLASS_SELL: usize = 2;
+const CLASSES: usize = 3;
+
+const PAGE_BITS: u32 = 11;
+const PAGE_LEN: usize = 1 << PAGE_BITS;
+const BLOCK_BITS: u32 = 6;
+const BLOCKS: usize = PAGE_LEN >> BLOCK_BITS;
+
+/// `PAGE_LEN` positions of every (lane, class) difference array. `data` holds,
+/// each as rows of `stride` cells: the page totals (one row), the block sums
+/// (`BLOCKS` rows), then the cells (`PAGE_LEN` rows).
+#[derive(Debug, Clone)]
+struct Page {
+    data: Box<[i32]>,
+    nonzero: u32,
+}
+
+/// Difference arrays of one level, with point updates and prefix sums.
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    lens: Vec<i64>,
+    stride: usize,
+    /// Per row index: intervals open to the left (count at "minus infinity").
+    below: Vec<i64>,
+    first_page: i64,
+    pages: VecDeque<Option<Page>>,
+}
+
+impl Counters {
+    /// Empty counters for the given finite window lengths.
+    pub(crate) fn new(lens: &[i64]) -> Self {
+        let stride = (lens.len() + 1) * CLASSES;
+        Self {
+            lens: lens.to_vec(),
+            stride,
+            below: vec![0; stride],
+            first_page: 0,
+            pages: VecDeque::new(),
+        }
+    }
+
+    #[inline]
+    fn start_of(&self, lane: usize, prev: i64, t: i64) -> i64 {
+        if lane == 0 {
+            prev
+        } else {
+            prev.max(t.saturating_sub(self.lens[lane - 1]))
+        }
+    }
+
+    /// Mark `t` joins the chain of `class` between `prev` and `next` (`NONE` for none).
+    #[inline]
+    pub(crate) fn link(&mut self, class: usize, prev: i64, t: i64, next: i64) {
+        for lane in 0..=self.lens.len() {
+            let row = lane * CLASSES + class;
+            let lo = self.start_of(lane, prev, t);
+            self.add_interval(row, lo, t, 1);
+            if next != NONE {
+                let (old, new) = (
+                    self.start_of(lane, prev, next),
+                    self.start_of(lane, t, next),
+                );
+                if old != new {
+                    self.add_interval(row, old, new, -1);
+                }
+            }
+        }
+    }
+
+    /// Mark `t`, first of the chain of `class`, leaves it; `next` becomes first.
+    #[inline]
+    pub(crate) fn unlink_first(&mut self, class: usize, t: i64, next: i64) {
+        for lane in 0..=self.lens.len() {
+            let row = lane * CLASSES + class;
+            let lo = self.start_of(lane, NONE, t);
+            self.add_interval(row, lo, t, -1);
+            if next != NONE {
+                let (old, new) = (
+                    self.start_of(lane, t, next),
+                    self.start_of(lane, NONE, next),
+                );
+                if old != new {
+                    self.add_interval(row, new, old, 1);
+                }
+            }
+        }
+    }
+
+    /// Wallets (any, buyers, sellers) with a mark in `[a, a + L_lane)` (lane 0: `[a, ∞)`).
+    pub(crate) fn count(&self, lane: usize, a: i64) -> [u64; 3] {
+        let first_row = lane * CLASSES;
+        let mut sums = [0_i64; CLASSES];
+        for (c, sum) in sums.iter_mut().enumerate() {
+            *sum = self.below[first_row + c];
+        }
+        let page_id = a >> PAGE_BITS;
+        let stride = self.stride;
+        let mut add_row = |data: &[i32], row: usize| {
+            let at = row * stride + first_row;
+            for (c, sum) in sums.iter_mut().enumerate() {
+                *sum += i64::from(data[at + c]);
+            }
+        };
+        for (i, page) in self.pages.iter().enumerate() {
+            let id = self.first_page + i as i64;
+            if id > page_id {
+                break;
+            }
+            let Some(page) = page else { continue };
+            if id < page_id {
+                add_row(&page.data, 0);
+                continue;
+            }
+            let offset = (a & (PAGE_LEN as i64 - 1)) as usize;
+            let block = offset >> BLOCK_BITS;
+            for b in 0..block {
+                add_row(&page.data, 1 + b);
+            }
+            for cell in (block << BLOCK_BITS)..=offset {
+                add_row(&page.data, 1 + BLOCKS + cell);
+            }
+        }
+        sums.map(|s| s.max(0) as u64)
+    }
+
+    /// Approximate heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let page = (1 + BLOCKS + PAGE_LEN) * self.stride * 4;
+        self.pages.iter().flatten().count() * page
+            + self.pages.capacity() * std::mem::size_of::<Option<Page>>()
+            + (self.below.capacity() + self.lens.capacity()) * 8
+    }
+
+    /// Adds `delta` to the count of every `a` in `(lo, hi]` (`lo == NONE`: unbounded).
+    #[inline]
+    fn add_interval(&mut self, row: usize, lo: i64, hi: i64, delta: i32) {
+        if lo == NONE {
+            self.below[row] += i64::from(delta);
+        } else {
+            self.add(row, lo + 1, delta);
+        }
+        self.add(row, hi + 1, -delta);
+    }
+
+    #[inline]
+    fn add(&mut self, row: usize, position: i64, delta: i32) {
+        let page_id = position >> PAGE_BITS;
+        let index = self.page_index(page_id);
+        let stride = self.stride;
+        let page = self.pages[index].get_or_insert_with(|| Page {
+            data: vec![0; (1 + BLOCKS + PAGE_LEN) * stride].into_boxed_slice(),
+            nonzero: 0,
+        });
+        let offset = (position & (PAGE_LEN as i64 - 1)) as usize;
+        page.data[row] += delta;
+        page.data[(1 + (offset >> BLOCK_BITS)) * stride + row] += delta;
+        let cell = &mut page.data[(1 + BLOCKS + offset) * stride + row];
+        let before = *cell;
+        *cell += delta;
+        if before == 0 {
+            page.nonzero += 1;
+        } else if *cell == 0 {
+            page.nonzero -= 1;
+            if page.nonzero == 0 {
+                self.pages[index] = None;
+                self.drop_empty_ends();
+            }
+        }
+    }
+
+    fn page_index(&mut self, page_id: i64) -> usize {
+        if self.pages.is_empty() {
+            self.first_page = page_id;
+            self.pages.push_back(None);
+            return 0;
+        }
+        while page_id < self.first_page {
+            self.pages.push_front(None);
+            self.first_page -= 1;
+        }
+        let index = (page_id - self.first_page) as usize;
+        while index >= self.pages.len() {
+            self.pages.push_back(None);
+        }
+        index
+    }
+
+    fn drop_empty_ends(&mut self) {
+        while self.pages.front().is_some_and(Option::is_none) {
+            self.pages.pop_front();
+            self.first_page += 1;
+        }
+        while self.pages.back().is_some_and(Option::is_none) {
+            self.pages.pop_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: wallets with a mark in [a, a + len).
+    fn brute(marks: &[(u32, i64)], a: i64, len: Option<i64>) -> u64 {
+        let mut wallets: Vec<u32> = marks
+            .iter()
+            .filter(|(_, t)| *t >= a && len.is_none_or(|l| *t < a + l))
+            .map(|(w, _)| *w)
+            .collect();
+        wallets.sort_unstable();
+        wallets.dedup();
+        wallets.len() as u64
+    }
+
+    #[test]
+    fn link_and_unlink_count_distinct_wallets() {
+        let lens = [5_i64, 60, 3000];
+        let mut counters = Counters::new(&lens);
+        let mut chains: Vec<Vec<i64>> = vec![Vec::new(); 4];
+        let mut marks = Vec::new();
+        let mut x: u64 = 99;
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let wallet = (x % 4) as usize;
+            // Keys over several pages, some negative.
+            let t = ((x >> 8) % 6000) as i64 - 1000;
+            let chain = &mut chains[wallet];
+            let pos = chain.partition_point(|&k| k < t);
+            if chain.get(pos) == Some(&t) {
+                continue;
+            }
+            let prev = if pos > 0 { chain[pos - 1] } else { NONE };
+            let next = chain.get(pos).copied().unwrap_or(NONE);
+            counters.link(CLASS_BUY, prev, t, next);
+            chain.insert(pos, t);
+            marks.push((wallet as u32, t));
+        }
+        let check = |counters: &Counters, marks: &[(u32, i64)]| {
+            for a in (-4200..5200).step_by(7) {
+                assert_eq!(
+                    counters.count(0, a),
+                    [0, brute(marks, a, None), 0],
+                    "∞ at {a}"
+                );
+                for (i, len) in lens.iter().enumerate() {
+                    assert_eq!(
+                        counters.count(i + 1, a)[CLASS_BUY],
+                        brute(marks, a, Some(*len)),
+                        "L={len} at {a}"
+                    );
+                }
+            }
+        };
+        check(&counters, &marks);
+        // Remove each wallet's marks before 2500, oldest first.
+        for (wallet, chain) in chains.iter_mut().enumerate() {
+            while chain.first().is_some_and(|&t| t < 2500) {
+                let t = chain.remove(0);
+                counters.unlink_first(CLASS_BUY, t, chain.first().copied().unwrap_or(NONE));
+                marks.retain(|m| *m != (wallet as u32, t));
+            }
+        }
+        check(&counters, &marks);
+        // Everything removed: every page is freed.
+        for chain in &mut chains {
+            while let Some(t) = chain.first().copied() {
+                chain.remove(0);
+                counters.unlink_first(CLASS_BUY, t, chain.first().copied().unwrap_or(NONE));
+            }
+        }
+        assert!(counters.pages.is_empty());
+        assert!(counters.below.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,1088 @@
+//! Wallet activity of one token at both levels: which wallets were active in
+//! which bucket, and on which side. Unique counts are computed from it exactly.
+//!
+//! Two shapes, by how busy the token is:
+//! - `Flat`: a few marks in one sorted vector (a quiet token costs a few bytes);
+//! - `Wallets`: one record per wallet holding, per level, its newest mark inline
+//!   (so the common in-order swap touches one record) and older marks in a
+//!   sorted vector. With many wallets the level also keeps [`Counters`], which
+//!   answer each unique count in O(1) instead of a pass over the wallets.
+
+use std::collections::VecDeque;
+
+use super::counter::{Counters, CLASS_ANY, CLASS_BUY, CLASS_SELL, NONE};
+use super::hash::FastMap;
+use super::{SIDE_BUY, SIDE_SELL};
+
+/// Thresholds for switching between shapes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MarkLimits {
+    /// More marks than this (both levels): per-wallet records.
+    pub(crate) flat_max: usize,
+    /// More wallets than this: counters.
+    pub(crate) counters_min_wallets: usize,
+}
+
+/// Most marks the flat shape may hold (its queries sort a stack copy).
+pub(crate) const FLAT_CAPACITY: usize = 64;
+
+/// A mark packed in an `i64`: `key << 2 | side bits`. Packed marks of one
+/// wallet sort like their keys (a key appears once per wallet and level).
+#[inline]
+fn pack(key: i64, sides: u8) -> i64 {
+    (key << 2) | i64::from(sides)
+}
+
+#[inline]
+fn key_of(packed: i64) -> i64 {
+    packed >> 2
+}
+
+#[inline]
+fn sides_of(packed: i64) -> u8 {
+    (packed & 3) as u8
+}
+
+/// Side bits that put a mark in the chain of `class`.
+#[inline]
+fn class_mask(class: usize) -> u8 {
+    match class {
+        CLASS_BUY => SIDE_BUY,
+        CLASS_SELL => SIDE_SELL,
+        _ => SIDE_BUY | SIDE_SELL,
+    }
+}
+
+/// A mark of the flat shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlatMark {
+    packed: i64,
+    wallet: u32,
+    level: u8,
+}
+
+impl FlatMark {
+    #[inline]
+    fn order(&self) -> (u8, i64, u32) {
+        (self.level, key_of(self.packed), self.wallet)
+    }
+}
+
+/// One wallet's marks on one token. Per level: the newest mark (`NONE`: no
+/// mark), the newest buy and sell keys, and the older marks sorted by key.
+#[derive(Debug, Clone)]
+struct WalletActivity {
+    newest: [i64; 2],
+    last_buy: [i64; 2],
+    last_sell: [i64; 2],
+    /// Position in the level's list of active wallets (valid while it has marks there).
+    listed_at: [u32; 2],
+    older: [VecDeque<i64>; 2],
+}
+
+impl WalletActivity {
+    fn new() -> Self {
+        Self {
+            newest: [NONE; 2],
+            last_buy: [NONE; 2],
+            last_sell: [NONE; 2],
+            listed_at: [0; 2],
+            older: [VecDeque::new(), VecDeque::new()],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.newest == [NONE; 2]
+    }
+
+    /// Key of the oldest mark of a level.
+    fn oldest_key(&self, level: usize) -> Option<i64> {
+        let newest = self.newest[level];
+        (newest != NONE).then(|| key_of(*self.older[level].front().unwrap_or(&newest)))
+    }
+
+    fn last_of(&self, level: usize, class: usize) -> i64 {
+        match class {
+            CLASS_BUY => self.last_buy[level],
+            CLASS_SELL => self.last_sell[level],
+            _ if self.newest[level] == NONE => NONE,
+            _ => key_of(self.newest[level]),
+        }
+    }
+
+    fn note_sides(&mut self, level: usize, key: i64, sides: u8) {
+        if sides & SIDE_BUY != 0 {
+            self.last_buy[level] = self.last_buy[level].max(key);
+        }
+        if sides & SIDE_SELL != 0 {
+            self.last_sell[level] = self.last_sell[level].max(key);
+        }
+    }
+
+    /// Side bits at `key`.
+    #[inline]
+    fn sides_at(&self, level: usize, key: i64) -> u8 {
+        let newest = self.newest[level];
+        if newest == NONE || key > key_of(newest) {
+            return 0;
+        }
+        if key == key_of(newest) {
+            return sides_of(newest);
+        }
+        let older = &self.older[level];
+        older
+            .binary_search_by_key(&key, |&m| key_of(m))
+            .map_or(0, |i| sides_of(older[i]))
+    }
+
+    /// Side bits in keys `[start, end)`.
+    #[inline]
+    fn sides_in(&self, level: usize, start: i64, end: i64) -> u8 {
+        if end == i64::MAX {
+            return (u8::from(self.last_buy[level] >= start) * SIDE_BUY)
+                | (u8::from(self.last_sell[level] >= start) * SIDE_SELL);
+        }
+        let newest = self.newest[level];
+        if newest == NONE || key_of(newest) < start {
+            return 0;
+        }
+        let mut sides = if key_of(newest) < end {
+            sides_of(newest)
+        } else {
+            0
+        };
+        let older = &self.older[level];
+        let from = older.partition_point(|&m| key_of(m) < start);
+        for &m in older.range(from..) {
+            if key_of(m) >= end || sides == SIDE_BUY | SIDE_SELL {
+                break;
+            }
+            sides |= sides_of(m);
+        }
+        sides
+    }
+
+    /// Adds side bits at `key`, linking new chain members into `counters`.
+    #[inline]
+    fn add(
+        &mut self,
+        level: usize,
+        key: i64,
+        sides: u8,
+        counters: Option<&mut Counters>,
+    ) -> MarkAdded {
+        let newest = self.newest[level];
+        if newest == NONE || key > key_of(newest) {
+            // The common case: a new newest mark.
+            if let Some(counters) = counters {
+                let prev = if newest == NONE { NONE } else { key_of(newest) };
+                counters.link(CLASS_ANY, prev, key, NONE);
+                for class in [CLASS_BUY, CLASS_SELL] {
+                    if sides & class_mask(class) != 0 {
+                        counters.link(class, self.last_of(level, class), key, NONE);
+                    }
+                }
+            }
+            if newest != NONE {
+                self.older[level].push_back(newest);
+            }
+            self.newest[level] = pack(key, sides);
+            self.note_sides(level, key, sides);
+            return MarkAdded {
+                sides,
+                created: true,
+            };
+        }
+        let added = if key == key_of(newest) {
+            let added = sides & !sides_of(newest);
+            if let Some(counters) = counters {
+                for class in [CLASS_BUY, CLASS_SELL] {
+                    // The previous mark of the class is its newest: older than `key`,
+                    // which did not have the bit.
+                    if added & class_mask(class) != 0 {
+                        counters.link(class, self.last_of(level, class), key, NONE);
+                    }
+                }
+            }
+            self.newest[level] |= i64::from(added);
+            MarkAdded {
+                sides: added,
+                created: false,
+            }
+        } else {
+            self.insert_older(level, key, sides, counters)
+        };
+        self.note_sides(level, key, added.sides);
+        added
+    }
+
+    /// Adds side bits at `key`, older than the newest mark.
+    fn insert_older(
+        &mut self,
+        level: usize,
+        key: i64,
+        sides: u8,
+        counters: Option<&mut Counters>,
+    ) -> MarkAdded {
+        let (last_buy, last_sell, newest) = (
+            self.last_buy[level],
+            self.last_sell[level],
+            self.newest[level],
+        );
+        let older = &mut self.older[level];
+        let (position, found) = match older.binary_search_by_key(&key, |&m| key_of(m)) {
+            Ok(i) => (i, true),
+            Err(i) => (i, false),
+        };
+        let old = if found { sides_of(older[position]) } else { 0 };
+        let added = sides & !old;
+        if added == 0 {
+            return MarkAdded {
+                sides: 0,
+                created: false,
+            };
+        }
+        if let Some(counters) = counters {
+            let neighbours = |mask: u8| {
+                let with_class = |&&m: &&i64| sides_of(m) & mask != 0;
+                let prev = older
+                    .range(..position)
+                    .rev()
+                    .find(with_class)
+                    .map_or(NONE, |&m| key_of(m));
+                let after = if found { position + 1 } else { position };
+                let next = older
+                    .range(after..)
+                    .chain(std::iter::once(&newest))
+                    .find(with_class)
+                    .map_or(NONE, |&m| key_of(m));
+                (prev, next)
+            };
+            if !found {
+                let (prev, next) = neighbours(SIDE_BUY | SIDE_SELL);
+                counters.link(CLASS_ANY, prev, key, next);
+            }
+            for class in [CLASS_BUY, CLASS_SELL] {
+                if added & class_mask(class) != 0 {
+                    let (prev, next) = match class {
+                        CLASS_BUY if key > last_buy => (last_buy, NONE),
+                        CLASS_SELL if key > last_sell => (last_sell, NONE),
+                        _ => neighbours(class_mask(class)),
+                    };
+                    counters.link(class, prev, key, next);
+                }
+            }
+        }
+        if found {
+            older[position] |= i64::from(added);
+        } else {
+            older.insert(position, pack(key, sides));
+        }
+        MarkAdded {
+            sides: added,
+            created: !found,
+        }
+    }
+
+    /// Drops marks before `cut`; returns how many.
+    fn trim(&mut self, level: usize, cut: i64, counters: Option<&mut Counters>) -> usize {
+        if self.oldest_key(level).is_none_or(|oldest| oldest >= cut) {
+            return 0;
+        }
+        let newest = self.newest[level];
+        let older = &mut self.older[level];
+        let gone_older = older.partition_point(|&m| key_of(m) < cut);
+        let newest_gone = gone_older == older.len() && key_of(newest) < cut;
+        if let Some(counters) = counters {
+            let all = || older.iter().copied().chain(std::iter::once(newest));
+            let gone = gone_older + usize::from(newest_gone);
+            for class in [CLASS_ANY, CLASS_BUY, CLASS_SELL] {
+                let mask = class_mask(class);
+                let mut first = NONE;
+                for m in all().take(gone) {
+                    if sides_of(m) & mask != 0 {
+                        if first != NONE {
+                            counters.unlink_first(class, first, key_of(m));
+                        }
+                        first = key_of(m);
+                    }
+                }
+                if first != NONE {
+                    let next = all()
+                        .skip(gone)
+                        .find(|&m| sides_of(m) & mask != 0)
+                        .map_or(NONE, key_of);
+                    counters.unlink_first(class, first, next);
+                }
+            }
+        }
+        older.drain(..gone_older);
+        if older.capacity() > 4 * older.len().max(2) {
+            older.shrink_to_fit();
+        }
+        if newest_gone {
+            self.newest[level] = NONE;
+        }
+        if self.last_buy[level] < cut {
+            self.last_buy[level] = NONE;
+        }
+        if self.last_sell[level] < cut {
+            self.last_sell[level] = NONE;
+        }
+        gone_older + usize::from(newest_gone)
+    }
+
+    /// All marks of a level, oldest first.
+    fn marks(&self, level: usize) -> impl Iterator<Item = i64> + '_ {
+        let newest = self.newest[level];
+        self.older[level]
+            .iter()
+            .copied()
+            .chain((newest != NONE).then_some(newest))
+    }
+}
+
+/// Per-wallet records, with counters per level once there are many wallets.
+#[derive(Debug, Clone)]
+pub(crate) struct WalletIndex {
+    wallets: FastMap<u32, WalletActivity>,
+    marks: [usize; 2],
+    /// Per level: the wallets with at least one mark there (what a unique
+    /// count without counters visits).
+    listed: [Vec<u32>; 2],
+    /// Per level: every wallet is filed at (or before) the key of its oldest
+    /// mark, so a trim visits only the wallets filed before the cut.
+    by_oldest: [WalletWheel; 2],
+    counters: [Option<Counters>; 2],
+}
+
+impl WalletIndex {
+    fn new() -> Self {
+        Self {
+            wallets: FastMap::default(),
+            marks: [0; 2],
+            listed: [Vec::new(), Vec::new()],
+            by_oldest: [WalletWheel::default(), WalletWheel::default()],
+            counters: [None, None],
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, level: usize, wallet: u32, key: i64, sides: u8) -> MarkAdded {
+        let record = self
+            .wallets
+            .entry(wallet)
+            .or_insert_with(WalletActivity::new);
+        // Only a first mark, or one older than the newest, can be the new oldest.
+        let newest = record.newest[level];
+        let may_be_oldest = newest == NONE || key < key_of(newest);
+        let added = record.add(level, key, sides, self.counters[level].as_mut());
+        if added.created {
+            self.marks[level] += 1;
+            if newest == NONE {
+                record.listed_at[level] = self.listed[level].len() as u32;
+                self.listed[level].push(wallet);
+            }
+            if may_be_oldest {
+                self.by_oldest[level].file(key, wallet);
+            }
+        }
+        added
+    }
+
+    fn oldest_key(&self, level: usize) -> Option<i64> {
+        if self.marks[level] == 0 {
+            return None;
+        }
+        self.by_oldest[level].first_key()
+    }
+
+    fn build_counters(&mut self, level: usize, lens: &[i64]) {
+        let mut counters = Counters::new(lens);
+        for record in self.wallets.values() {
+            for class in [CLASS_ANY, CLASS_BUY, CLASS_SELL] {
+                let mask = class_mask(class);
+                let mut prev = NONE;
+                for m in record.marks(level) {
+                    if sides_of(m) & mask != 0 {
+                        counters.link(class, prev, key_of(m), NONE);
+                        prev = key_of(m);
+                    }
+                }
+            }
+        }
+        self.counters[level] = Some(counters);
+    }
+
+    fn trim(&mut self, cuts: [i64; 2], release: &mut impl FnMut(u32)) -> bool {
+        let mut dropped = false;
+        for (level, &cut) in cuts.iter().enumerate() {
+            let mut due = self.by_oldest[level].take_before(cut);
+            due.sort_unstable();
+            due.dedup();
+            for wallet in due {
+                let Some(record) = self.wallets.get_mut(&wallet) else {
+                    continue;
+                };
+                let gone = record.trim(level, cut, self.counters[level].as_mut());
+                for _ in 0..gone {
+                    release(wallet);
+                }
+                self.marks[level] -= gone;
+                dropped |= gone > 0;
+                let unlisted =
+                    (gone > 0 && record.newest[level] == NONE).then_some(record.listed_at[level]);
+                if let Some(oldest) = record.oldest_key(level) {
+                    self.by_oldest[level].file(oldest, wallet);
+                } else if record.is_empty() {
+                    self.wallets.remove(&wallet);
+                }
+                if let Some(position) = unlisted {
+                    let listed = &mut self.listed[level];
+                    listed.swap_remove(position as usize);
+                    if let Some(&moved) = listed.get(position as usize) {
+                        if let Some(moved) = self.wallets.get_mut(&moved) {
+                            moved.listed_at[level] = position;
+                        }
+                    }
+                }
+            }
+        }
+        if dropped && self.wallets.capacity() > 4 * self.wallets.len().max(4) {
+            self.wallets.shrink_to_fit();
+        }
+        dropped
+    }
+}
+
+/// log2 of the keys per [`WalletWheel`] slot.
+const WHEEL_SHIFT: u32 = 4;
+
+/// Wallets filed by key, in slots of 16 keys: `file` is O(1), and a trim takes
+/// every wallet filed in a slot that starts before the cut.
+#[derive(Debug, Clone, Default)]
+struct WalletWheel {
+    first_slot: i64,
+    slots: VecDeque<Vec<u32>>,
+}
+
+impl WalletWheel {
+    #[inline]
+    fn file(&mut self, key: i64, wallet: u32) {
+        let slot = key >> WHEEL_SHIFT;
+        if self.slots.is_empty() {
+            self.first_slot = slot;
+        }
+        while slot < self.first_slot {
+            self.slots.push_front(Vec::new());
+            self.first_slot -= 1;
+        }
+        let index = (slot - self.first_slot) as usize;
+        while index >= self.slots.len() {
+            self.slots.push_back(Vec::new());
+        }
+        self.slots[index].push(wallet);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.slots.iter().map(|s| s.capacity() * 4).sum::<usize>()
+    }
+
+    /// Start key of the first non-empty slot: no filed wallet has an older mark.
+    fn first_key(&self) -> Option<i64> {
+        let index = self.slots.iter().position(|s| !s.is_empty())?;
+        Some((self.first_slot + index as i64) << WHEEL_SHIFT)
+    }
+
+    /// Removes and returns the wallets of every slot that starts before `cut`.
+    fn take_before(&mut self, cut: i64) -> Vec<u32> {
+        let mut taken = Vec::new();
+        while let Some(front) = self.slots.front_mut() {
+            if self.first_slot << WHEEL_SHIFT >= cut {
+                break;
+            }
+            taken.append(front);
+            if (self.first_slot + 1) << WHEEL_SHIFT > cut {
+                break; // the slot straddles the cut: keep it for what is refiled there
+            }
+            self.slots.pop_front();
+            self.first_slot += 1;
+        }
+        while self.slots.front().is_some_and(Vec::is_empty) && self.slots.len() > 1 {
+            self.slots.pop_front();
+            self.first_slot += 1;
+        }
+        taken
+    }
+}
+
+/// One range a unique count is asked for: keys `[start, end)`, and the counter
+/// lane that answers it (0 for `end == i64::MAX`, else the lane of `end - start`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UniqueQuery {
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) lane: usize,
+}
+
+/// Distinct wallets, buyers and sellers.
+pub(crate) type UniqueCounts = [u64; 3];
+
+/// What an insertion changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MarkAdded {
+    /// Side bits that were not there before.
+    pub(crate) sides: u8,
+    /// True when the (wallet, level, key) mark was created (the wallet gains a reference).
+    pub(crate) created: bool,
+}
+
+/// Wallet activity of one token at both levels.
+#[derive(Debug, Clone)]
+pub(crate) enum Activity {
+    Flat(Vec<FlatMark>),
+    Wallets(Box<WalletIndex>),
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::Flat(Vec::new())
+    }
+}
+
+impl Activity {
+    /// Number of (wallet, key) marks at `level`.
+    #[cfg(test)]
+    pub(crate) fn len(&self, level: usize) -> usize {
+        match self {
+            Self::Flat(marks) => marks
+                .iter()
+                .filter(|m| usize::from(m.level) == level)
+                .count(),
+            Self::Wallets(index) => index.marks[level],
+        }
+    }
+
+    /// True when no mark is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Self::Flat(marks) => marks.is_empty(),
+            Self::Wallets(index) => index.marks == [0; 2],
+        }
+    }
+
+    /// The oldest key held at `level` (a lower bound for the per-wallet shape
+    /// between trims).
+    pub(crate) fn oldest_key(&self, level: usize) -> Option<i64> {
+        match self {
+            Self::Flat(marks) => marks
+                .iter()
+                .find(|m| usize::from(m.level) == level)
+                .map(|m| key_of(m.packed)),
+            Self::Wallets(index) => index.oldest_key(level),
+        }
+    }
+
+    /// True when `level` keeps counters (for tests).
+    #[cfg(test)]
+    pub(crate) fn has_counters(&self, level: usize) -> bool {
+        matches!(self, Self::Wallets(index) if index.counters[level].is_some())
+    }
+
+    /// Side bits of `wallet` at `key` of `level`.
+    #[inline]
+    pub(crate) fn sides(&self, level: usize, wallet: u32, key: i64) -> u8 {
+        match self {
+            Self::Flat(marks) => {
+                let probe = (level as u8, key, wallet);
+                marks
+                    .binary_search_by(|m| m.order().cmp(&probe))
+                    .map_or(0, |i| sides_of(marks[i].packed))
+            }
+            Self::Wallets(index) => index
+                .wallets
+                .get(&wallet)
+                .map_or(0, |w| w.sides_at(level, key)),
+        }
+    }
+
+    /// Adds side bits for `wallet` at `key` of `level`. `lens` are each level's
+    /// finite window lengths (for counters).
+    #[inline]
+    pub(crate) fn add(
+        &mut self,
+        level: usize,
+        wallet: u32,
+        key: i64,
+        sides: u8,
+        lens: &[Vec<i64>; 2],
+        limits: MarkLimits,
+    ) -> MarkAdded {
+        let added = match self {
+            Self::Flat(marks) => {
+                let probe = (level as u8, key, wallet);
+                let position = match marks.last() {
+                    Some(last) if last.order() < probe => Err(marks.len()),
+                    _ => marks.binary_search_by(|m| m.order().cmp(&probe)),
+                };
+                match position {
+                    Ok(i) => {
+                        let old = sides_of(marks[i].packed);
+                        marks[i].packed |= i64::from(sides);
+                        MarkAdded {
+                            sides: sides & !old,
+                            created: false,
+                        }
+                    }
+                    Err(i) => {
+                        if marks.len() == marks.capacity() && marks.len() < 4 {
+                            marks.reserve_exact(1);
+                        }
+                        marks.insert(
+                            i,
+                            FlatMark {
+                                packed: pack(key, sides),
+                                wallet,
+                                level: level as u8,
+                            },
+                        );
+                        MarkAdded {
+                            sides,
+                            created: true,
+                        }
+                    }
+                }
+            }
+            Self::Wallets(index) => index.add(level, wallet, key, sides),
+        };
+        if added.created {
+            self.reshape_after_growth(lens, limits);
+        }
+        added
+    }
+
+    fn reshape_after_growth(&mut self, lens: &[Vec<i64>; 2], limits: MarkLimits) {
+        if let Self::Flat(marks) = self {
+            if marks.len() <= limits.flat_max.min(FLAT_CAPACITY) {
+                return;
+            }
+            let mut index = WalletIndex::new();
+            // Sorted by (level, key): every insertion is a new newest mark.
+            for m in marks.iter() {
+                index.add(
+                    usize::from(m.level),
+                    m.wallet,
+                    key_of(m.packed),
+                    sides_of(m.packed),
+                );
+            }
+            *self = Self::Wallets(Box::new(index));
+        }
+        if let Self::Wallets(index) = self {
+            for (level, lens) in lens.iter().enumerate() {
+                if index.counters[level].is_none()
+                    && index.listed[level].len() > limits.counters_min_wallets
+                {
+                    index.build_counters(level, lens);
+                }
+            }
+        }
+    }
+
+    /// Drops marks with keys before `cuts[level]`, calling `release(wallet)`
+    /// once per dropped mark. Returns true when any was dropped.
+    pub(crate) fn trim(
+        &mut self,
+        cuts: [i64; 2],
+        limits: MarkLimits,
+        mut release: impl FnMut(u32),
+    ) -> bool {
+        let dropped = match self {
+            Self::Flat(marks) => {
+                let before = marks.len();
+                marks.retain(|m| {
+                    let keep = key_of(m.packed) >= cuts[usize::from(m.level)];
+                    if !keep {
+                        release(m.wallet);
+                    }
+                    keep
+                });
+                if marks.capacity() > marks.len() + marks.len() / 2 {
+                    marks.shrink_to_fit();
+                }
+                marks.len() != before
+            }
+            Self::Wallets(index) => index.trim(cuts, &mut release),
+        };
+        if let Self::Wallets(index) = self {
+            if index.marks[0] + index.marks[1] <= limits.flat_max.min(FLAT_CAPACITY) / 2 {
+                let mut marks: Vec<FlatMark> = index
+                    .wallets
+                    .iter()
+                    .flat_map(|(&wallet, record)| {
+                        (0..2).flat_map(move |level| {
+                            record.marks(level).map(move |packed| FlatMark {
+                                packed,
+                                wallet,
+                                level: level as u8,
+                            })
+                        })
+                    })
+                    .collect();
+                marks.sort_unstable_by_key(FlatMark::order);
+                *self = Self::Flat(marks);
+            } else {
+                for level in 0..2 {
+                    if index.listed[level].len() < limits.counters_min_wallets / 4 {
+                        index.counters[level] = None;
+                    }
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Calls `release(wallet)` once per mark and empties the store.
+    pub(crate) fn release_all(&mut self, mut release: impl FnMut(u32)) {
+        match self {
+            Self::Flat(marks) => marks.iter().for_each(|m| release(m.wallet)),
+            Self::Wallets(index) => {
+                for (&wallet, record) in &index.wallets {
+                    for _ in (0..2).flat_map(|level| record.marks(level)) {
+                        release(wallet);
+                    }
+                }
+            }
+        }
+        *self = Self::default();
+    }
+
+    /// Unique wallets, buyers and sellers at `level` for each query, into `out`.
+    pub(crate) fn uniques(&self, level: usize, queries: &[UniqueQuery], out: &mut [UniqueCounts]) {
+        out.iter_mut().for_each(|o| *o = [0; 3]);
+        match self {
+            Self::Flat(marks) => flat_uniques(marks, level, queries, out),
+            Self::Wallets(index) => match &index.counters[level] {
+                Some(counters) => {
+                    for (q, o) in queries.iter().zip(out.iter_mut()) {
+                        *o = counters.count(q.lane, q.start);
+                    }
+                }
+                None => {
+                    for wallet in &index.listed[level] {
+                        let Some(record) = index.wallets.get(wallet) else {
+                            continue;
+                        };
+                        for (q, o) in queries.iter().zip(out.iter_mut()) {
+                            add_sides(o, record.sides_in(level, q.start, q.end));
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Asserts the per-wallet invariants (for tests): marks sorted, the newest
+    /// inline, the newest buy/sell keys exact, every wallet filed no later than
+    /// its oldest mark.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let Self::Wallets(index) = self else { return };
+        for level in 0..2 {
+            let mut active: Vec<u32> = index
+                .wallets
+                .iter()
+                .filter(|(_, r)| r.newest[level] != NONE)
+                .map(|(&w, _)| w)
+                .collect();
+            active.sort_unstable();
+            let mut listed = index.listed[level].clone();
+            listed.sort_unstable();
+            assert_eq!(listed, active, "active wallets at level {level}");
+            for (position, wallet) in index.listed[level].iter().enumerate() {
+                assert_eq!(index.wallets[wallet].listed_at[level] as usize, position);
+            }
+        }
+        for (&wallet, record) in &index.wallets {
+            assert!(!record.is_empty());
+            for level in 0..2 {
+                let marks: Vec<i64> = record.marks(level).collect();
+                assert!(marks.windows(2).all(|w| key_of(w[0]) < key_of(w[1])));
+                let last_with = |bit: u8| {
+                    marks
+                        .iter()
+                        .rev()
+                        .find(|&&m| sides_of(m) & bit != 0)
+                        .map_or(NONE, |&m| key_of(m))
+                };
+                assert_eq!(
+                    record.last_buy[level],
+                    last_with(SIDE_BUY),
+                    "last buy of {wallet}"
+                );
+                assert_eq!(
+                    record.last_sell[level],
+                    last_with(SIDE_SELL),
+                    "last sell of {wallet}"
+                );
+                if let Some(&first) = marks.first() {
+                    let filed = &index.by_oldest[level];
+                    let slot = key_of(first) >> WHEEL_SHIFT;
+                    assert!(
+                        filed.slots.iter().enumerate().any(|(i, wallets)| {
+                            filed.first_slot + i as i64 <= slot && wallets.contains(&wallet)
+                        }),
+                        "wallet {wallet} filed no later than its oldest mark"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every mark of `level` as `(wallet, key, sides)`, sorted (for tests).
+    #[cfg(test)]
+    pub(crate) fn all(&self, level: usize) -> Vec<(u32, i64, u8)> {
+        let mut out: Vec<(u32, i64, u8)> = match self {
+            Self::Flat(marks) => marks
+                .iter()
+                .filter(|m| usize::from(m.level) == level)
+                .map(|m| (m.wallet, key_of(m.packed), sides_of(m.packed)))
+                .collect(),
+            Self::Wallets(index) => index
+                .wallets
+                .iter()
+                .flat_map(|(&w, record)| {
+                    record
+                        .marks(level)
+                        .map(move |m| (w, key_of(m), sides_of(m)))
+                })
+                .collect(),
+        };
+        out.sort_unstable();
+        out
+    }
+
+    /// Approximate heap bytes held (for memory reports).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Flat(marks) => marks.capacity() * std::mem::size_of::<FlatMark>(),
+            Self::Wallets(index) => {
+                let entry = std::mem::size_of::<(u32, WalletActivity)>() + 1;
+                std::mem::size_of::<WalletIndex>()
+                    + index.wallets.capacity() * entry
+                    + index
+                        .wallets
+                        .values()
+                        .map(|w| (w.older[0].capacity() + w.older[1].capacity()) * 8)
+                        .sum::<usize>()
+                    + index
+                        .counters
+                        .iter()
+                        .flatten()
+                        .map(Counters::heap_bytes)
+                        .sum::<usize>()
+                    + (index.listed[0].capacity() + index.listed[1].capacity()) * 4
+                    + index
+                        .by_oldest
+                        .iter()
+                        .map(WalletWheel::heap_bytes)
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
+#[inline]
+fn add_sides(counts: &mut UniqueCounts, sides: u8) {
+    counts[CLASS_ANY] += u64::from(sides != 0);
+    counts[CLASS_BUY] += u64::from(sides & SIDE_BUY != 0);
+    counts[CLASS_SELL] += u64::from(sides & SIDE_SELL != 0);
+}
+
+/// Unique counts of a flat store: group a sorted copy of the level's marks by wallet.
+fn flat_uniques(
+    marks: &[FlatMark],
+    level: usize,
+    queries: &[UniqueQuery],
+    out: &mut [UniqueCounts],
+) {
+    let mut buffer = [(0_u32, 0_i64); FLAT_CAPACITY];
+    let mut heap = Vec::new();
+    let mut len = 0;
+    for m in marks.iter().filter(|m| usize::from(m.level) == level) {
+        if len < FLAT_CAPACITY {
+            buffer[len] = (m.wallet, m.packed);
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&buffer);
+            }
+            heap.push((m.wallet, m.packed));
+        }
+        len += 1;
+    }
+    let copy: &mut [(u32, i64)] = if len <= FLAT_CAPACITY {
+        &mut buffer[..len]
+    } else {
+        &mut heap
+    };
+    copy.sort_unstable();
+    for group in copy.chunk_by(|a, b| a.0 == b.0) {
+        for (q, o) in queries.iter().zip(out.iter_mut()) {
+            let sides = group
+                .iter()
+                .filter(|(_, m)| key_of(*m) >= q.start && key_of(*m) < q.end)
+                .fold(0, |s, (_, m)| s | sides_of(*m));
+            add_sides(o, sides);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: usize = 0;
+
+    /// Brute force over `(wallet, key, sides)` marks.
+    fn brute(marks: &[(u32, i64, u8)], start: i64, end: i64) -> UniqueCounts {
+        let mut per_wallet: std::collections::BTreeMap<u32, u8> = Default::default();
+        for &(w, k, s) in marks {
+            if k >= start && k < end {
+                *per_wallet.entry(w).or_default() |= s;
+            }
+        }
+        let mut counts = [0; 3];
+        for s in per_wallet.values() {
+            add_sides(&mut counts, *s);
+        }
+        counts
+    }
+
+    /// Runs a random stream through a store; returns whether counters were used.
+    fn run(limits: MarkLimits) -> bool {
+        let lens = [vec![7_i64, 30], vec![3]];
+        let mut store = Activity::default();
+        let mut x: u64 = 0x9E37_79B9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refs = std::collections::BTreeMap::<u32, i64>::new();
+        let mut saw_counters = false;
+        for step in 0..900 {
+            let r = next();
+            let level = (r >> 40) as usize % 2;
+            let wallet = (r % 23) as u32;
+            // Mostly forward in time, sometimes far back.
+            let key = if (r >> 50) % 4 == 0 {
+                ((r >> 8) % 150) as i64
+            } else {
+                (step / 6) as i64 + ((r >> 8) % 3) as i64
+            };
+            let sides = [SIDE_BUY, SIDE_SELL, 3][((r >> 20) % 3) as usize];
+            let before = store.sides(level, wallet, key);
+            let added = store.add(level, wallet, key, sides, &lens, limits);
+            assert_eq!(added.sides, sides & !before);
+            assert_eq!(added.created, before == 0);
+            assert_eq!(store.sides(level, wallet, key), before | sides);
+            if added.created {
+                *refs.entry(wallet).or_default() += 1;
+            }
+            if step % 150 == 149 {
+                let cuts = [(step / 150) as i64 * 20, (step / 150) as i64 * 10];
+                store.trim(cuts, limits, |w| *refs.entry(w).or_default() -= 1);
+                for (level, cut) in cuts.iter().enumerate() {
+                    assert!(store.all(level).iter().all(|m| m.1 >= *cut));
+                }
+            }
+            store.check();
+            saw_counters |= store.has_counters(0);
+            for (level, level_lens) in lens.iter().enumerate() {
+                let all = store.all(level);
+                assert_eq!(all.len(), store.len(level));
+                let now = ((r >> 30) % 170) as i64;
+                let mut queries = vec![UniqueQuery {
+                    start: now - 7,
+                    end: i64::MAX,
+                    lane: 0,
+                }];
+                for (i, len) in level_lens.iter().enumerate() {
+                    queries.push(UniqueQuery {
+                        start: now - 2 * len,
+                        end: now - len,
+                        lane: i + 1,
+                    });
+                }
+                let mut out = vec![[0; 3]; queries.len()];
+                store.uniques(level, &queries, &mut out);
+                for (q, o) in queries.iter().zip(&out) {
+                    assert_eq!(
+                        *o,
+                        brute(&all, q.start, q.end),
+                        "step {step} level {level} query {q:?}"
+                    );
+                }
+            }
+        }
+        let held: i64 = refs.values().sum();
+        assert_eq!(
+            held,
+            (store.len(0) + store.len(1)) as i64,
+            "one reference per mark"
+        );
+        store.trim([i64::MAX; 2], limits, |w| *refs.entry(w).or_default() -= 1);
+        assert!(store.is_empty() && refs.values().all(|&r| r == 0));
+        saw_counters
+    }
+
+    #[test]
+    fn trimming_a_side_forgets_its_newest_key() {
+        let lens = [vec![5_i64], vec![]];
+        for counters_min_wallets in [0, 1000] {
+            let limits = MarkLimits {
+                flat_max: 0,
+                counters_min_wallets,
+            };
+            let mut store = Activity::default();
+            store.add(SECOND, 1, 9, SIDE_SELL, &lens, limits);
+            store.add(SECOND, 1, 10, SIDE_BUY, &lens, limits);
+            store.add(SECOND, 1, 11, SIDE_BUY, &lens, limits);
+            store.add(SECOND, 2, 12, SIDE_SELL, &lens, limits);
+            let mut released = Vec::new();
+            store.trim([10, i64::MIN], limits, |w| released.push(w));
+            assert_eq!(released, vec![1]);
+            store.check();
+            let query = [UniqueQuery {
+                start: 0,
+                end: i64::MAX,
+                lane: 0,
+            }];
+            let mut out = [[0; 3]];
+            store.uniques(SECOND, &query, &mut out);
+            assert_eq!(out[0], [2, 1, 1], "wallet 1 buys only after the trim");
+        }
+    }
+
+    #[test]
+    fn every_shape_counts_exactly() {
+        assert!(!run(MarkLimits {
+            flat_max: 64,
+            counters_min_wallets: 1000
+        }));
+        assert!(!run(MarkLimits {
+            flat_max: 4,
+            counters_min_wallets: 1000
+        }));
+        assert!(run(MarkLimits {
+            flat_max: 4,
+            counters_min_wallets: 2
+        }));
+        assert!(run(MarkLimits {
+            flat_max: 0,
+            counters_min_wallets: 0
+        }));
+    }
+}
