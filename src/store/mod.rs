@@ -6,16 +6,33 @@ use std::future::Future;
 
 use crate::window::BatchEffect;
 
+pub mod codec;
+pub mod keys;
 mod memory;
+mod redis;
 pub use memory::MemoryStore;
+pub use redis::{sort_effect, RedisStore, RedisStoreOptions};
 
 /// Store failures. A failed persist is retried by the shard; nothing is skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] ::redis::RedisError),
     #[error("store returned unexpected data: {0}")]
     Corrupt(String),
+    /// The store is misconfigured (e.g. no Redis URL).
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// The batch cannot be persisted as given (reversed offsets, a string too long).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The batch (or the fenced state) reached the master but no replica
+    /// acknowledged it in time; a failover could lose it, so the caller retries.
+    #[error("partition {partition}: write not acknowledged by any of {replicas} replicas")]
+    NotReplicated { partition: u32, replicas: i64 },
+    /// Batches kept landing while the partition was being loaded.
+    #[error("partition {partition}: applied offset kept moving while loading")]
+    Unstable { partition: u32 },
 }
 
 /// One batch as it is persisted: its Kafka offset range and what it changed.

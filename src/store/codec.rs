@@ -1,0 +1,339 @@
+//! Binary encodings shared with the Lua scripts. All integers and floats are
+//! little-endian; floats travel as their IEEE-754 bits, so nothing is rounded on
+//! the way to Redis and back. Lua reads and writes them with `struct`.
+//!
+//! **Bucket** (stored hash value and batch payload), 108 bytes, Lua format
+//! `<I4I4I4ddddi8I4I4di8I4I4ddd`: txns, buys, sells (u32); volume_usd,
+//! buy_volume_usd, sell_volume_usd, volume_token (f64); open at_ms (i64), open
+//! tie high and low 32 bits (u32, u32: Lua numbers are doubles, a u64 would lose
+//! bits), open price (f64); close likewise; high, low (f64).
+//!
+//! **Event record**, 20 bytes: the 128-bit event key (16 bytes, little-endian)
+//! then the block time's millisecond within its hour (u32).
+//!
+//! **Batch payload** (ARGV of `apply_batch.lua`):
+//! ```text
+//! u32 token_count
+//!   token_count × { u16 len, token bytes, i64 last_ms,
+//!                   u32 n, n × { u8 level (0 second, 1 minute), i64 at, bucket },
+//!                   u32 m, m × { u8 level, i64 at, u8 sides, u16 len, wallet bytes } }
+//! u32 hour_count
+//!   hour_count × { i64 hour, u32 len, len bytes of event records }
+//! ```
+
+use std::collections::BTreeMap;
+
+use super::keys::HOUR_MS;
+use super::StoreError;
+use crate::window::{
+    AppliedEvent, BatchEffect, Bucket, BucketDelta, Level, PricePoint, WalletMark,
+};
+
+/// Encoded size of one bucket.
+pub const BUCKET_LEN: usize = 108;
+/// Encoded size of one event record.
+pub const EVENT_LEN: usize = 20;
+
+fn level_code(level: Level) -> u8 {
+    match level {
+        Level::Second => 0,
+        Level::Minute => 1,
+    }
+}
+
+fn put_point(out: &mut Vec<u8>, p: &PricePoint) {
+    out.extend_from_slice(&p.at_ms.to_le_bytes());
+    out.extend_from_slice(&((p.tie >> 32) as u32).to_le_bytes());
+    out.extend_from_slice(&(p.tie as u32).to_le_bytes());
+    out.extend_from_slice(&p.price.to_le_bytes());
+}
+
+/// Appends the 108-byte encoding of `b`.
+pub fn encode_bucket(b: &Bucket, out: &mut Vec<u8>) {
+    out.extend_from_slice(&b.txns.to_le_bytes());
+    out.extend_from_slice(&b.buys.to_le_bytes());
+    out.extend_from_slice(&b.sells.to_le_bytes());
+    for v in [
+        b.volume_usd,
+        b.buy_volume_usd,
+        b.sell_volume_usd,
+        b.volume_token,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    put_point(out, &b.open);
+    put_point(out, &b.close);
+    out.extend_from_slice(&b.high.to_le_bytes());
+    out.extend_from_slice(&b.low.to_le_bytes());
+}
+
+/// A little-endian reader over a byte slice that reports truncation as
+/// [`StoreError::Corrupt`].
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        if self.bytes.len() < N {
+            return Err(StoreError::Corrupt(format!("{} truncated", self.what)));
+        }
+        let (head, rest) = self.bytes.split_at(N);
+        self.bytes = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(head);
+        Ok(out)
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        self.take::<8>().map(i64::from_le_bytes)
+    }
+    fn f64(&mut self) -> Result<f64, StoreError> {
+        self.take::<8>().map(f64::from_le_bytes)
+    }
+    fn point(&mut self) -> Result<PricePoint, StoreError> {
+        let at_ms = self.i64()?;
+        let hi = self.u32()?;
+        let lo = self.u32()?;
+        let price = self.f64()?;
+        Ok(PricePoint {
+            at_ms,
+            tie: (u64::from(hi) << 32) | u64::from(lo),
+            price,
+        })
+    }
+}
+
+/// Decodes a 108-byte bucket.
+pub fn decode_bucket(bytes: &[u8]) -> Result<Bucket, StoreError> {
+    if bytes.len() != BUCKET_LEN {
+        return Err(StoreError::Corrupt(format!(
+            "bucket of {} bytes, expected {BUCKET_LEN}",
+            bytes.len()
+        )));
+    }
+    let mut r = Reader {
+        bytes,
+        what: "bucket",
+    };
+    Ok(Bucket {
+        txns: r.u32()?,
+        buys: r.u32()?,
+        sells: r.u32()?,
+        volume_usd: r.f64()?,
+        buy_volume_usd: r.f64()?,
+        sell_volume_usd: r.f64()?,
+        volume_token: r.f64()?,
+        open: r.point()?,
+        close: r.point()?,
+        high: r.f64()?,
+        low: r.f64()?,
+    })
+}
+
+/// Appends one event record: key, then the millisecond within the hour.
+pub fn encode_event(event: &AppliedEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(&event.key.to_le_bytes());
+    out.extend_from_slice(&(event.executed_at_ms.rem_euclid(HOUR_MS) as u32).to_le_bytes());
+}
+
+/// Decodes the event records of unix hour `hour`.
+pub fn decode_events(
+    hour: i64,
+    bytes: &[u8],
+    out: &mut Vec<AppliedEvent>,
+) -> Result<(), StoreError> {
+    if !bytes.len().is_multiple_of(EVENT_LEN) {
+        return Err(StoreError::Corrupt(format!(
+            "event list of {} bytes",
+            bytes.len()
+        )));
+    }
+    for rec in bytes.chunks_exact(EVENT_LEN) {
+        let mut r = Reader {
+            bytes: rec,
+            what: "event",
+        };
+        let key = u128::from_le_bytes(r.take::<16>()?);
+        let ms = r.u32()?;
+        out.push(AppliedEvent {
+            key,
+            executed_at_ms: hour * HOUR_MS + i64::from(ms),
+        });
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TokenGroup<'a> {
+    buckets: Vec<&'a BucketDelta>,
+    wallets: Vec<&'a WalletMark>,
+    last_ms: i64,
+}
+
+fn bucket_start_ms(level: Level, at: i64) -> i64 {
+    match level {
+        Level::Second => at.saturating_mul(1000),
+        Level::Minute => at.saturating_mul(60_000),
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
+    let len = u16::try_from(s.len()).map_err(|_| {
+        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", s.len()))
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
+    let n = u32::try_from(n).map_err(|_| StoreError::InvalidBatch(format!("{n} items")))?;
+    out.extend_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+/// Encodes a batch's effect as the payload of `apply_batch.lua`.
+pub fn encode_batch(effect: &BatchEffect) -> Result<Vec<u8>, StoreError> {
+    let mut groups: BTreeMap<&str, TokenGroup<'_>> = BTreeMap::new();
+    for d in &effect.buckets {
+        let g = groups.entry(d.token.as_str()).or_default();
+        g.buckets.push(d);
+        let last = if d.delta.is_empty() {
+            bucket_start_ms(d.level, d.at)
+        } else {
+            d.delta.close.at_ms
+        };
+        g.last_ms = g.last_ms.max(last);
+    }
+    for w in &effect.wallets {
+        let g = groups.entry(w.token.as_str()).or_default();
+        g.wallets.push(w);
+        g.last_ms = g.last_ms.max(bucket_start_ms(w.level, w.at));
+    }
+    let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    for e in &effect.events {
+        encode_event(
+            e,
+            hours
+                .entry(e.executed_at_ms.div_euclid(HOUR_MS))
+                .or_default(),
+        );
+    }
+
+    let mut out = Vec::with_capacity(
+        16 + effect.buckets.len() * (BUCKET_LEN + 9)
+            + effect.wallets.len() * 64
+            + effect.events.len() * EVENT_LEN
+            + groups.len() * 32,
+    );
+    put_count(&mut out, groups.len())?;
+    for (token, g) in &groups {
+        put_str(&mut out, token, "token")?;
+        out.extend_from_slice(&g.last_ms.to_le_bytes());
+        put_count(&mut out, g.buckets.len())?;
+        for d in &g.buckets {
+            out.push(level_code(d.level));
+            out.extend_from_slice(&d.at.to_le_bytes());
+            encode_bucket(&d.delta, &mut out);
+        }
+        put_count(&mut out, g.wallets.len())?;
+        for w in &g.wallets {
+            out.push(level_code(w.level));
+            out.extend_from_slice(&w.at.to_le_bytes());
+            out.push(w.sides);
+            put_str(&mut out, &w.wallet, "wallet")?;
+        }
+    }
+    put_count(&mut out, hours.len())?;
+    for (hour, records) in &hours {
+        out.extend_from_slice(&hour.to_le_bytes());
+        put_count(&mut out, records.len())?;
+        out.extend_from_slice(records);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Bucket {
+        Bucket {
+            txns: 3,
+            buys: 2,
+            sells: 1,
+            volume_usd: 0.1 + 0.2,
+            buy_volume_usd: 1e-300,
+            sell_volume_usd: 123_456_789.123_456_78,
+            volume_token: f64::MAX,
+            open: PricePoint {
+                at_ms: 1_700_000_000_123,
+                tie: u64::MAX - 1,
+                price: 1.0 / 3.0,
+            },
+            close: PricePoint {
+                at_ms: 1_700_000_000_999,
+                tie: 0x8000_0000_0000_0001,
+                price: 2.5,
+            },
+            high: 7.25,
+            low: f64::MIN_POSITIVE,
+        }
+    }
+
+    #[test]
+    fn buckets_round_trip_bit_exactly() {
+        let b = sample();
+        let mut bytes = Vec::new();
+        encode_bucket(&b, &mut bytes);
+        assert_eq!(bytes.len(), BUCKET_LEN);
+        let back = decode_bucket(&bytes).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(back.volume_usd.to_bits(), b.volume_usd.to_bits());
+        assert!(decode_bucket(&bytes[1..]).is_err());
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let events = [
+            AppliedEvent {
+                key: u128::MAX - 7,
+                executed_at_ms: 1_700_000_000_123,
+            },
+            AppliedEvent {
+                key: 1,
+                executed_at_ms: 1_700_000_000_000 / HOUR_MS * HOUR_MS,
+            },
+        ];
+        let hour = events[0].executed_at_ms.div_euclid(HOUR_MS);
+        let mut bytes = Vec::new();
+        for e in &events {
+            encode_event(e, &mut bytes);
+        }
+        let mut back = Vec::new();
+        decode_events(hour, &bytes, &mut back).unwrap();
+        assert_eq!(back, events);
+        assert!(decode_events(hour, &bytes[1..], &mut back).is_err());
+    }
+
+    #[test]
+    fn long_tokens_are_rejected() {
+        let effect = BatchEffect {
+            buckets: vec![BucketDelta {
+                token: "x".repeat(70_000),
+                level: Level::Second,
+                at: 1,
+                delta: sample(),
+            }],
+            ..BatchEffect::default()
+        };
+        assert!(matches!(
+            encode_batch(&effect),
+            Err(StoreError::InvalidBatch(_))
+        ));
+    }
+}

@@ -1,0 +1,829 @@
+//! [`RedisStore`]: batches persisted to a single Redis or to Redis Cluster.
+//!
+//! * `persist` is one `EVALSHA` of `lua/apply_batch.lua` per batch: fence check,
+//!   every bucket merge, wallet mark, event id, token index update and the new
+//!   applied offset, atomically (invariants 2 and 3). When the partition's
+//!   master has replicas, `WAIT 1 <replica_ack_timeout>` follows in the same
+//!   pipeline (same connection, same node), and `persist` only succeeds once a
+//!   replica has the batch: a batch reported as persisted survives a failover
+//!   (otherwise the shard would commit a Kafka offset for a write that the
+//!   promoted replica never saw). A fenced reply is acknowledged the same way,
+//!   so "fenced" after a retry also means "the earlier attempt is replicated".
+//! * `load` reads the applied offset, the token index and the event ids in one
+//!   pipeline, then every token through `lua/read_token.lua` in pipelines, all on
+//!   the slot's master; it re-reads the applied offset at the end and starts over
+//!   if a batch landed meanwhile, so the result is one consistent state.
+//! * `load_token` runs `read_token.lua` with `EVALSHA_RO` on a replica (Redis
+//!   Cluster), falling back to the master when no replica answers.
+//! * `NOSCRIPT` (a new master after a failover, a restarted server) is answered
+//!   by sending the script itself (`EVAL` / `EVAL_RO`), which also caches it.
+//!
+//! Key layout and TTLs: `docs/redis-keys.md` and [`super::keys`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_read_routing::RandomReplicaStrategy;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
+
+use super::codec::{decode_bucket, decode_events, encode_batch};
+use super::keys::{self, DAY_MS, HOUR_MS};
+use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
+use crate::config::{IngestSettings, StoreKind, StoreSettings};
+use crate::window::{BatchEffect, BucketDelta, Level, WalletMark};
+
+const APPLY_BATCH_LUA: &str = include_str!("../../lua/apply_batch.lua");
+const READ_TOKEN_LUA: &str = include_str!("../../lua/read_token.lua");
+
+/// Tokens per `load` pipeline, and pipelines in flight at once.
+const LOAD_CHUNK: usize = 256;
+const LOAD_PARALLEL: usize = 4;
+/// How often `load` starts over when batches keep landing while it reads.
+const LOAD_ATTEMPTS: usize = 5;
+/// Keys read past "now": block times may be slightly in the future (the
+/// allowed skew), and a reader's clock may lag the writer's.
+const FUTURE_SLACK_MS: i64 = 5 * 60 * 1000;
+
+/// Retention, TTL and replication parameters of a [`RedisStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStoreOptions {
+    /// How long second buckets and second-level wallet marks are kept after their
+    /// second (windows up to 1 h and their previous window: 2 h).
+    pub second_keep: Duration,
+    /// How long minute buckets and minute-level wallet marks are kept
+    /// (`ingest.retention`).
+    pub retention: Duration,
+    /// How long applied event ids are kept after their block time
+    /// (`ingest.dedup_horizon`).
+    pub dedup_horizon: Duration,
+    /// Added to every TTL: clock skew between shards and a little slack.
+    pub ttl_margin: Duration,
+    /// TTL of the applied offset, refreshed by every batch. Long, because it is
+    /// the fence; one small key per partition.
+    pub applied_keep: Duration,
+    /// How long `persist` waits for one replica to acknowledge a batch (when the
+    /// master has replicas) before failing with [`StoreError::NotReplicated`].
+    pub replica_ack_timeout: Duration,
+    /// Client retries of one call (reconnects, redirections), before the error
+    /// reaches the caller (who retries the batch).
+    pub retries: u32,
+    /// Connect and response timeout of one attempt.
+    pub timeout: Duration,
+}
+
+impl Default for RedisStoreOptions {
+    fn default() -> Self {
+        Self::from_ingest(&IngestSettings::default())
+    }
+}
+
+impl RedisStoreOptions {
+    /// Options with retention and dedup horizon taken from `ingest.*`.
+    pub fn from_ingest(ingest: &IngestSettings) -> Self {
+        Self {
+            second_keep: Duration::from_secs(2 * 3600),
+            retention: ingest.retention,
+            dedup_horizon: ingest.dedup_horizon,
+            ttl_margin: Duration::from_secs(600),
+            applied_keep: Duration::from_secs(30 * 24 * 3600),
+            replica_ack_timeout: Duration::from_secs(1),
+            retries: 4,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn second_keep_ms(&self) -> i64 {
+        ms(self.second_keep)
+    }
+    fn retention_ms(&self) -> i64 {
+        ms(self.retention)
+    }
+    fn dedup_ms(&self) -> i64 {
+        ms(self.dedup_horizon)
+    }
+    fn margin_ms(&self) -> i64 {
+        ms(self.ttl_margin)
+    }
+    fn index_keep_ms(&self) -> i64 {
+        self.second_keep_ms().max(self.retention_ms()) + self.margin_ms()
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// The connection(s) of a [`RedisStore`]. Clones share the underlying
+/// multiplexed connections.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster {
+        /// Every command goes to the slot's master.
+        primary: ClusterConnection,
+        /// Sends `READONLY` to every node; used for replica reads only.
+        replicas: ClusterConnection,
+    },
+}
+
+fn master_route(key: &str) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key.as_bytes(), SlotAddr::Master))
+}
+
+impl Conn {
+    /// Runs `cmd` on the master of `key`'s slot.
+    async fn master(&self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
+        server_error_to_err(match self {
+            Conn::Single(cm) => cm.clone().req_packed_command(cmd).await,
+            Conn::Cluster { primary, .. } => {
+                primary
+                    .clone()
+                    .route_command(cmd.clone(), RoutingInfo::SingleNode(master_route(key)))
+                    .await
+            }
+        })
+    }
+
+    /// Runs `pipe` on the master of `key`'s slot; per-command errors come back
+    /// as [`Value::ServerError`] items or as the call's error.
+    ///
+    /// All commands of a pipeline go to one node over one connection, in order
+    /// (`WAIT` after a write relies on that). A redirection inside a pipeline is
+    /// not followed by the client, so on one this sends a harmless keyed command
+    /// the normal way, which makes the client refresh its slot map; the caller
+    /// sees the error and retries.
+    async fn master_pipe(&self, key: &str, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self {
+            Conn::Single(cm) => cm.clone().req_packed_commands(pipe, 0, pipe.len()).await,
+            Conn::Cluster { primary, .. } => {
+                let replies = primary
+                    .clone()
+                    .route_pipeline(pipe.clone(), 0, pipe.len(), master_route(key))
+                    .await?;
+                let redirected = replies.iter().any(|v| match v {
+                    Value::ServerError(e) => {
+                        matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+                    }
+                    _ => false,
+                });
+                if redirected {
+                    let mut probe = redis::cmd("EXISTS");
+                    probe.arg(key);
+                    let _ = primary
+                        .clone()
+                        .route_command(probe, RoutingInfo::SingleNode(master_route(key)))
+                        .await;
+                }
+                Ok(replies)
+            }
+        }
+    }
+
+    /// Runs a read-only `cmd` on a replica of `key`'s slot (Redis Cluster; the
+    /// master when the slot has no replica); `None` for a single Redis.
+    async fn replica(&self, key: &str, cmd: &Cmd) -> Option<RedisResult<Value>> {
+        match self {
+            Conn::Single(_) => None,
+            Conn::Cluster { replicas, .. } => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::ReplicaRequired);
+                Some(server_error_to_err(
+                    replicas
+                        .clone()
+                        .route_command(
+                            cmd.clone(),
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await,
+                ))
+            }
+        }
+    }
+}
+
+/// A [`Store`] on a single Redis or on Redis Cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    /// Per partition: does its master have replicas (so `persist` must WAIT)?
+    /// Learned from every `apply_batch.lua` reply.
+    replicas_seen: Arc<Mutex<HashMap<u32, bool>>>,
+    apply: redis::Script,
+    read: redis::Script,
+    options: RedisStoreOptions,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster { .. } => "redis-cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects as `settings` say (`redis`: the first URL; `redis-cluster`: the
+    /// URLs are seed nodes) with default [`RedisStoreOptions`].
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, StoreError> {
+        Self::connect_with(settings, RedisStoreOptions::default()).await
+    }
+
+    /// Like [`RedisStore::connect`] with explicit options (e.g.
+    /// [`RedisStoreOptions::from_ingest`]).
+    pub async fn connect_with(
+        settings: &StoreSettings,
+        options: RedisStoreOptions,
+    ) -> Result<Self, StoreError> {
+        match settings.kind {
+            StoreKind::Redis => {
+                let url = settings
+                    .redis_urls
+                    .first()
+                    .ok_or_else(|| StoreError::Config("store.redis_urls is empty".into()))?;
+                Self::connect_single(url, options).await
+            }
+            StoreKind::RedisCluster => Self::connect_cluster(&settings.redis_urls, options).await,
+            StoreKind::Memory => Err(StoreError::Config(
+                "store.kind is `memory`, not a Redis store".into(),
+            )),
+        }
+    }
+
+    /// Connects to one Redis server (`redis://host:port`).
+    pub async fn connect_single(url: &str, options: RedisStoreOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(options.retries as usize)
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout));
+        let cm = client.get_connection_manager_with_config(config).await?;
+        Ok(Self::new(Conn::Single(cm), options))
+    }
+
+    /// Connects to Redis Cluster through `seeds` (any reachable nodes).
+    pub async fn connect_cluster(
+        seeds: &[String],
+        options: RedisStoreOptions,
+    ) -> Result<Self, StoreError> {
+        if seeds.is_empty() {
+            return Err(StoreError::Config("store.redis_urls is empty".into()));
+        }
+        let builder = || {
+            ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                .retries(options.retries)
+                .min_retry_wait(100)
+                .max_retry_wait(2000)
+                .connection_timeout(options.timeout)
+                .response_timeout(options.timeout)
+        };
+        let primary = builder().build()?.get_async_connection().await?;
+        let replicas = builder()
+            .read_routing_strategy(RandomReplicaStrategy)
+            .build()?
+            .get_async_connection()
+            .await?;
+        Ok(Self::new(Conn::Cluster { primary, replicas }, options))
+    }
+
+    fn new(conn: Conn, options: RedisStoreOptions) -> Self {
+        Self {
+            conn,
+            replicas_seen: Arc::default(),
+            apply: redis::Script::new(APPLY_BATCH_LUA),
+            read: redis::Script::new(READ_TOKEN_LUA),
+            options,
+        }
+    }
+
+    /// Whether `persist` should WAIT for a replica: what the last batch of the
+    /// partition saw; at first, yes on a cluster, no on a single Redis.
+    fn expects_replicas(&self, partition: u32) -> bool {
+        let default = matches!(self.conn, Conn::Cluster { .. });
+        self.replicas_seen
+            .lock()
+            .map(|m| m.get(&partition).copied().unwrap_or(default))
+            .unwrap_or(true)
+    }
+
+    fn set_expects_replicas(&self, partition: u32, value: bool) {
+        if let Ok(mut m) = self.replicas_seen.lock() {
+            m.insert(partition, value);
+        }
+    }
+
+    /// The options this store was built with.
+    pub fn options(&self) -> &RedisStoreOptions {
+        &self.options
+    }
+
+    /// Runs `EVALSHA <sha>`-style `cmd`; on `NOSCRIPT`, runs `fallback`
+    /// (`EVAL` of the source, which also caches the script on that node).
+    async fn eval_master(
+        &self,
+        key: &str,
+        cmd: &Cmd,
+        fallback: impl FnOnce() -> Cmd,
+    ) -> RedisResult<Value> {
+        match self.conn.master(key, cmd).await {
+            Err(e) if is_noscript(&e) => self.conn.master(key, &fallback()).await,
+            other => other,
+        }
+    }
+
+    /// Candidate keys of one token for `read_token.lua`, with the level and
+    /// hour (or day) each covers: second hashes, then minute hashes.
+    fn token_keys(&self, partition: u32, token: &str, now_ms: i64) -> TokenKeys {
+        let hours = (now_ms - self.options.second_keep_ms()).div_euclid(HOUR_MS)
+            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS);
+        let days = (now_ms - self.options.retention_ms()).div_euclid(DAY_MS)
+            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(DAY_MS);
+        let mut keys = Vec::new();
+        let mut kinds = Vec::new();
+        for h in hours {
+            keys.push(keys::seconds(partition, token, h));
+            kinds.push((Level::Second, h));
+        }
+        for d in days {
+            keys.push(keys::minutes(partition, token, d));
+            kinds.push((Level::Minute, d));
+        }
+        TokenKeys { keys, kinds }
+    }
+
+    fn read_cmd(&self, verb: &str, keys: &[String]) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        if verb.starts_with("EVALSHA") {
+            cmd.arg(self.read.get_hash());
+        } else {
+            cmd.arg(READ_TOKEN_LUA);
+        }
+        cmd.arg(keys.len()).arg(keys);
+        cmd
+    }
+
+    /// Decodes a `read_token.lua` reply into `out`, keeping what is within
+    /// retention at `now_ms`.
+    fn decode_token(
+        &self,
+        token: &str,
+        tk: &TokenKeys,
+        reply: Value,
+        now_ms: i64,
+        out: &mut BatchEffect,
+    ) -> Result<(), StoreError> {
+        let Value::Array(per_key) = reply else {
+            return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
+        };
+        if per_key.len() != tk.kinds.len() {
+            return Err(StoreError::Corrupt(format!(
+                "read_token: {} replies for {} keys",
+                per_key.len(),
+                tk.kinds.len()
+            )));
+        }
+        for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
+            for (field, bytes) in hash_pairs(value)? {
+                // `<offset>` holds a bucket, `<offset>:<wallet>` a wallet mark.
+                let sep = field.iter().position(|&c| c == b':');
+                let at =
+                    period * per_period(level) + parse_i64(&field[..sep.unwrap_or(field.len())])?;
+                if !self.within(level, at, now_ms) {
+                    continue;
+                }
+                match sep {
+                    None => out.buckets.push(BucketDelta {
+                        token: token.to_string(),
+                        level,
+                        at,
+                        delta: decode_bucket(&bytes)?,
+                    }),
+                    Some(sep) => out.wallets.push(WalletMark {
+                        token: token.to_string(),
+                        wallet: utf8(field[sep + 1..].to_vec())?,
+                        level,
+                        at,
+                        sides: u8::try_from(parse_i64(&bytes)?)
+                            .map_err(|_| StoreError::Corrupt("wallet sides out of range".into()))?,
+                    }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when a bucket (or wallet mark) of `level` at `at` is still kept at `now_ms`.
+    fn within(&self, level: Level, at: i64, now_ms: i64) -> bool {
+        let (unit, keep) = match level {
+            Level::Second => (1000, self.options.second_keep_ms()),
+            Level::Minute => (60_000, self.options.retention_ms()),
+        };
+        (at + 1) * unit + keep > now_ms
+    }
+
+    /// One attempt of [`Store::load`]; `Ok(None)` when the applied offset moved
+    /// while reading (a batch landed), so the read is not one consistent state.
+    async fn load_once(&self, partition: u32, now_ms: i64) -> Result<Option<Restored>, StoreError> {
+        let applied_key = keys::applied(partition);
+        let hours: Vec<i64> = ((now_ms - self.options.dedup_ms()).div_euclid(HOUR_MS)
+            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(READ_TOKEN_LUA);
+        pipe.cmd("GET").arg(&applied_key);
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(keys::tokens(partition))
+            .arg(now_ms - self.options.index_keep_ms())
+            .arg("+inf");
+        for &h in &hours {
+            pipe.cmd("GET").arg(keys::events(partition, h));
+        }
+        let mut replies = self
+            .conn
+            .master_pipe(&applied_key, &pipe)
+            .await?
+            .into_iter();
+        let _sha = next_reply(&mut replies)?;
+        let applied = parse_applied(next_reply(&mut replies)?)?;
+        let tokens: Vec<String> = match next_reply(&mut replies)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(bulk)
+                .map(|b| b.and_then(utf8))
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "token index replied {other:?}"
+                )))
+            }
+        };
+        let mut effect = BatchEffect::default();
+        for &h in &hours {
+            match next_reply(&mut replies)? {
+                Value::Nil => {}
+                v => decode_events(h, &bulk(v)?, &mut effect.events)?,
+            }
+        }
+        let horizon = now_ms - self.options.dedup_ms();
+        effect.events.retain(|e| e.executed_at_ms > horizon);
+
+        let chunks: Vec<&[String]> = tokens.chunks(LOAD_CHUNK).collect();
+        for wave in chunks.chunks(LOAD_PARALLEL) {
+            let reads = wave
+                .iter()
+                .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms));
+            for part in futures_util::future::join_all(reads).await {
+                let part = part?;
+                effect.buckets.extend(part.buckets);
+                effect.wallets.extend(part.wallets);
+            }
+        }
+
+        let again = parse_applied(
+            self.conn
+                .master(&applied_key, redis::cmd("GET").arg(&applied_key))
+                .await?,
+        )?;
+        if again != applied {
+            return Ok(None);
+        }
+        sort_effect(&mut effect);
+        Ok(Some(Restored {
+            applied_offset: applied,
+            effect,
+        }))
+    }
+
+    /// Reads the tokens of `chunk` with one pipeline of `read_token.lua` calls.
+    async fn read_chunk(
+        &self,
+        partition: u32,
+        applied_key: &str,
+        chunk: &[String],
+        now_ms: i64,
+    ) -> Result<BatchEffect, StoreError> {
+        let mut pipe = redis::pipe();
+        let mut token_keys = Vec::with_capacity(chunk.len());
+        for token in chunk {
+            let tk = self.token_keys(partition, token, now_ms);
+            pipe.add_command(self.read_cmd("EVALSHA", &tk.keys));
+            token_keys.push(tk);
+        }
+        let replies = self.conn.master_pipe(applied_key, &pipe).await?;
+        if replies.len() != chunk.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} replies for {} reads",
+                replies.len(),
+                chunk.len()
+            )));
+        }
+        let mut out = BatchEffect::default();
+        for ((token, tk), reply) in chunk.iter().zip(&token_keys).zip(replies) {
+            if let Value::ServerError(e) = reply {
+                return Err(StoreError::Redis(e.into()));
+            }
+            self.decode_token(token, tk, reply, now_ms, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `{status, offset, replicas}` of `apply_batch.lua` → (applied?, offset, replicas).
+fn parse_apply_reply(reply: Value) -> Result<(bool, i64, i64), StoreError> {
+    let Value::Array(items) = reply else {
+        return Err(StoreError::Corrupt(format!(
+            "apply_batch replied {reply:?}"
+        )));
+    };
+    let nums = items
+        .into_iter()
+        .map(|v| parse_i64(&bulk(v)?))
+        .collect::<Result<Vec<i64>, _>>()?;
+    match nums[..] {
+        [status, offset, replicas] => Ok((status == 1, offset, replicas)),
+        _ => Err(StoreError::Corrupt(format!("apply_batch replied {nums:?}"))),
+    }
+}
+
+/// Candidate keys of one token and the (level, hour or day) of each.
+struct TokenKeys {
+    keys: Vec<String>,
+    kinds: Vec<(Level, i64)>,
+}
+
+/// Bucket units per key period: seconds per hour, minutes per day.
+fn per_period(level: Level) -> i64 {
+    match level {
+        Level::Second => 3600,
+        Level::Minute => 1440,
+    }
+}
+
+/// A single command's error reply may come back as `Ok(Value::ServerError)`.
+fn server_error_to_err(r: RedisResult<Value>) -> RedisResult<Value> {
+    match r {
+        Ok(Value::ServerError(e)) => Err(e.into()),
+        other => other,
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+fn next_reply(replies: &mut impl Iterator<Item = Value>) -> Result<Value, StoreError> {
+    match replies.next() {
+        Some(Value::ServerError(e)) => Err(StoreError::Redis(e.into())),
+        Some(v) => Ok(v),
+        None => Err(StoreError::Corrupt("pipeline reply too short".into())),
+    }
+}
+
+fn bulk(v: Value) -> Result<Vec<u8>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        other => Err(StoreError::Corrupt(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+fn utf8(b: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(b).map_err(|e| StoreError::Corrupt(format!("not UTF-8: {e}")))
+}
+
+fn parse_i64(b: &[u8]) -> Result<i64, StoreError> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("not an integer: {:?}", String::from_utf8_lossy(b)))
+        })
+}
+
+fn parse_applied(v: Value) -> Result<Option<i64>, StoreError> {
+    match v {
+        Value::Nil => Ok(None),
+        v => parse_i64(&bulk(v)?).map(Some),
+    }
+}
+
+/// One field and its value, as bytes.
+type FieldValue = (Vec<u8>, Vec<u8>);
+
+/// Field/value pairs of an `HGETALL` reply (RESP2 flat list or RESP3 map).
+fn hash_pairs(v: Value) -> Result<Vec<FieldValue>, StoreError> {
+    match v {
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(StoreError::Corrupt("odd HGETALL reply".into()));
+            }
+            let mut it = items.into_iter();
+            let mut out = Vec::new();
+            while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                out.push((bulk(f)?, bulk(v)?));
+            }
+            Ok(out)
+        }
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(f, v)| Ok((bulk(f)?, bulk(v)?)))
+            .collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(StoreError::Corrupt(format!(
+            "expected a hash, got {other:?}"
+        ))),
+    }
+}
+
+fn level_rank(level: Level) -> u8 {
+    match level {
+        Level::Second => 0,
+        Level::Minute => 1,
+    }
+}
+
+/// Canonical order of a restored effect: buckets and wallet marks by
+/// (token, level, at[, wallet]), events by (block time, key).
+pub fn sort_effect(effect: &mut BatchEffect) {
+    effect.buckets.sort_by(|a, b| {
+        (a.token.as_str(), level_rank(a.level), a.at).cmp(&(
+            b.token.as_str(),
+            level_rank(b.level),
+            b.at,
+        ))
+    });
+    effect.wallets.sort_by(|a, b| {
+        (
+            a.token.as_str(),
+            level_rank(a.level),
+            a.at,
+            a.wallet.as_str(),
+        )
+            .cmp(&(
+                b.token.as_str(),
+                level_rank(b.level),
+                b.at,
+                b.wallet.as_str(),
+            ))
+    });
+    effect.events.sort_by_key(|e| (e.executed_at_ms, e.key));
+}
+
+impl Store for RedisStore {
+    async fn persist(&self, batch: &PersistBatch<'_>) -> Result<PersistOutcome, StoreError> {
+        if batch.last_offset < batch.first_offset {
+            return Err(StoreError::InvalidBatch(format!(
+                "offsets {}..={} are reversed",
+                batch.first_offset, batch.last_offset
+            )));
+        }
+        let payload = encode_batch(batch.effect)?;
+        let key = keys::applied(batch.partition);
+        let o = &self.options;
+        let build = |verb: &str, script: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(script)
+                .arg(1)
+                .arg(&key)
+                .arg(batch.first_offset)
+                .arg(batch.last_offset)
+                .arg(batch.now_ms)
+                .arg(o.second_keep_ms())
+                .arg(o.retention_ms())
+                .arg(o.dedup_ms())
+                .arg(o.margin_ms())
+                .arg(ms(o.applied_keep))
+                .arg(&payload);
+            cmd
+        };
+        // The script and WAIT travel in one pipeline, so WAIT runs on the very
+        // connection (and node) that ran the script.
+        let expect_replicas = self.expects_replicas(batch.partition);
+        let with_wait = |mut cmd_pipe: Pipeline| {
+            if expect_replicas {
+                cmd_pipe.cmd("WAIT").arg(1).arg(ms(o.replica_ack_timeout));
+            }
+            cmd_pipe
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(build("EVALSHA", self.apply.get_hash()));
+        let mut replies = self.conn.master_pipe(&key, &with_wait(pipe)).await?;
+        if matches!(replies.first(), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT") {
+            let mut pipe = redis::pipe();
+            pipe.add_command(build("EVAL", APPLY_BATCH_LUA));
+            replies = self.conn.master_pipe(&key, &with_wait(pipe)).await?;
+        }
+        let mut replies = replies.into_iter();
+        let (applied, offset, replicas) = parse_apply_reply(next_reply(&mut replies)?)?;
+        if replicas == 0 {
+            // No replica to lose the write to; stop waiting for one.
+            self.set_expects_replicas(batch.partition, false);
+        } else if expect_replicas {
+            // WAIT counts this connection's writes so far: this batch, or (when
+            // fenced) whatever earlier attempt of it reached the master.
+            let acked = parse_i64(&bulk(next_reply(&mut replies)?)?)?;
+            if acked < 1 {
+                return Err(StoreError::NotReplicated {
+                    partition: batch.partition,
+                    replicas,
+                });
+            }
+        } else {
+            // Replicas (re)appeared since the last batch: the write was not
+            // waited for. The retry is fenced and waits.
+            self.set_expects_replicas(batch.partition, true);
+            return Err(StoreError::NotReplicated {
+                partition: batch.partition,
+                replicas,
+            });
+        }
+        Ok(if applied {
+            PersistOutcome::Applied
+        } else {
+            PersistOutcome::Fenced {
+                applied_offset: offset,
+            }
+        })
+    }
+
+    async fn load(&self, partition: u32, now_ms: i64) -> Result<Restored, StoreError> {
+        let started = Instant::now();
+        let mut last_err = None;
+        for _ in 0..LOAD_ATTEMPTS {
+            match self.load_once(partition, now_ms).await {
+                Ok(Some(restored)) => {
+                    tracing::info!(
+                        partition,
+                        applied = ?restored.applied_offset,
+                        buckets = restored.effect.buckets.len(),
+                        wallets = restored.effect.wallets.len(),
+                        events = restored.effect.events.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "loaded partition from redis"
+                    );
+                    return Ok(restored);
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        partition,
+                        "applied offset moved while loading; reading again"
+                    );
+                    last_err = Some(StoreError::Unstable { partition });
+                }
+                // The master changed (failover) between SCRIPT LOAD and the reads.
+                Err(StoreError::Redis(e)) if is_noscript(&e) => {
+                    last_err = Some(StoreError::Redis(e))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(StoreError::Unstable { partition }))
+    }
+
+    async fn load_token(
+        &self,
+        partition: u32,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<Option<BatchEffect>, StoreError> {
+        let tk = self.token_keys(partition, token, now_ms);
+        let key = keys::applied(partition);
+        let ro = self.read_cmd("EVALSHA_RO", &tk.keys);
+        let replica = match self.conn.replica(&key, &ro).await {
+            Some(Err(e)) if is_noscript(&e) => {
+                self.conn
+                    .replica(&key, &self.read_cmd("EVAL_RO", &tk.keys))
+                    .await
+            }
+            other => other,
+        };
+        let reply = match replica {
+            Some(Ok(v)) => v,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(partition, error = %e, "replica read failed; reading the master");
+                }
+                self.eval_master(&key, &ro, || self.read_cmd("EVAL_RO", &tk.keys))
+                    .await?
+            }
+        };
+        let mut effect = BatchEffect::default();
+        self.decode_token(token, &tk, reply, now_ms, &mut effect)?;
+        if effect.buckets.is_empty() && effect.wallets.is_empty() {
+            return Ok(None);
+        }
+        sort_effect(&mut effect);
+        Ok(Some(effect))
+    }
+}
