@@ -2,5 +2,6 @@
 
 mod shared;
 pub mod produce;
+pub mod router;
 // pub mod shard; (enabled when the Redis store lands)
 pub mod standalone;
