@@ -37,6 +37,8 @@ pub struct PartitionHealth {
     /// The shard the observation is about (a new address starts as `Unknown`).
     pub base_url: String,
     pub state: ShardState,
+    /// Whether the shard answered the last check at all.
+    pub reachable: bool,
     /// The partition's entry of the shard's `/readyz` (lag, applied offset, ...).
     pub report: Option<Value>,
     /// When it was observed, unix ms.
@@ -91,6 +93,7 @@ impl ShardHealth {
             *slot = Some(PartitionHealth {
                 base_url: base_url.to_string(),
                 state: ShardState::Down(reason),
+                reachable: false,
                 report,
                 checked_at_ms: crate::now_ms(),
             });
@@ -105,19 +108,25 @@ pub async fn check_shard(
     partition: u32,
     timeout: Duration,
 ) -> PartitionHealth {
-    let (state, report) = match client.get_within(base_url, "/readyz", &[], timeout).await {
-        Err(e) => (ShardState::Down(e.to_string()), None),
-        Ok(reply) => match reply.json() {
-            None => (
-                ShardState::Down(format!("/readyz answered {} without JSON", reply.status)),
-                None,
-            ),
-            Some(body) => judge_readyz(&body, partition),
-        },
-    };
+    let (state, reachable, report) =
+        match client.get_within(base_url, "/readyz", &[], timeout).await {
+            Err(e) => (ShardState::Down(e.to_string()), false, None),
+            Ok(reply) => match reply.json() {
+                None => (
+                    ShardState::Down(format!("/readyz answered {} without JSON", reply.status)),
+                    true,
+                    None,
+                ),
+                Some(body) => {
+                    let (state, report) = judge_readyz(&body, partition);
+                    (state, true, report)
+                }
+            },
+        };
     PartitionHealth {
         base_url: base_url.to_string(),
         state,
+        reachable,
         report,
         checked_at_ms: crate::now_ms(),
     }

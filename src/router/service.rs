@@ -247,7 +247,9 @@ impl RouterService {
                     check_shard(&self.client, &endpoint.base_url, partition, timeout).await;
                 let report = observed.report.clone().unwrap_or(Value::Null);
                 let last_error = match &observed.state {
-                    ShardState::Down(why) if report.is_null() => Value::from(why.clone()),
+                    ShardState::Down(why) if report["last_error"].is_null() => {
+                        Value::from(why.clone())
+                    }
                     _ => report["last_error"].clone(),
                 };
                 let row = json!({
@@ -255,7 +257,7 @@ impl RouterService {
                     "address": endpoint.base_url,
                     "pod": endpoint.name,
                     "discovered_ready": endpoint.ready,
-                    "reachable": !report.is_null(),
+                    "reachable": observed.reachable,
                     "ready": observed.state == ShardState::Ready,
                     "lag": report["lag"],
                     "applied_offset": report["applied_offset"],
