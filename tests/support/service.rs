@@ -24,16 +24,12 @@ impl Service {
     /// Starts `swapstats ARGS` with `SWAPSTATS__HTTP__ADDR` on a free port plus `env`.
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
-        let log =
-            std::env::temp_dir().join(format!("swapstats-test-{}-{port}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("swapstats-test-{}-{port}.log", std::process::id()));
         let mut service = Self {
             child: None,
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             log,
         };
         service.spawn();
@@ -41,11 +37,7 @@ impl Service {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         let child = Command::new(env!("CARGO_BIN_EXE_swapstats"))
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -85,9 +77,7 @@ impl Service {
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The process's log so far (for assertion messages).
@@ -105,11 +95,7 @@ impl Service {
                 return;
             }
             assert!(self.is_running(), "swapstats exited:\n{}", self.log_tail());
-            assert!(
-                Instant::now() < deadline,
-                "{path} not OK after {timeout:?}:\n{}",
-                self.log_tail()
-            );
+            assert!(Instant::now() < deadline, "{path} not OK after {timeout:?}:\n{}", self.log_tail());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -124,11 +110,7 @@ impl Drop for Service {
 
 /// GET `url` → (status, JSON body).
 pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
-    let response = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?;
+    let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
     let status = response.status().as_u16();
     let body = response.json::<serde_json::Value>().await?;
     Ok((status, body))
