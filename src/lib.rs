@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod partition;
+pub mod router;
 pub mod shard;
 pub mod source;
 pub mod store;

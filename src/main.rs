@@ -64,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match command {
             Command::Standalone => roles::standalone::run(settings).await,
             Command::Shard => anyhow::bail!("`shard` needs the Redis store"),
-            Command::Router => anyhow::bail!("`router` is not built yet"),
+            Command::Router => roles::router::run(settings).await,
             Command::Produce { .. } => roles::produce::run(settings).await,
             Command::Config => Ok(()),
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand: wiring of the library parts into a running role.
 
 pub mod produce;
+pub mod router;
 mod shared;
-// pub mod shard; (enabled when the Redis store lands)
+pub mod shard;
 pub mod standalone;
