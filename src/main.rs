@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use swapstats::config::Settings;
+use swapstats::telemetry::Role;
 
 mod roles;
 
@@ -58,15 +59,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Produce { count: Some(count) } = command {
         settings.generator.count = count;
     }
-    swapstats::telemetry::init(&settings);
+    let (role, partition) = match command {
+        Command::Standalone | Command::Config => (Role::Standalone, None),
+        Command::Shard => (
+            Role::Shard,
+            roles::shard::resolve_partition(&settings, swapstats::telemetry::pod_name().as_deref())
+                .ok(),
+        ),
+        Command::Router => (Role::Router, None),
+        Command::Produce { .. } => (Role::Producer, None),
+    };
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     runtime.block_on(async move {
-        match command {
+        // Inside the runtime: the OTLP exporter's gRPC channel runs on it.
+        let telemetry =
+            swapstats::telemetry::init(&settings, role, partition).context("telemetry")?;
+        let result = match command {
             Command::Standalone => roles::standalone::run(settings).await,
-            Command::Shard => anyhow::bail!("`shard` needs the Redis store"),
+            Command::Shard => roles::shard::run(settings).await,
             Command::Router => roles::router::run(settings).await,
             Command::Produce { .. } => roles::produce::run(settings).await,
             Command::Config => Ok(()),
-        }
+        };
+        // Roles return on SIGINT/SIGTERM (or when done): flush spans before exit.
+        telemetry.shutdown().await;
+        result
     })
 }

@@ -44,6 +44,7 @@ pub fn local_routes(api: LocalApi) -> Router {
         .route("/metrics", get(crate::telemetry::metrics_handler))
         .fallback(super::error::not_found)
         .layer(axum::middleware::from_fn(crate::telemetry::track_http))
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
         .with_state(api)
 }
 

@@ -2,6 +2,6 @@
 
 pub mod produce;
 pub mod router;
-mod shared;
 pub mod shard;
+mod shared;
 pub mod standalone;

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use swapstats::config::Settings;
 use swapstats::partition::partition_for;
-use swapstats::source::kafka::{client_config, topic_partitions};
+use swapstats::source::kafka::{client_config, topic_partitions, TRACEPARENT_HEADER};
 use swapstats::source::SwapGenerator;
 use swapstats::swap::encode_swap;
 
@@ -73,6 +74,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut sent: u64 = 0;
+    let traced = swapstats::telemetry::tracing_enabled();
     tracing::info!(topic = %kafka.topic, partitions, rate = generator.rate, count = generator.count, "producing");
     while !stop.is_set() && (generator.count == 0 || sent < generator.count) {
         tick.tick().await;
@@ -92,6 +94,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 .key(swap.token.as_str())
                 .payload(&payload)
                 .partition(partition);
+            // A span per swap only while exporting; its context travels in the
+            // message's `traceparent` header to the shard's batch span.
+            let span = if traced {
+                produce_span(&kafka.topic, partition, &swap.token)
+            } else {
+                tracing::Span::none()
+            };
+            if let Some(traceparent) = swapstats::telemetry::traceparent(&span) {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(traceparent.as_str()),
+                }));
+            }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -103,6 +118,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             }
             sent += 1;
+            drop(span);
         }
     }
     let flushed = tokio::task::spawn_blocking(move || {
@@ -120,4 +136,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("produced {sent} swaps ({delivered} delivered, {failed} failed)");
     anyhow::ensure!(failed == 0, "{failed} swaps were not delivered");
     Ok(())
+}
+
+/// The producer span of one swap.
+fn produce_span(topic: &str, partition: i32, token: &str) -> tracing::Span {
+    tracing::info_span!(
+        "kafka.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = topic,
+        messaging.destination.partition.id = partition,
+        token,
+    )
 }

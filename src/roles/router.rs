@@ -11,8 +11,9 @@ use swapstats::config::{DiscoveryKind, Settings, StoreKind};
 use swapstats::router::discovery::{
     spawn_kubernetes_discovery, static_directory, KubernetesDiscovery,
 };
-use swapstats::router::{router_app, RouterConfig, ShardDirectory, StatsFallback};
+use swapstats::router::{router_app, RouterConfig, ShardDirectory, StatsFallback, StoreFallback};
 use swapstats::shard::StopFlag;
+use swapstats::store::{RedisStore, RedisStoreOptions};
 
 /// Runs the router until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -69,16 +70,13 @@ async fn fallback_store(settings: &Settings) -> anyhow::Result<Option<Arc<dyn St
     }
 }
 
-// MERGE: when src/store/redis.rs (RedisStore) lands, replace the body below with:
-//
-//     let store = swapstats::store::RedisStore::connect(&settings.store)
-//         .await
-//         .context("connecting to Redis")?;
-//     let engine = super::shared::engine_config(settings);
-//     Ok(Some(Arc::new(swapstats::router::StoreFallback::new(Arc::new(store), engine))))
+/// Connects to the shards' Redis store so a down shard's tokens are still
+/// answered (read-only) from what the shard last persisted.
 async fn redis_fallback(settings: &Settings) -> anyhow::Result<Option<Arc<dyn StatsFallback>>> {
-    anyhow::bail!(
-        "store.kind = {:?} needs the Redis store, which this build does not include yet",
-        settings.store.kind
-    )
+    let options = RedisStoreOptions::from_ingest(&settings.ingest);
+    let store = RedisStore::connect_with(&settings.store, options)
+        .await
+        .context("connecting to Redis")?;
+    let engine = super::shared::engine_config(settings);
+    Ok(Some(Arc::new(StoreFallback::new(Arc::new(store), engine))))
 }

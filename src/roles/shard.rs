@@ -11,7 +11,7 @@ use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::{Settings, StoreKind};
 use swapstats::shard::{run_pipeline, ChangeFeed, LocalShards, ShardCore, StopFlag};
 use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
-use swapstats::store::{MemoryStore, RedisStore, Store};
+use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
 
 use super::shared::{engine_config, pipeline_config, spawn_expiry};
 
@@ -24,8 +24,13 @@ pub fn resolve_partition(settings: &Settings, hostname: Option<&str>) -> anyhow:
     let ordinal = hostname
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse::<u32>().ok())
-        .with_context(|| format!("shard.partition is unset and hostname `{hostname}` has no -N ordinal"))?;
-    anyhow::ensure!(ordinal < settings.shard.partitions, "ordinal {ordinal} of `{hostname}` is not below shard.partitions");
+        .with_context(|| {
+            format!("shard.partition is unset and hostname `{hostname}` has no -N ordinal")
+        })?;
+    anyhow::ensure!(
+        ordinal < settings.shard.partitions,
+        "ordinal {ordinal} of `{hostname}` is not below shard.partitions"
+    );
     Ok(ordinal)
 }
 
@@ -41,18 +46,33 @@ fn hostname() -> Option<String> {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let partition = resolve_partition(&settings, hostname().as_deref())?;
     match settings.store.kind {
-        StoreKind::Memory => run_with_store(settings, partition, Arc::new(MemoryStore::default())).await,
+        StoreKind::Memory => {
+            run_with_store(settings, partition, Arc::new(MemoryStore::default())).await
+        }
         StoreKind::Redis | StoreKind::RedisCluster => {
-            let store = RedisStore::connect(&settings.store).await.context("connecting to Redis")?;
+            let store = RedisStore::connect_with(
+                &settings.store,
+                RedisStoreOptions::from_ingest(&settings.ingest),
+            )
+            .await
+            .context("connecting to Redis")?;
             run_with_store(settings, partition, Arc::new(store)).await
         }
     }
 }
 
-async fn run_with_store<S: Store>(settings: Settings, partition: u32, store: Arc<S>) -> anyhow::Result<()> {
+async fn run_with_store<S: Store>(
+    settings: Settings,
+    partition: u32,
+    store: Arc<S>,
+) -> anyhow::Result<()> {
     let stop = StopFlag::default();
     let feed = Arc::new(ChangeFeed::default());
-    let core = Arc::new(ShardCore::new(partition, engine_config(&settings), feed.clone()));
+    let core = Arc::new(ShardCore::new(
+        partition,
+        engine_config(&settings),
+        feed.clone(),
+    ));
     let started = std::time::Instant::now();
     let restored = loop {
         match store.load(partition, swapstats::now_ms()).await {
@@ -67,28 +87,59 @@ async fn run_with_store<S: Store>(settings: Settings, partition: u32, store: Arc
     core.restore(&restored.effect);
     core.set_error(None);
     let start = restored.applied_offset.map(|o| o + 1);
-    tracing::info!(partition, ?start, tokens = core.token_count(), elapsed_ms = started.elapsed().as_millis() as u64, "restored");
+    tracing::info!(
+        partition,
+        ?start,
+        tokens = core.token_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "restored"
+    );
     if let Some(applied) = restored.applied_offset {
-        core.counters.applied_offset.store(applied, std::sync::atomic::Ordering::Relaxed);
+        core.counters
+            .applied_offset
+            .store(applied, std::sync::atomic::Ordering::Relaxed);
     }
 
     let kafka = &settings.kafka;
-    let source = KafkaPartitionSource::assign(&kafka.brokers, &kafka.topic, partition, start, stop.clone())?;
+    let source =
+        KafkaPartitionSource::assign(&kafka.brokers, &kafka.topic, partition, start, stop.clone())?;
     let dead_letters = KafkaDeadLetters::new(&kafka.brokers, &kafka.dlq_topic)?;
     let pipeline_core = core.clone();
     let (config, pipeline_stop) = (pipeline_config(&settings), stop.clone());
     tokio::spawn(async move {
-        if let Err(e) = run_pipeline(pipeline_core, source, store, dead_letters, config, pipeline_stop).await {
+        if let Err(e) = run_pipeline(
+            pipeline_core,
+            source,
+            store,
+            dead_letters,
+            config,
+            pipeline_stop,
+        )
+        .await
+        {
             tracing::error!(partition, error = %e, "pipeline stopped");
         }
     });
 
     let shards = Arc::new(LocalShards::new(settings.shard.partitions, vec![core]));
     let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
-    tokio::spawn(run_coalescer(feed, hub.clone(), shards.clone(), settings.ws.coalesce, stop.clone()));
+    tokio::spawn(run_coalescer(
+        feed,
+        hub.clone(),
+        shards.clone(),
+        settings.ws.coalesce,
+        stop.clone(),
+    ));
     spawn_expiry(shards.clone(), stop.clone());
-    let api = LocalApi { shards, hub, ws: settings.ws.clone(), windows: settings.windows.clone() };
-    serve(settings.http.addr, local_routes(api), stop).await.context("HTTP server")
+    let api = LocalApi {
+        shards,
+        hub,
+        ws: settings.ws.clone(),
+        windows: settings.windows.clone(),
+    };
+    serve(settings.http.addr, local_routes(api), stop)
+        .await
+        .context("HTTP server")
 }
 
 #[cfg(test)]

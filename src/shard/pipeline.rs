@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::StopFlag;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::ShardCore;
 use crate::store::{PersistBatch, PersistOutcome, Store};
@@ -89,6 +90,7 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
         if records.is_empty() {
             continue;
         }
+        let span = batch_span(core.partition, &records);
         apply_records(
             &core,
             &records,
@@ -96,7 +98,9 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
             &mut dead_letters,
             &config,
             &stop,
+            &span,
         )
+        .instrument(span.clone())
         .await;
         if let Some(last) = records.last() {
             source.commit(last.offset)?;
@@ -137,6 +141,34 @@ async fn fill_batch<R: RecordSource>(
     Ok(false)
 }
 
+/// The `apply_batch` span of a batch, linked to the sampled trace contexts its
+/// records carry (a batch has many parents). `Span::none()` unless spans are
+/// exported: the disabled path does no per-record work here.
+fn batch_span(partition: u32, records: &[SourceRecord]) -> Span {
+    if !crate::telemetry::tracing_enabled() {
+        return Span::none();
+    }
+    let (first, last) = (
+        records.first().map_or(-1, |r| r.offset),
+        records.last().map_or(-1, |r| r.offset),
+    );
+    let span = tracing::info_span!(
+        "apply_batch",
+        otel.kind = "consumer",
+        partition,
+        swaps = records.len(),
+        first_offset = first,
+        last_offset = last,
+        links = tracing::field::Empty,
+    );
+    let links = crate::telemetry::link_traceparents(
+        &span,
+        records.iter().filter_map(|r| r.traceparent.as_deref()),
+    );
+    span.record("links", links);
+    span
+}
+
 async fn apply_records<S: Store, D: DeadLetterSink>(
     core: &ShardCore,
     records: &[SourceRecord],
@@ -144,6 +176,7 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     dead_letters: &mut D,
     config: &PipelineConfig,
     stop: &StopFlag,
+    batch_span: &Span,
 ) {
     let started = std::time::Instant::now();
     let partition_label = core.partition.to_string();
@@ -184,7 +217,9 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     core.counters
         .applied_offset
         .store(last_offset, Ordering::Relaxed);
-    core.changes.mark(effect.tokens());
+    // The WS pushes of these tokens continue the batch's trace.
+    core.changes
+        .mark_traced(effect.tokens(), crate::telemetry::span_context(batch_span));
     metrics
         .batch_apply_seconds
         .with_label_values(&[partition_label.as_str()])
@@ -200,10 +235,25 @@ async fn persist_with_retry<S: Store>(
     stop: &StopFlag,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let traced = crate::telemetry::tracing_enabled();
+    let mut attempt: u32 = 0;
     loop {
         core.counters.store_calls.fetch_add(1, Ordering::Relaxed);
+        attempt += 1;
+        let span = if traced {
+            persist_span(batch, attempt)
+        } else {
+            Span::none()
+        };
         let started = std::time::Instant::now();
-        let result = store.persist(batch).await;
+        let result = store.persist(batch).instrument(span.clone()).await;
+        match &result {
+            Ok(PersistOutcome::Applied) => span.record("outcome", "applied"),
+            Ok(PersistOutcome::Fenced { .. }) => span.record("outcome", "fenced"),
+            Err(_) => span
+                .record("outcome", "error")
+                .record("otel.status_code", "error"),
+        };
         let metrics = crate::telemetry::metrics();
         metrics
             .store_call_seconds
@@ -237,6 +287,20 @@ async fn persist_with_retry<S: Store>(
         }
     }
     core.set_error(None);
+}
+
+/// One store write attempt, child of the batch span.
+fn persist_span(batch: &PersistBatch<'_>, attempt: u32) -> Span {
+    tracing::info_span!(
+        "store.persist",
+        otel.kind = "client",
+        partition = batch.partition,
+        first_offset = batch.first_offset,
+        last_offset = batch.last_offset,
+        attempt,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 fn update_readiness<R: RecordSource>(core: &ShardCore, source: &R, config: &PipelineConfig) {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
+use tracing::Span;
 
 use super::hub::Hub;
 use super::protocol::ServerMessage;
@@ -22,6 +24,8 @@ pub async fn run_coalescer(
 ) {
     let mut last_sent: HashMap<String, Instant> = HashMap::new();
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    // Trace context of the latest batch behind a pending token (tracing export only).
+    let mut pending_traces: HashMap<String, SpanContext> = HashMap::new();
     let mut last_cleanup = Instant::now();
     while !stop.is_set() {
         let wake = pending
@@ -34,16 +38,19 @@ pub async fn run_coalescer(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now = Instant::now();
-        for token in feed.take() {
+        for (token, trace) in feed.take_traced() {
             if !hub.is_wanted(&token) {
                 continue;
             }
             match last_sent.get(&token) {
                 Some(sent) if now.duration_since(*sent) < interval => {
+                    if let Some(trace) = trace {
+                        pending_traces.insert(token.clone(), trace);
+                    }
                     pending.entry(token).or_insert(*sent + interval);
                 }
                 _ => {
-                    publish(&hub, &shards, &token);
+                    publish(&hub, &shards, &token, trace.as_ref());
                     last_sent.insert(token, now);
                 }
             }
@@ -55,7 +62,12 @@ pub async fn run_coalescer(
             .collect();
         for token in due {
             pending.remove(&token);
-            publish(&hub, &shards, &token);
+            let trace = if pending_traces.is_empty() {
+                None
+            } else {
+                pending_traces.remove(&token)
+            };
+            publish(&hub, &shards, &token, trace.as_ref());
             last_sent.insert(token, now);
         }
         if now.duration_since(last_cleanup) > Duration::from_secs(10) {
@@ -65,7 +77,18 @@ pub async fn run_coalescer(
     }
 }
 
-fn publish(hub: &Hub, shards: &LocalShards, token: &str) {
+/// Pushes `token`'s stats to its subscribers; with `trace` (the sampled batch
+/// that changed it), inside a `ws_push` span that continues the batch's trace.
+fn publish(hub: &Hub, shards: &LocalShards, token: &str, trace: Option<&SpanContext>) {
+    let span = match trace.filter(|t| t.is_sampled()) {
+        Some(parent) => {
+            let span = tracing::info_span!("ws_push", token, clients = tracing::field::Empty);
+            crate::telemetry::set_parent(&span, parent);
+            span
+        }
+        None => Span::none(),
+    };
+    let _entered = span.enter();
     let Some(stats) = shards.stats(token, crate::now_ms()) else {
         return;
     };
@@ -76,5 +99,6 @@ fn publish(hub: &Hub, shards: &LocalShards, token: &str) {
         token: token.to_string(),
         stats,
     };
-    hub.publish(token, Utf8Bytes::from(message.to_text()));
+    let clients = hub.publish(token, Utf8Bytes::from(message.to_text()));
+    span.record("clients", clients);
 }
