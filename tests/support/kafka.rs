@@ -22,6 +22,9 @@ enum Command {
     Stop,
 }
 
+/// One consumed message: (offset, payload, headers as (key, value)).
+pub type RawMessage = (i64, Vec<u8>, Vec<(String, String)>);
+
 /// A running mock cluster with topic `swaps` (P partitions) and `swaps.dlq`.
 pub struct MockKafka {
     pub bootstrap: String,
@@ -120,12 +123,8 @@ impl MockKafka {
             .expect("consumer")
     }
 
-    /// Every message of a partition: (offset, payload, headers as (key, value)).
-    pub fn read_all(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Vec<(i64, Vec<u8>, Vec<(String, String)>)> {
+    /// Every message of a partition, in offset order.
+    pub fn read_all(&self, topic: &str, partition: i32) -> Vec<RawMessage> {
         let end = self.end_offset(topic, partition);
         let consumer = self.consumer();
         let mut tpl = TopicPartitionList::new();
