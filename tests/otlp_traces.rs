@@ -272,7 +272,6 @@ async fn standalone_exports_http_spans_continuing_the_callers_trace() {
 /// carries `traceparent` (`swapstats::telemetry::inject_trace_headers`), so the
 /// shard's `http.request` span is the router span's child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the router and shard roles (router, store and engine merges)"]
 async fn routed_stats_is_one_trace_across_router_and_shard() {
     let kafka = MockKafka::start(1);
     let receiver = Receiver::start().await;

@@ -2,7 +2,7 @@
 //! the shard's `apply_batch` span (linked to the producer span) → its
 //! `store.persist` child (Redis Cluster) → a `ws_push` span in the batch's trace
 //! for a subscribed WebSocket client. Separate from `otlp_traces.rs` because it
-//! needs the Redis Cluster harness (`support::redis_cluster`) and the shard role.
+//! needs the Redis Cluster harness (`support::redis_cluster`).
 
 mod otlp_support;
 mod support;
@@ -16,7 +16,6 @@ use support::redis_cluster::RedisCluster;
 use support::service::Service;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the merged store (RedisStore, the shard role, the Redis Cluster harness) and engine"]
 async fn shard_batch_links_the_producer_and_parents_persist_and_ws_push() {
     let kafka = MockKafka::start(1);
     let redis = RedisCluster::start();

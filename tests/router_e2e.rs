@@ -9,9 +9,8 @@
 //!   get updates again after the shard restarts;
 //! - bad parameters and WS frames through the router get the same errors.
 //!
-//! It needs the Redis store, the window engine and the Redis Cluster and mock
-//! Kafka harnesses, which live in other branches: [`start_infra`] is the one
-//! place to connect them when merging; until then the test is ignored.
+//! Redis Cluster and Kafka are real: `redis-server` processes and librdkafka's
+//! mock cluster (see `tests/support`).
 
 mod support;
 
@@ -20,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use support::kafka::MockKafka;
+use support::redis_cluster::RedisCluster;
 use support::service::{get_json, Service};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -37,11 +38,16 @@ struct Infra {
     _guards: Vec<Box<dyn std::any::Any>>,
 }
 
-/// MERGE: start `support::redis_cluster` (3 masters + replicas) and
-/// `support::kafka` (mock cluster hosting topic `swaps` with 3 partitions and
-/// `swaps.dlq`) here, and return their addresses.
-fn start_infra() -> Option<Infra> {
-    None
+/// Starts a Redis Cluster (3 masters + 3 replicas) and a mock Kafka cluster
+/// hosting topic `swaps` with [`PARTITIONS`] partitions and `swaps.dlq`.
+fn start_infra() -> Infra {
+    let redis = RedisCluster::start();
+    let kafka = MockKafka::start(PARTITIONS as i32);
+    Infra {
+        redis_urls: redis.seed_urls(),
+        kafka_brokers: kafka.bootstrap.clone(),
+        _guards: vec![Box::new(redis), Box::new(kafka)],
+    }
 }
 
 fn common_env(infra: &Infra) -> Vec<(&'static str, String)> {
@@ -150,12 +156,8 @@ async fn next_of(ws: &mut Ws, kind: &str, token: &str, within: Duration) -> Valu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs RedisStore, the window engine and tests/support/{redis_cluster,kafka}.rs: enable after merging (see start_infra)"]
 async fn router_answers_for_the_cluster_and_through_a_shard_restart() {
-    let Some(infra) = start_infra() else {
-        eprintln!("router_e2e: no Redis Cluster / mock Kafka harness in this tree; skipped");
-        return;
-    };
+    let infra = start_infra();
     let mut shards: Vec<Service> = (0..PARTITIONS).map(|p| start_shard(&infra, p)).collect();
     for shard in &mut shards {
         shard.wait_ok("/healthz", Duration::from_secs(30)).await;
@@ -307,7 +309,16 @@ async fn router_answers_for_the_cluster_and_through_a_shard_restart() {
     shards[victim]
         .wait_ok("/readyz", Duration::from_secs(60))
         .await;
-    next_of(&mut client, "snapshot", &hot, Duration::from_secs(20)).await;
+    let resynced = tokio::time::timeout(
+        Duration::from_secs(20),
+        next_of(&mut client, "snapshot", &hot, Duration::from_secs(30)),
+    )
+    .await;
+    assert!(
+        resynced.is_ok(),
+        "no fresh snapshot after the restart; router log:\n{}",
+        router.log_tail()
+    );
     produce(&infra, 3000, 12).await;
     let update = next_of(&mut client, "update", &hot, Duration::from_secs(30)).await;
     assert!(

@@ -53,8 +53,10 @@ async fn next_json(
             .expect("a WS message within 10 s")
             .expect("stream open")
             .expect("no WS error");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).expect("server sends JSON");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(&text).expect("server sends JSON"),
+            Message::Close(frame) => panic!("server closed the socket: {frame:?}"),
+            _ => {}
         }
     }
 }
@@ -286,7 +288,7 @@ async fn bad_ws_frames_get_error_frames_and_the_connection_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped_and_others_keep_going() {
     let mut service = start_standalone(&[
-        ("SWAPSTATS__WS__CLIENT_QUEUE", "4".to_string()),
+        ("SWAPSTATS__WS__CLIENT_QUEUE", "64".to_string()),
         ("SWAPSTATS__WS__COALESCE", "10ms".to_string()),
         ("SWAPSTATS__GENERATOR__COUNT", "0".to_string()),
     ]);
@@ -317,11 +319,12 @@ async fn a_client_that_never_reads_is_dropped_and_others_keep_going() {
         .await
         .expect("ws connects");
     good.send(Message::text(subscribe)).await.expect("send");
-    tokio::time::sleep(Duration::from_secs(8)).await;
 
-    // The good client keeps getting updates.
+    // The good client reads all along and keeps getting updates while the slow
+    // one's queue fills up.
     let mut updates = 0;
-    while updates < 20 {
+    let reading_until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < reading_until || updates < 20 {
         if next_json(&mut good).await["type"] == "update" {
             updates += 1;
         }

@@ -95,6 +95,7 @@ pub fn router_app(
         config.upstream.clone(),
         stop,
     );
+    crate::telemetry::metrics().register_hub(hub.clone());
     let service = Arc::new(RouterService::new(routing, client, fallback));
     Ok(router_routes(RouterApi {
         service,

@@ -88,7 +88,10 @@ impl ShardClient {
     ) -> Result<ShardReply, ProxyError> {
         let url = shard_url(base_url, path, query)?;
         let call = async {
-            let response = self.http.get(url.clone()).send().await?;
+            // Continue the caller's trace on the shard (no-op unless exporting).
+            let mut headers = reqwest::header::HeaderMap::new();
+            crate::telemetry::inject_trace_headers(&mut headers);
+            let response = self.http.get(url.clone()).headers(headers).send().await?;
             let status = response.status().as_u16();
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>(ShardReply { status, body })

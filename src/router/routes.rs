@@ -42,8 +42,11 @@ pub fn router_routes(api: RouterApi) -> Router {
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
         .route("/ws", get(ws))
+        .route("/metrics", get(crate::telemetry::metrics_handler))
         .fallback(crate::api::error::not_found)
         .with_state(api)
+        .layer(axum::middleware::from_fn(crate::telemetry::track_http))
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
 }
 
 async fn stats(

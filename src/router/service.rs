@@ -312,11 +312,16 @@ impl RouterService {
         partition: u32,
         shard_error: &str,
     ) -> Result<&Arc<dyn StatsFallback>, ApiError> {
-        self.fallback.as_ref().ok_or_else(|| {
+        let fallback = self.fallback.as_ref().ok_or_else(|| {
             ApiError::Unavailable(format!(
                 "partition {partition}: {shard_error}, and no fallback store is configured"
             ))
-        })
+        })?;
+        crate::telemetry::metrics()
+            .router_fallbacks
+            .with_label_values(&[partition.to_string().as_str()])
+            .inc();
+        Ok(fallback)
     }
 }
 

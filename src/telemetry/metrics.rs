@@ -33,7 +33,7 @@ pub struct Metrics {
     pub store_call_seconds: HistogramVec,
     /// Failed store calls by operation.
     pub store_errors: IntCounterVec,
-    /// Router answers served from Redis instead of the shard, by reason.
+    /// Router answers served from Redis instead of the shard, by partition.
     pub router_fallbacks: IntCounterVec,
 }
 
@@ -79,7 +79,7 @@ pub fn metrics() -> &'static Metrics {
             .expect("valid counter"),
             router_fallbacks: IntCounterVec::new(
                 Opts::new("router_fallbacks_total", "Router answers served from Redis"),
-                &["reason"],
+                &["partition"],
             )
             .expect("valid counter"),
         };

@@ -48,9 +48,9 @@ impl Service {
             .expect("open log");
         let child = Command::new(env!("CARGO_BIN_EXE_swapstats"))
             .args(&self.args)
+            .env("RUST_LOG", "info,rdkafka=warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SWAPSTATS__HTTP__ADDR", format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "info,rdkafka=warn")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
@@ -93,7 +93,7 @@ impl Service {
     /// The process's log so far (for assertion messages).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
+        let start = text.len().saturating_sub(12000);
         text[text.floor_char_boundary(start)..].to_string()
     }
 

@@ -40,9 +40,6 @@ pub(super) struct Link {
     stop: StopFlag,
     /// Tokens of this partition some client wants.
     wanted: HashSet<String>,
-    /// Set when a connection was lost or failed: clients may have missed
-    /// updates, so the next connection forwards the fresh snapshots.
-    missed: bool,
 }
 
 impl Link {
@@ -62,7 +59,6 @@ impl Link {
             commands,
             stop,
             wanted: HashSet::new(),
-            missed: false,
         }
     }
 
@@ -86,7 +82,6 @@ impl Link {
                         Ended::Stop => return,
                         Ended::Lost(why) => {
                             tracing::warn!(partition = self.partition, %url, reason = %why, "upstream WS lost; reconnecting");
-                            self.missed = true;
                         }
                     }
                 }
@@ -107,7 +102,6 @@ impl Link {
         tracing::debug!(partition = self.partition, shard = %base, reason = %why, "upstream WS connect failed");
         self.routing
             .mark_down(self.partition, base, format!("WS connect: {why}"));
-        self.missed = true;
     }
 
     /// Applies a command while no connection is open.
@@ -155,11 +149,10 @@ impl Link {
 
     async fn session(&mut self, socket: Upstream, base: &str) -> Ended {
         let (mut sink, mut stream) = socket.split();
-        let mut resync: HashSet<String> = if std::mem::take(&mut self.missed) {
-            self.wanted.clone()
-        } else {
-            HashSet::new()
-        };
+        // Every token wanted before this connection existed may have missed
+        // updates since its clients' snapshot (taken over HTTP, or before a
+        // reconnect): the shard's fresh snapshot of it goes to them.
+        let mut resync: HashSet<String> = self.wanted.clone();
         let all: Vec<String> = self.wanted.iter().cloned().collect();
         for text in subscribe_messages(&all, true, self.config.tokens_per_message) {
             if let Err(e) = sink.send(Message::text(text)).await {
@@ -244,8 +237,8 @@ impl Link {
             ("update", Some(token)) => {
                 self.hub.publish(&token, Utf8Bytes::from(text));
             }
-            // After a reconnect, the shard's snapshot replaces what clients missed;
-            // otherwise clients got their snapshot from the router already.
+            // On a new connection, the shard's snapshot replaces what clients may
+            // have missed; later subscribes got their snapshot from the router.
             ("snapshot", Some(token)) if resync.remove(&token) => {
                 self.hub.publish(&token, Utf8Bytes::from(text));
             }

@@ -2,8 +2,8 @@
 //! tokens that at least one router client wants. The hub's interest feed says
 //! when a token gains its first or loses its last subscriber; a dispatcher sends
 //! that to the link of the token's partition. Links forward the shards' `update`
-//! messages to the router's clients unchanged, and after a reconnect resubscribe
-//! and forward the fresh snapshots.
+//! messages to the router's clients unchanged, and on every (re)connect
+//! resubscribe and forward the fresh snapshots.
 
 mod link;
 mod message;
