@@ -14,8 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::params::{parse_stats_query, parse_top_query, validate_token, StatsQuery};
-use super::ws::{run_session, Hub, SnapshotProvider};
+use super::params::{parse_stats_query, parse_top_query, StatsQuery};
+use super::ws::{accept_upgrade, Hub, SnapshotProvider};
 use super::ApiError;
 use crate::config::WsSettings;
 use crate::shard::LocalShards;
@@ -126,19 +126,8 @@ async fn ws(
     Query(params): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let initial: Vec<String> = match params.get("token") {
-        Some(token) => match validate_token(token) {
-            Ok(()) => vec![token.clone()],
-            Err(e) => return e.into_response(),
-        },
-        None => Vec::new(),
-    };
-    let limit = api.ws.max_message_bytes.saturating_mul(4).max(1024);
     let snapshots: Arc<dyn SnapshotProvider> = api.shards.clone();
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run_session(socket, api.hub, snapshots, api.ws, initial))
+    accept_upgrade(upgrade, &params, api.hub, snapshots, api.ws)
 }
 
 impl SnapshotProvider for LocalShards {

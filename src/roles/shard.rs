@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use swapstats::api::ws::{run_coalescer, Hub};
-use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::{Settings, StoreKind};
 use swapstats::shard::{run_pipeline, ChangeFeed, LocalShards, ShardCore, StopFlag};
 use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
 use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
 
-use super::shared::{engine_config, pipeline_config, spawn_expiry};
+use super::shared::{engine_config, pipeline_config, serve_shards};
 
 /// This shard's partition: `shard.partition`, else the hostname's ordinal (`name-3` → 3).
 pub fn resolve_partition(settings: &Settings, hostname: Option<&str>) -> anyhow::Result<u32> {
@@ -122,24 +120,7 @@ async fn run_with_store<S: Store>(
     });
 
     let shards = Arc::new(LocalShards::new(settings.shard.partitions, vec![core]));
-    let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
-    tokio::spawn(run_coalescer(
-        feed,
-        hub.clone(),
-        shards.clone(),
-        settings.ws.coalesce,
-        stop.clone(),
-    ));
-    spawn_expiry(shards.clone(), stop.clone());
-    let api = LocalApi {
-        shards,
-        hub,
-        ws: settings.ws.clone(),
-        windows: settings.windows.clone(),
-    };
-    serve(settings.http.addr, local_routes(api), stop)
-        .await
-        .context("HTTP server")
+    serve_shards(&settings, shards, feed, stop).await
 }
 
 #[cfg(test)]

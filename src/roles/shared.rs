@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
+use swapstats::api::ws::{run_coalescer, Hub};
+use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::Settings;
-use swapstats::shard::{LocalShards, PipelineConfig, StopFlag};
+use swapstats::shard::{ChangeFeed, LocalShards, PipelineConfig, StopFlag};
 use swapstats::swap::SwapLimits;
 use swapstats::window::EngineConfig;
 
@@ -32,7 +36,7 @@ pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
 }
 
 /// Drops aged-out data every 10 s.
-pub fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {
+fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         while !stop.is_set() {
@@ -42,4 +46,32 @@ pub fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {
             }
         }
     });
+}
+
+/// Serves `shards` on `http.addr` until `stop`: the local routes, WS updates of
+/// the tokens `feed` reports changed, and periodic expiry.
+pub async fn serve_shards(
+    settings: &Settings,
+    shards: Arc<LocalShards>,
+    feed: Arc<ChangeFeed>,
+    stop: StopFlag,
+) -> anyhow::Result<()> {
+    let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
+    tokio::spawn(run_coalescer(
+        feed,
+        hub.clone(),
+        shards.clone(),
+        settings.ws.coalesce,
+        stop.clone(),
+    ));
+    spawn_expiry(shards.clone(), stop.clone());
+    let api = LocalApi {
+        shards,
+        hub,
+        ws: settings.ws.clone(),
+        windows: settings.windows.clone(),
+    };
+    serve(settings.http.addr, local_routes(api), stop)
+        .await
+        .context("HTTP server")
 }

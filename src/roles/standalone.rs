@@ -4,11 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 
-use swapstats::api::ws::{run_coalescer, Hub};
-use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::{GeneratorSettings, Settings};
 use swapstats::partition::partition_for;
 use swapstats::shard::{
@@ -18,7 +15,7 @@ use swapstats::source::{ChannelSource, SwapGenerator};
 use swapstats::store::MemoryStore;
 use swapstats::swap::encode_swap;
 
-use super::shared::{engine_config, pipeline_config, spawn_expiry};
+use super::shared::{engine_config, pipeline_config, serve_shards};
 
 /// Runs standalone mode until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -50,35 +47,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
     let shards = Arc::new(LocalShards::new(partitions, cores));
-    let hub = Hub::new(settings.ws.max_subscriptions, settings.ws.client_queue);
-    tokio::spawn(run_coalescer(
-        feed,
-        hub.clone(),
-        shards.clone(),
-        settings.ws.coalesce,
-        stop.clone(),
-    ));
-    spawn_expiry(shards.clone(), stop.clone());
     tokio::spawn(feed_generator(
         settings.generator.clone(),
         senders,
         stop.clone(),
     ));
-
-    let api = LocalApi {
-        shards,
-        hub,
-        ws: settings.ws.clone(),
-        windows: settings.windows.clone(),
-    };
     tracing::info!(
         partitions,
         rate = settings.generator.rate,
         "standalone: generator → in-process shards"
     );
-    serve(settings.http.addr, local_routes(api), stop)
-        .await
-        .context("HTTP server")
+    serve_shards(&settings, shards, feed, stop).await
 }
 
 /// Paces the generator at `rate` swaps/s and routes each swap to its partition.

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::scatter::{splice_source, tag_source, Source};
 use super::service::{Fetched, RouterService};
-use crate::api::params::{parse_stats_query, parse_top_query, validate_token, StatsQuery};
-use crate::api::ws::{run_session, Hub, SnapshotProvider};
+use crate::api::params::{parse_stats_query, parse_top_query, StatsQuery};
+use crate::api::ws::{accept_upgrade, Hub, SnapshotProvider};
 use crate::api::ApiError;
 use crate::config::WsSettings;
 use crate::window::WindowSpec;
@@ -109,19 +109,8 @@ async fn ws(
     Query(params): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let initial: Vec<String> = match params.get("token") {
-        Some(token) => match validate_token(token) {
-            Ok(()) => vec![token.clone()],
-            Err(e) => return e.into_response(),
-        },
-        None => Vec::new(),
-    };
-    let limit = api.ws.max_message_bytes.saturating_mul(4).max(1024);
     let snapshots: Arc<dyn SnapshotProvider> = Arc::new(RouterSnapshots(api.service.clone()));
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| run_session(socket, api.hub, snapshots, api.ws, initial))
+    accept_upgrade(upgrade, &params, api.hub, snapshots, api.ws)
 }
 
 /// WS snapshots through the router's read path (shard, else store).

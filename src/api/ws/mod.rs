@@ -9,4 +9,4 @@ pub mod session;
 pub use coalesce::run_coalescer;
 pub use hub::{ClientId, Hub, InterestChange, SubscribeError};
 pub use protocol::{ClientMessage, ServerMessage};
-pub use session::{run_session, SnapshotProvider};
+pub use session::{accept_upgrade, run_session, SnapshotProvider};

@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::WebSocketUpgrade;
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
@@ -34,6 +38,30 @@ pub trait SnapshotProvider: Send + Sync + 'static {
         &'a self,
         token: &'a str,
     ) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>>;
+}
+
+/// Answers a `/ws` upgrade request: a valid `?token=` becomes the first
+/// subscription, a bad one a 400; frames are limited to a few times
+/// `ws.max_message_bytes` (larger client messages get an error frame).
+pub fn accept_upgrade(
+    upgrade: WebSocketUpgrade,
+    params: &HashMap<String, String>,
+    hub: Hub,
+    snapshots: Arc<dyn SnapshotProvider>,
+    settings: WsSettings,
+) -> Response {
+    let initial: Vec<String> = match params.get("token") {
+        Some(token) => match validate_token(token) {
+            Ok(()) => vec![token.clone()],
+            Err(e) => return e.into_response(),
+        },
+        None => Vec::new(),
+    };
+    let limit = settings.max_message_bytes.saturating_mul(4).max(1024);
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run_session(socket, hub, snapshots, settings, initial))
 }
 
 /// Runs one connection until it closes. `initial` are tokens from `?token=`.
