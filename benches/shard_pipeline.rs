@@ -252,7 +252,11 @@ async fn bare_stream(bootstrap: &str, first: i64, last: i64) -> Run {
             Err(e) => eprintln!("stream consumer: {e}"),
         }
     }
-    assert_eq!(count, last - first + 1, "stream consumer read every message");
+    assert_eq!(
+        count,
+        last - first + 1,
+        "stream consumer read every message"
+    );
     Run {
         total: started.elapsed(),
         first_message: first_at.unwrap_or_default(),
@@ -548,8 +552,7 @@ fn reset_server_stats(cluster: &redis_cluster::RedisCluster) {
 fn server_stats(cluster: &redis_cluster::RedisCluster) -> ServerStats {
     let mut stats = ServerStats::default();
     for port in cluster.live_ports() {
-        let Ok(info) =
-            redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
+        let Ok(info) = redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
         else {
             continue;
         };
