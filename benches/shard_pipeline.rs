@@ -1,0 +1,809 @@
+//! Shard pipeline throughput against a bare Kafka consumer (issue 3), and the
+//! same pipeline with span export on (issue 5).
+//!
+//! Setup: librdkafka's mock Kafka (1 partition) and a real Redis Cluster (3
+//! masters + 3 replicas, `redis-server` processes). The mock broker keeps only
+//! ~5 MiB per partition, so the stream is measured in rounds: each round
+//! produces one chunk (lz4, large batches; the chunk size is calibrated once so
+//! it stays entirely retained) and then reads the *same* offsets with
+//!
+//! - `bare/base`:   rdkafka `BaseConsumer`, manual assign, `fetch.wait.max.ms=10`,
+//!   counts messages only;
+//! - `bare/stream`: rdkafka `StreamConsumer::recv` (the consumer type the shard
+//!   uses), same settings, counts messages only;
+//! - `shard`:       `KafkaPartitionSource::assign` → `run_pipeline` with a real
+//!   `RedisStore` on the cluster, engine/pipeline configuration from the
+//!   default `Settings`, `LogDeadLetters`. Timed from `assign` until
+//!   `core.counters.applied_offset` reaches the chunk's last offset. Every shard
+//!   run uses a fresh `ShardCore` and a fresh store partition (so no batch is
+//!   fenced and the engine starts empty); the Kafka partition is always 0.
+//!
+//! The order of the three alternates between rounds. Phase 1 runs with no
+//! tracing subscriber and no endpoint (what a shard without
+//! `telemetry.otlp_endpoint` does); phase 2 installs `swapstats::telemetry::init`
+//! with an OTLP endpoint (a local gRPC receiver in this process) and repeats
+//! the rounds. (`init` can be called once per process, so the phases cannot
+//! interleave; the bare consumers in every round show the drift.)
+//!
+//! Knobs (env): `BENCH_ROUNDS` (per phase, default 6), `BENCH_CHUNK` (swaps per
+//! round, default: calibrated, at most 120000).
+//!
+//! Run: `cargo bench --bench shard_pipeline`
+
+#[path = "../tests/support/kafka.rs"]
+#[allow(dead_code)]
+mod kafka;
+#[path = "../tests/otlp_support/mod.rs"]
+mod otlp_support;
+#[path = "../tests/support/redis_cluster.rs"]
+#[allow(dead_code)]
+mod redis_cluster;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::shard::{
+    run_pipeline, ChangeFeed, LogDeadLetters, PipelineConfig, ShardCore, StopFlag,
+};
+use swapstats::source::kafka::{client_config, KafkaPartitionSource};
+use swapstats::source::SwapGenerator;
+use swapstats::store::codec::encode_batch;
+use swapstats::store::{RedisStore, RedisStoreOptions};
+use swapstats::swap::{decode_swap, encode_swap, Swap, SwapLimits};
+use swapstats::window::{EngineConfig, WindowEngine};
+
+const TOPIC: &str = "swaps";
+const PARTITION: i32 = 0;
+/// Each bare consumer reads a round's chunk this many times (mean taken): one
+/// read is only ~20 ms.
+const BARE_REPS: usize = 3;
+
+/// `engine_config` of the binary crate (src/roles/shared.rs), rebuilt.
+fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig {
+        windows: settings.windows.clone(),
+        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
+        retention_ms: settings.ingest.retention.as_millis() as i64,
+    }
+}
+
+/// `pipeline_config` of the binary crate (src/roles/shared.rs), rebuilt.
+fn pipeline_config(settings: &Settings) -> PipelineConfig {
+    PipelineConfig {
+        batch_max_swaps: settings.shard.batch_max_swaps,
+        batch_max_delay: settings.shard.batch_max_delay,
+        ready_max_lag: settings.shard.ready_max_lag,
+        limits: SwapLimits {
+            max_future_skew_ms: settings.ingest.max_future_skew.as_millis() as i64,
+            ..SwapLimits::default()
+        },
+    }
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Produces swaps to partition 0 (lz4, big batches) and flushes.
+struct SwapProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    generator: SwapGenerator,
+}
+
+impl SwapProducer {
+    fn new(bootstrap: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("compression.type", "lz4")
+            .set("linger.ms", "100")
+            .set("batch.size", "1000000")
+            .set("batch.num.messages", "100000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create()
+            .expect("producer");
+        let generator = SwapGenerator::new(&GeneratorSettings {
+            rate: 0,
+            tokens: 10_000,
+            wallets: 100_000,
+            dup_rate: 0.01,
+            disorder: Duration::from_secs(2),
+            seed: 7,
+            count: 0,
+        });
+        Self {
+            producer,
+            generator,
+        }
+    }
+
+    /// Sends `n` swaps; returns their payloads (for the offline phase timings).
+    fn produce(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let swap = self.generator.next_swap(swapstats::now_ms());
+            let payload = encode_swap(&swap);
+            let mut record = BaseRecord::to(TOPIC)
+                .key(swap.token.as_str())
+                .payload(&payload)
+                .partition(PARTITION);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(5));
+                    }
+                }
+            }
+            payloads.push(payload);
+        }
+        self.producer
+            .flush(Duration::from_secs(60))
+            .expect("flush producer");
+        payloads
+    }
+}
+
+fn watermarks(bootstrap: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_watermarks(TOPIC, PARTITION, Duration::from_secs(10))
+        .expect("watermarks")
+}
+
+/// The consumer settings of `KafkaPartitionSource` (group only for commits).
+fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+fn assignment(first: i64) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, PARTITION, Offset::Offset(first))
+        .expect("tpl");
+    tpl
+}
+
+/// One timed read: total time (assign → last offset) and time to first message.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    total: Duration,
+    first_message: Duration,
+}
+
+impl Run {
+    fn mean(runs: &[Run]) -> Run {
+        let n = runs.len().max(1) as u32;
+        Run {
+            total: runs.iter().map(|r| r.total).sum::<Duration>() / n,
+            first_message: runs.iter().map(|r| r.first_message).sum::<Duration>() / n,
+        }
+    }
+}
+
+/// Bare `BaseConsumer::poll` loop, counting messages `first..=last`.
+fn bare_base(bootstrap: &str, first: i64, last: i64) -> Run {
+    let started = Instant::now();
+    let consumer: BaseConsumer = consumer_config(bootstrap, "bench-bare")
+        .create()
+        .expect("consumer");
+    consumer.assign(&assignment(first)).expect("assign");
+    let mut count = 0i64;
+    let mut first_at = None;
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first_at.get_or_insert_with(|| started.elapsed());
+                count += 1;
+                if rdkafka::Message::offset(&m) >= last {
+                    break;
+                }
+            }
+            Some(Err(e)) => eprintln!("bare consumer: {e}"),
+            None => assert!(Instant::now() < deadline, "bare consumer stuck at {count}"),
+        }
+    }
+    assert_eq!(count, last - first + 1, "bare consumer read every message");
+    Run {
+        total: started.elapsed(),
+        first_message: first_at.unwrap_or_default(),
+    }
+}
+
+/// Bare `StreamConsumer::recv` loop (the shard's consumer type), counting only.
+async fn bare_stream(bootstrap: &str, first: i64, last: i64) -> Run {
+    let started = Instant::now();
+    let consumer: StreamConsumer = consumer_config(bootstrap, "bench-bare")
+        .create()
+        .expect("consumer");
+    consumer.assign(&assignment(first)).expect("assign");
+    let mut count = 0i64;
+    let mut first_at = None;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
+            .await
+            .expect("stream consumer stuck");
+        match next {
+            Ok(m) => {
+                first_at.get_or_insert_with(|| started.elapsed());
+                count += 1;
+                if rdkafka::Message::offset(&m) >= last {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("stream consumer: {e}"),
+        }
+    }
+    assert_eq!(
+        count,
+        last - first + 1,
+        "stream consumer read every message"
+    );
+    Run {
+        total: started.elapsed(),
+        first_message: first_at.unwrap_or_default(),
+    }
+}
+
+/// What one shard run did.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShardRun {
+    total: Duration,
+    swaps: u64,
+    applied: u64,
+    duplicates: u64,
+    rejected: u64,
+    batches: u64,
+    store_calls: u64,
+    /// Sum of `batch_apply_seconds` (decode + engine + persist + bookkeeping).
+    apply: Duration,
+    /// Sum of `store_call_seconds{op="persist"}`.
+    persist: Duration,
+}
+
+fn histogram_sum(h: &prometheus::HistogramVec, label: &str) -> f64 {
+    h.with_label_values(&[label]).get_sample_sum()
+}
+
+/// The shard pipeline on offsets `first..=last`, into store partition `store_partition`.
+async fn shard_run(
+    bootstrap: &str,
+    store: Arc<RedisStore>,
+    settings: &Settings,
+    store_partition: u32,
+    first: i64,
+    last: i64,
+) -> ShardRun {
+    let metrics = swapstats::telemetry::metrics();
+    let persist_before = histogram_sum(&metrics.store_call_seconds, "persist");
+    let stop = StopFlag::default();
+    let core = Arc::new(ShardCore::new(
+        store_partition,
+        engine_config(settings),
+        Arc::new(ChangeFeed::default()),
+    ));
+    let started = Instant::now();
+    let source = KafkaPartitionSource::assign(
+        bootstrap,
+        TOPIC,
+        PARTITION as u32,
+        Some(first),
+        stop.clone(),
+    )
+    .expect("assign source");
+    let task = tokio::spawn(run_pipeline(
+        core.clone(),
+        source,
+        store,
+        LogDeadLetters,
+        pipeline_config(settings),
+        stop.clone(),
+    ));
+    let deadline = started + Duration::from_secs(300);
+    while core.counters.applied_offset.load(Ordering::Relaxed) < last {
+        assert!(Instant::now() < deadline, "shard pipeline stuck");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let total = started.elapsed();
+    stop.set();
+    task.await.expect("pipeline task").expect("pipeline");
+    let c = &core.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    ShardRun {
+        total,
+        swaps: load(&c.consumed),
+        applied: load(&c.applied),
+        duplicates: load(&c.duplicates),
+        rejected: load(&c.dead_lettered),
+        batches: load(&c.batches),
+        store_calls: load(&c.store_calls),
+        apply: Duration::from_secs_f64(histogram_sum(
+            &metrics.batch_apply_seconds,
+            &store_partition.to_string(),
+        )),
+        persist: Duration::from_secs_f64(
+            histogram_sum(&metrics.store_call_seconds, "persist") - persist_before,
+        ),
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    swaps: u64,
+    base: Vec<Run>,
+    stream: Vec<Run>,
+    shard: Vec<ShardRun>,
+}
+
+impl Totals {
+    fn rate(swaps: u64, runs: impl Iterator<Item = Duration>) -> f64 {
+        let t: f64 = runs.map(|d| d.as_secs_f64()).sum();
+        swaps as f64 / t
+    }
+    fn base_rate(&self) -> f64 {
+        Self::rate(self.swaps, self.base.iter().map(|r| r.total))
+    }
+    fn stream_rate(&self) -> f64 {
+        Self::rate(self.swaps, self.stream.iter().map(|r| r.total))
+    }
+    fn shard_rate(&self) -> f64 {
+        Self::rate(self.swaps, self.shard.iter().map(|r| r.total))
+    }
+}
+
+fn per_round_rates(swaps_per_round: &[u64], runs: &[Duration]) -> String {
+    swaps_per_round
+        .iter()
+        .zip(runs)
+        .map(|(n, d)| format!("{:.0}k", *n as f64 / d.as_secs_f64() / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Spread (min..max) of the per-round rates, relative to their mean.
+fn spread(swaps_per_round: &[u64], runs: &[Duration]) -> f64 {
+    let rates: Vec<f64> = swaps_per_round
+        .iter()
+        .zip(runs)
+        .map(|(n, d)| *n as f64 / d.as_secs_f64())
+        .collect();
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let (lo, hi) = rates
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    (hi - lo) / mean
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    name: &str,
+    rounds: usize,
+    chunk: usize,
+    bootstrap: &str,
+    producer: &mut SwapProducer,
+    store: &Arc<RedisStore>,
+    settings: &Settings,
+    next_store_partition: &mut u32,
+    last_payloads: &mut Vec<Vec<u8>>,
+) -> (Totals, Vec<u64>) {
+    let mut totals = Totals::default();
+    let mut per_round = Vec::new();
+    for round in 0..rounds {
+        let (_, start) = tokio::task::block_in_place(|| watermarks(bootstrap));
+        let payloads = tokio::task::block_in_place(|| producer.produce(chunk));
+        let (low, high) = tokio::task::block_in_place(|| watermarks(bootstrap));
+        assert!(
+            low <= start && high == start + chunk as i64,
+            "chunk not fully retained: low {low} > start {start} (high {high}); lower BENCH_CHUNK"
+        );
+        let (first, last) = (start, high - 1);
+        // Three orders, rotating.
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => {
+                    let b = bootstrap.to_string();
+                    let run = tokio::task::spawn_blocking(move || {
+                        let runs: Vec<Run> =
+                            (0..BARE_REPS).map(|_| bare_base(&b, first, last)).collect();
+                        Run::mean(&runs)
+                    })
+                    .await
+                    .expect("bare task");
+                    totals.base.push(run);
+                }
+                1 => {
+                    let mut runs = Vec::new();
+                    for _ in 0..BARE_REPS {
+                        runs.push(bare_stream(bootstrap, first, last).await);
+                    }
+                    totals.stream.push(Run::mean(&runs));
+                }
+                _ => {
+                    let run = shard_run(
+                        bootstrap,
+                        store.clone(),
+                        settings,
+                        *next_store_partition,
+                        first,
+                        last,
+                    )
+                    .await;
+                    *next_store_partition += 1;
+                    assert_eq!(run.swaps, chunk as u64, "shard consumed the whole chunk");
+                    totals.shard.push(run);
+                }
+            }
+        }
+        totals.swaps += chunk as u64;
+        per_round.push(chunk as u64);
+        let s = totals.shard.last().copied().unwrap_or_default();
+        eprintln!(
+            "[{name}] round {}/{rounds}: offsets {first}..={last}  base {:.0}/s  stream {:.0}/s  shard {:.0}/s  ({} batches)",
+            round + 1,
+            chunk as f64 / totals.base.last().map_or(1.0, |r| r.total.as_secs_f64()),
+            chunk as f64 / totals.stream.last().map_or(1.0, |r| r.total.as_secs_f64()),
+            chunk as f64 / s.total.as_secs_f64(),
+            s.batches,
+        );
+        *last_payloads = payloads;
+    }
+    (totals, per_round)
+}
+
+/// Offline split of the in-pipeline CPU work on one round's payloads: decode
+/// alone, and engine `apply_batch` alone in batches of `batch` swaps.
+fn offline_split(settings: &Settings, payloads: &[Vec<u8>], batch: usize) -> Offline {
+    let limits = pipeline_config(settings).limits;
+    let now = swapstats::now_ms();
+    let started = Instant::now();
+    let swaps: Vec<Swap> = payloads
+        .iter()
+        .filter_map(|p| decode_swap(p, &limits, now).ok())
+        .collect();
+    let decode_ns = started.elapsed().as_nanos() as f64 / payloads.len() as f64;
+    let mut engine = WindowEngine::new(engine_config(settings));
+    let started = Instant::now();
+    let effects: Vec<_> = swaps
+        .chunks(batch.max(1))
+        .map(|chunk| engine.apply_batch(chunk, now).0)
+        .collect();
+    let engine_ns = started.elapsed().as_nanos() as f64 / swaps.len() as f64;
+    let started = Instant::now();
+    let bytes: usize = effects
+        .iter()
+        .map(|e| encode_batch(e).expect("encode").len())
+        .sum();
+    let encode_ns = started.elapsed().as_nanos() as f64 / swaps.len() as f64;
+    let n = effects.len().max(1) as f64;
+    Offline {
+        decode_ns,
+        engine_ns,
+        encode_ns,
+        batch,
+        payload_bytes: bytes as f64 / n,
+        buckets: effects.iter().map(|e| e.buckets.len()).sum::<usize>() as f64 / n,
+        wallets: effects.iter().map(|e| e.wallets.len()).sum::<usize>() as f64 / n,
+        events: effects.iter().map(|e| e.events.len()).sum::<usize>() as f64 / n,
+    }
+}
+
+/// Per-swap CPU costs measured outside the pipeline, and batch payload sizes.
+struct Offline {
+    decode_ns: f64,
+    engine_ns: f64,
+    encode_ns: f64,
+    batch: usize,
+    payload_bytes: f64,
+    buckets: f64,
+    wallets: f64,
+    events: f64,
+}
+
+impl Offline {
+    fn print(&self) {
+        println!(
+            "offline, one round's payloads in batches of {}: decode {:.0} ns/swap, engine apply_batch {:.0} ns/swap (fresh engine), encode_batch {:.0} ns/swap",
+            self.batch, self.decode_ns, self.engine_ns, self.encode_ns
+        );
+        println!(
+            "  per batch: persist payload {:.0} KiB; effect = {:.0} bucket deltas, {:.0} wallet marks, {:.0} events",
+            self.payload_bytes / 1024.0,
+            self.buckets,
+            self.wallets,
+            self.events
+        );
+    }
+}
+
+/// Server-side command statistics summed over every node (`INFO commandstats`).
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerStats {
+    script_calls: u64,
+    script_usec: u64,
+    wait_calls: u64,
+    wait_usec: u64,
+}
+
+fn reset_server_stats(cluster: &redis_cluster::RedisCluster) {
+    for port in cluster.live_ports() {
+        let _: redis::RedisResult<()> =
+            redis_cluster::query(port, redis::cmd("CONFIG").arg("RESETSTAT"));
+    }
+}
+
+fn server_stats(cluster: &redis_cluster::RedisCluster) -> ServerStats {
+    let mut stats = ServerStats::default();
+    for port in cluster.live_ports() {
+        let Ok(info) = redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
+        else {
+            continue;
+        };
+        for line in info.lines() {
+            let Some((name, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let field = |key: &str| -> u64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            match name {
+                "cmdstat_evalsha" | "cmdstat_eval" => {
+                    stats.script_calls += field("calls=");
+                    stats.script_usec += field("usec=");
+                }
+                "cmdstat_wait" => {
+                    stats.wait_calls += field("calls=");
+                    stats.wait_usec += field("usec=");
+                }
+                _ => {}
+            }
+        }
+    }
+    stats
+}
+
+fn print_server_stats(s: &ServerStats, swaps: u64) {
+    println!(
+        "redis server side (INFO commandstats, all nodes): {} script calls, {:.1} ms each = {:.1} µs per swap inside Lua; WAIT {} calls, {:.2} ms each",
+        s.script_calls,
+        s.script_usec as f64 / 1000.0 / s.script_calls.max(1) as f64,
+        s.script_usec as f64 / swaps.max(1) as f64,
+        s.wait_calls,
+        s.wait_usec as f64 / 1000.0 / s.wait_calls.max(1) as f64,
+    );
+}
+
+fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
+    let shard_totals: Vec<Duration> = t.shard.iter().map(|r| r.total).collect();
+    let base_totals: Vec<Duration> = t.base.iter().map(|r| r.total).collect();
+    let stream_totals: Vec<Duration> = t.stream.iter().map(|r| r.total).collect();
+    let sum = |f: fn(&ShardRun) -> u64| t.shard.iter().map(f).sum::<u64>();
+    let (batches, calls) = (sum(|r| r.batches), sum(|r| r.store_calls));
+    let (applied, dups, rejected) = (
+        sum(|r| r.applied),
+        sum(|r| r.duplicates),
+        sum(|r| r.rejected),
+    );
+    let shard_time: f64 = shard_totals.iter().map(Duration::as_secs_f64).sum();
+    let apply: f64 = t.shard.iter().map(|r| r.apply.as_secs_f64()).sum();
+    let persist: f64 = t.shard.iter().map(|r| r.persist.as_secs_f64()).sum();
+    let first_base: f64 = t
+        .base
+        .iter()
+        .map(|r| r.first_message.as_secs_f64())
+        .sum::<f64>()
+        / t.base.len().max(1) as f64;
+    println!();
+    println!("== {title} ==");
+    println!(
+        "rounds: {}   swaps per round: {}   total swaps: {}",
+        per_round.len(),
+        per_round.first().copied().unwrap_or(0),
+        t.swaps
+    );
+    println!("{:<44} {:>14} {:>10}  per round", "", "swaps/s", "spread");
+    println!(
+        "{:<44} {:>14.0} {:>9.0}%  {}",
+        "(a) bare BaseConsumer::poll",
+        t.base_rate(),
+        100.0 * spread(per_round, &base_totals),
+        per_round_rates(per_round, &base_totals)
+    );
+    println!(
+        "{:<44} {:>14.0} {:>9.0}%  {}",
+        "(a') bare StreamConsumer::recv",
+        t.stream_rate(),
+        100.0 * spread(per_round, &stream_totals),
+        per_round_rates(per_round, &stream_totals)
+    );
+    println!(
+        "{:<44} {:>14.0} {:>9.0}%  {}",
+        "(b) shard pipeline (Kafka → engine → Redis)",
+        t.shard_rate(),
+        100.0 * spread(per_round, &shard_totals),
+        per_round_rates(per_round, &shard_totals)
+    );
+    println!(
+        "ratio shard / bare(poll): {:.2}   shard / bare(recv): {:.2}   (target ≥ 0.8 and ≥ 500,000 swaps/s)",
+        t.shard_rate() / t.base_rate(),
+        t.shard_rate() / t.stream_rate()
+    );
+    println!(
+        "batches: {batches}   mean batch: {:.0} swaps   script calls: {calls} = {:.3} per 1,000 swaps (target ≤ 2)",
+        t.swaps as f64 / batches.max(1) as f64,
+        calls as f64 * 1000.0 / t.swaps as f64
+    );
+    println!("applied {applied}, duplicates {dups}, dead-lettered {rejected}");
+    println!(
+        "shard time split (sum over rounds): total {:.3} s = waiting for Kafka/batch fill {:.3} s ({:.0}%) + apply_records {:.3} s ({:.0}%), of which persist (Redis EVALSHA+WAIT) {:.3} s ({:.0}%) and decode+engine+rest {:.3} s ({:.0}%)",
+        shard_time,
+        shard_time - apply,
+        100.0 * (shard_time - apply) / shard_time,
+        apply,
+        100.0 * apply / shard_time,
+        persist,
+        100.0 * persist / shard_time,
+        apply - persist,
+        100.0 * (apply - persist) / shard_time,
+    );
+    println!(
+        "per batch: persist {:.2} ms, decode+engine {:.2} ms; bare poll: first message after {:.1} ms (connect + fetch) on average",
+        1000.0 * persist / batches.max(1) as f64,
+        1000.0 * (apply - persist) / batches.max(1) as f64,
+        1000.0 * first_base
+    );
+}
+
+fn main() {
+    let rounds = env_usize("BENCH_ROUNDS").unwrap_or(6);
+    eprintln!("starting Redis Cluster (3 masters + 3 replicas) and mock Kafka ...");
+    let cluster = redis_cluster::RedisCluster::start();
+    let mock = kafka::MockKafka::start(1);
+    let bootstrap = mock.bootstrap.clone();
+    let settings = Settings::defaults();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store_settings = StoreSettings {
+            kind: StoreKind::RedisCluster,
+            redis_urls: cluster.seed_urls(),
+        };
+        let store = Arc::new(
+            RedisStore::connect_with(
+                &store_settings,
+                RedisStoreOptions::from_ingest(&settings.ingest),
+            )
+            .await
+            .expect("connect redis cluster"),
+        );
+        let mut producer = SwapProducer::new(&bootstrap);
+
+        // Calibration: how many swaps does the mock broker retain?
+        let chunk = match env_usize("BENCH_CHUNK") {
+            Some(c) => c,
+            None => {
+                let probe = 200_000;
+                let payloads = tokio::task::block_in_place(|| producer.produce(probe));
+                let bytes: usize = payloads.iter().map(Vec::len).sum();
+                let (low, high) = watermarks(&bootstrap);
+                let retained = (high - low) as usize;
+                let chunk = (retained * 8 / 10).min(120_000) / 1000 * 1000;
+                eprintln!(
+                    "calibration: produced {probe} swaps ({:.0} B JSON each), broker retains {retained}; chunk = {chunk}",
+                    bytes as f64 / probe as f64
+                );
+                chunk
+            }
+        };
+
+        let mut store_partition = 1000;
+        let mut payloads = Vec::new();
+        tokio::task::block_in_place(|| reset_server_stats(&cluster));
+        let (off, off_rounds) = run_phase(
+            "no endpoint",
+            rounds,
+            chunk,
+            &bootstrap,
+            &mut producer,
+            &store,
+            &settings,
+            &mut store_partition,
+            &mut payloads,
+        )
+        .await;
+        let off_server = tokio::task::block_in_place(|| server_stats(&cluster));
+        let mean_batch = off.swaps as usize
+            / off.shard.iter().map(|r| r.batches).sum::<u64>().max(1) as usize;
+        let offline = offline_split(&settings, &payloads, mean_batch);
+
+        // Phase 2: the real telemetry set-up with an OTLP endpoint.
+        let receiver = otlp_support::Receiver::start().await;
+        let mut traced_settings = Settings::defaults();
+        traced_settings.telemetry.otlp_endpoint = Some(receiver.endpoint.clone());
+        traced_settings.telemetry.sample_ratio = 1.0;
+        let guard = swapstats::telemetry::init(
+            &traced_settings,
+            swapstats::telemetry::Role::Shard,
+            Some(0),
+        )
+        .expect("telemetry init");
+        assert!(guard.exporting() && swapstats::telemetry::tracing_enabled());
+        tokio::task::block_in_place(|| reset_server_stats(&cluster));
+        let (on, on_rounds) = run_phase(
+            "OTLP export on",
+            rounds,
+            chunk,
+            &bootstrap,
+            &mut producer,
+            &store,
+            &settings,
+            &mut store_partition,
+            &mut payloads,
+        )
+        .await;
+        let on_server = tokio::task::block_in_place(|| server_stats(&cluster));
+        guard.shutdown().await;
+        let spans = receiver.spans();
+        let batch_spans = spans.iter().filter(|s| s.name == "apply_batch").count();
+        let persist_spans = spans.iter().filter(|s| s.name == "store.persist").count();
+
+        println!();
+        println!("shard_pipeline — release build, 2 cores shared by Kafka mock, 6 redis-servers and the bench");
+        println!("generator: 10,000 tokens (Zipf 1.1), 100,000 wallets, 1% duplicates, 2 s disorder; producer lz4");
+        println!(
+            "settings: batch_max_swaps {}, batch_max_delay {:?}, store redis-cluster 3+3 (EVALSHA + WAIT 1 per batch)",
+            settings.shard.batch_max_swaps, settings.shard.batch_max_delay
+        );
+        print_phase("phase 1: no tracing subscriber, no OTLP endpoint", &off, &off_rounds);
+        print_server_stats(&off_server, off.swaps);
+        offline.print();
+        print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
+        print_server_stats(&on_server, on.swaps);
+        println!(
+            "spans received: {} ({batch_spans} apply_batch, {persist_spans} store.persist)",
+            spans.len()
+        );
+        println!();
+        println!("== tracing off vs on (issue 5) ==");
+        let (off_rate, on_rate) = (off.shard_rate(), on.shard_rate());
+        let (off_rel, on_rel) = (off_rate / off.base_rate(), on_rate / on.base_rate());
+        println!(
+            "shard swaps/s  off {off_rate:.0}   on {on_rate:.0}   on/off {:.3}",
+            on_rate / off_rate
+        );
+        println!(
+            "shard / bare(poll) in the same rounds  off {off_rel:.2}   on {on_rel:.2}   on/off {:.3}",
+            on_rel / off_rel
+        );
+        let shard_off: Vec<Duration> = off.shard.iter().map(|r| r.total).collect();
+        println!(
+            "noise: per-round spread of the shard rate with tracing off is {:.0}% (min..max / mean)",
+            100.0 * spread(&off_rounds, &shard_off)
+        );
+    });
+    drop(runtime);
+    drop(mock);
+    drop(cluster);
+}

@@ -1,0 +1,412 @@
+//! Restart time of a shard (kill -9 → `/readyz` 200) holding 10,000 tokens
+//! with 24 h of data in a real Redis Cluster (3 masters + 3 replicas).
+//!
+//! Fill: `BENCH_SWAPS` generated swaps (default 2,000,000; 10,000 tokens with
+//! the generator's Zipf popularity, 100,000 wallets, 1% duplicates) with block
+//! times spread evenly over the last 24 h, applied to a `WindowEngine` in
+//! batches of 5,000 and each batch's effect persisted with
+//! `RedisStore::persist`, exactly as the shard pipeline does. Batch k is
+//! persisted as source offsets k..=k (one synthetic offset per batch); the mock
+//! Kafka partition gets as many messages, so the restarted shard resumes at its
+//! partition's end (lag 0) and reads nothing.
+//!
+//! Then the release `swapstats shard` binary is spawned `BENCH_RESTARTS` times
+//! (default 5), timed from spawn until `GET /readyz` answers 200 (polled every
+//! 10 ms), and killed with SIGKILL. `store.load` alone is also timed in-process.
+//!
+//! Run: `cargo bench --bench shard_restart`
+
+#[path = "../tests/support/kafka.rs"]
+#[allow(dead_code)]
+mod kafka;
+#[path = "../tests/support/redis_cluster.rs"]
+#[allow(dead_code)]
+mod redis_cluster;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::source::generator::token_name;
+use swapstats::source::SwapGenerator;
+use swapstats::store::{PersistBatch, PersistOutcome, RedisStore, RedisStoreOptions, Store};
+use swapstats::swap::{encode_swap, Swap};
+use swapstats::window::{EngineConfig, WindowEngine};
+
+const TOKENS: u32 = 10_000;
+const BATCH: usize = 5_000;
+const HOUR_MS: i64 = 3_600_000;
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A minimal HTTP/1.0 GET: (status, body), or `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// `used_memory` summed over the masters (and over every node).
+fn redis_memory(cluster: &redis_cluster::RedisCluster) -> (u64, u64) {
+    let field = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (mut masters, mut all) = (0, 0);
+    for port in cluster.live_ports() {
+        let info: String =
+            redis_cluster::query(port, redis::cmd("INFO").arg("memory")).unwrap_or_default();
+        let role: String =
+            redis_cluster::query(port, redis::cmd("INFO").arg("replication")).unwrap_or_default();
+        let used = field(&info, "used_memory:");
+        all += used;
+        if role.contains("role:master") {
+            masters += used;
+        }
+    }
+    (masters, all)
+}
+
+fn swap_template(swaps: &[Swap]) -> Swap {
+    swaps.last().cloned().expect("at least one swap")
+}
+
+/// One swap for every token the Zipf stream never picked, so the shard holds
+/// all `TOKENS` tokens (block times spread over the same 24 h).
+fn coverage_swaps(seen: &HashSet<String>, template: &Swap, from: i64, to: i64) -> Vec<Swap> {
+    let missing: Vec<String> = (0..TOKENS as usize)
+        .map(token_name)
+        .filter(|t| !seen.contains(t))
+        .collect();
+    let n = missing.len().max(1) as i64;
+    missing
+        .into_iter()
+        .enumerate()
+        .map(|(k, token)| {
+            let at = from + (to - from) * k as i64 / n;
+            Swap {
+                event_id: format!("cover-{token}"),
+                token,
+                executed_at_ms: at,
+                created_at_ms: Some(at),
+                ..template.clone()
+            }
+        })
+        .collect()
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
+}
+
+/// Spawns the shard and waits for `/readyz` 200: (time to ready, its body, log).
+fn restart_once(
+    binary: &str,
+    bootstrap: &str,
+    seeds: &str,
+    log_path: &std::path::Path,
+) -> (Duration, String, String) {
+    let port = free_port();
+    let log = std::fs::File::create(log_path).expect("log file");
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .arg("shard")
+        .env("SWAPSTATS__KAFKA__BROKERS", bootstrap)
+        .env("SWAPSTATS__SHARD__PARTITIONS", "1")
+        .env("SWAPSTATS__SHARD__PARTITION", "0")
+        .env("SWAPSTATS__STORE__KIND", "redis-cluster")
+        .env("SWAPSTATS__STORE__REDIS_URLS", seeds)
+        .env("SWAPSTATS__HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn swapstats shard");
+    let deadline = started + Duration::from_secs(120);
+    let (elapsed, body) = loop {
+        if let Some((200, body)) = http_get(port, "/readyz") {
+            break (started.elapsed(), body);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            panic!("shard exited with {status} before ready:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "shard not ready within 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    (elapsed, body, log)
+}
+
+/// `elapsed_ms=N` of the first log line containing `marker`.
+fn logged_ms(log: &str, marker: &str) -> Option<u64> {
+    log.lines().find(|l| l.contains(marker)).and_then(|l| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("elapsed_ms="))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+fn main() {
+    let swaps_total = env_usize("BENCH_SWAPS").unwrap_or(2_000_000);
+    let restarts = env_usize("BENCH_RESTARTS").unwrap_or(5);
+    let binary = env!("CARGO_BIN_EXE_swapstats");
+    eprintln!("starting Redis Cluster (3 masters + 3 replicas) and mock Kafka ...");
+    let cluster = redis_cluster::RedisCluster::start();
+    let mock = kafka::MockKafka::start(1);
+    let seeds = cluster.seed_urls().join(",");
+    let settings = Settings::defaults();
+    let (mem_empty, _) = redis_memory(&cluster);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let store = runtime.block_on(async {
+        RedisStore::connect_with(
+            &StoreSettings {
+                kind: StoreKind::RedisCluster,
+                redis_urls: cluster.seed_urls(),
+            },
+            RedisStoreOptions::from_ingest(&settings.ingest),
+        )
+        .await
+        .expect("connect redis cluster")
+    });
+
+    // Fill: 24 h of swaps, applied and persisted batch by batch.
+    let mut generator = SwapGenerator::new(&GeneratorSettings {
+        rate: 0,
+        tokens: TOKENS,
+        wallets: 100_000,
+        dup_rate: 0.01,
+        disorder: Duration::ZERO,
+        seed: 11,
+        count: 0,
+    });
+    let mut engine = WindowEngine::new(EngineConfig {
+        windows: settings.windows.clone(),
+        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
+        retention_ms: settings.ingest.retention.as_millis() as i64,
+    });
+    let now = swapstats::now_ms();
+    // Block times from 23 h 50 min ago to 5 s ago (inside the 24 h dedup horizon).
+    let (from, to) = (now - 24 * HOUR_MS + 600_000, now - 5_000);
+    let step = (to - from) as f64 / swaps_total as f64;
+    let fill_started = Instant::now();
+    let (mut engine_time, mut persist_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut applied, mut duplicates, mut late, mut batches) = (0u64, 0u64, 0u64, 0i64);
+    let mut swaps: Vec<Swap> = Vec::with_capacity(BATCH);
+    let mut i = 0usize;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut coverage: Vec<Swap> = Vec::new();
+    while i < swaps_total || !coverage.is_empty() {
+        swaps.clear();
+        while swaps.len() < BATCH && i < swaps_total {
+            let swap = generator.next_swap(from + (i as f64 * step) as i64);
+            seen.insert(swap.token.clone());
+            swaps.push(swap);
+            i += 1;
+            if i == swaps_total {
+                coverage = coverage_swaps(&seen, &swap_template(&swaps), from, to);
+            }
+        }
+        while swaps.len() < BATCH {
+            match coverage.pop() {
+                Some(swap) => swaps.push(swap),
+                None => break,
+            }
+        }
+        let batch_now = swapstats::now_ms();
+        let t = Instant::now();
+        let (effect, counts) = engine.apply_batch(&swaps, batch_now);
+        engine_time += t.elapsed();
+        applied += counts.applied;
+        duplicates += counts.duplicates;
+        late += counts.late;
+        let batch = PersistBatch {
+            partition: 0,
+            first_offset: batches,
+            last_offset: batches,
+            effect: &effect,
+            now_ms: batch_now,
+        };
+        let t = Instant::now();
+        let outcome = runtime
+            .block_on(store.persist(&batch))
+            .expect("persist batch");
+        persist_time += t.elapsed();
+        assert_eq!(outcome, PersistOutcome::Applied);
+        batches += 1;
+        if batches % 100 == 0 {
+            eprintln!(
+                "fill: {i}/{swaps_total} swaps, {batches} batches, {:.0} s",
+                fill_started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let fill_time = fill_started.elapsed();
+    let covered = TOKENS as usize - seen.len();
+    let engine_tokens = engine.token_count();
+    drop(engine);
+    // The partition's end offset = the number of batches: the shard resumes at it.
+    let filler: Vec<(String, Vec<u8>)> = (0..batches)
+        .map(|_| {
+            let swap = generator.next_swap(swapstats::now_ms());
+            (swap.token.clone(), encode_swap(&swap))
+        })
+        .collect();
+    mock.produce_raw("swaps", 0, &filler);
+    let end = mock.end_offset("swaps", 0);
+    assert_eq!(end, batches, "partition end = applied offset + 1");
+    // Let replicas catch up and memory settle before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    let (mem_masters, mem_all) = redis_memory(&cluster);
+
+    // store.load alone, in-process.
+    let mut load_times = Vec::new();
+    let mut loaded = (0usize, 0usize, 0usize);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let restored = runtime
+            .block_on(store.load(0, swapstats::now_ms()))
+            .expect("load");
+        load_times.push(t.elapsed().as_secs_f64());
+        loaded = (
+            restored.effect.buckets.len(),
+            restored.effect.wallets.len(),
+            restored.effect.events.len(),
+        );
+        assert_eq!(restored.applied_offset, Some(batches - 1));
+    }
+    let t = Instant::now();
+    let restored = runtime
+        .block_on(store.load(0, swapstats::now_ms()))
+        .expect("load");
+    let mut engine = WindowEngine::new(EngineConfig {
+        windows: settings.windows.clone(),
+        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
+        retention_ms: settings.ingest.retention.as_millis() as i64,
+    });
+    let load_only = t.elapsed();
+    engine.restore(&restored.effect);
+    let restore_time = t.elapsed() - load_only;
+    drop(engine);
+    drop(restored);
+    load_times.sort_by(f64::total_cmp);
+
+    // Restarts of the real binary.
+    let log_path =
+        std::env::temp_dir().join(format!("swapstats-restart-{}.log", std::process::id()));
+    let mut times = Vec::new();
+    let mut tokens_restored = Vec::new();
+    let mut logged = Vec::new();
+    for n in 0..restarts {
+        let (elapsed, body, log) = restart_once(binary, &mock.bootstrap, &seeds, &log_path);
+        let json: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+        let tokens = json["partitions"][0]["tokens"].as_u64().unwrap_or(0);
+        let loaded_ms = logged_ms(&log, "loaded partition from redis");
+        let restored_ms = logged_ms(&log, "restored");
+        eprintln!(
+            "restart {}/{restarts}: ready after {:.0} ms, tokens {tokens}, lag {}, applied {} (log: load {loaded_ms:?} ms, restore done {restored_ms:?} ms)",
+            n + 1,
+            elapsed.as_secs_f64() * 1000.0,
+            json["partitions"][0]["lag"],
+            json["partitions"][0]["applied_offset"],
+        );
+        times.push(elapsed.as_secs_f64());
+        tokens_restored.push(tokens);
+        logged.push((loaded_ms, restored_ms));
+    }
+    let _ = std::fs::remove_file(&log_path);
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+
+    println!();
+    println!("shard_restart — release `swapstats shard`, Redis Cluster 3 masters + 3 replicas, mock Kafka, 2 cores");
+    println!(
+        "data: {swaps_total} swaps over 24 h ({:.1} swaps/s), {TOKENS} tokens (Zipf 1.1), 100,000 wallets, 1% duplicates",
+        swaps_total as f64 / 86_400.0
+    );
+    println!(
+        "fill: {batches} batches of ≤{BATCH} in {:.1} s (engine {:.1} s, persist {:.1} s = {:.1} ms/batch); applied {applied}, duplicates {duplicates}, late {late}; engine held {engine_tokens} tokens ({covered} of them got one extra swap because the Zipf stream never picked them)",
+        fill_time.as_secs_f64(),
+        engine_time.as_secs_f64(),
+        persist_time.as_secs_f64(),
+        persist_time.as_secs_f64() * 1000.0 / batches as f64
+    );
+    println!(
+        "redis used_memory: masters {:.1} MiB ({:.1} MiB before fill) → {:.0} bytes per token, {:.0} bytes per swap (data only); all 6 nodes {:.1} MiB",
+        mem_masters as f64 / 1048576.0,
+        mem_empty as f64 / 1048576.0,
+        (mem_masters - mem_empty.min(mem_masters)) as f64 / f64::from(TOKENS),
+        (mem_masters - mem_empty.min(mem_masters)) as f64 / swaps_total as f64,
+        mem_all as f64 / 1048576.0
+    );
+    println!(
+        "in-process store.load: min {:.0} ms, median {:.0} ms, max {:.0} ms ({} bucket deltas, {} wallet marks, {} events); engine.restore of it {:.0} ms",
+        load_times[0] * 1000.0,
+        median(&load_times) * 1000.0,
+        load_times[load_times.len() - 1] * 1000.0,
+        loaded.0,
+        loaded.1,
+        loaded.2,
+        restore_time.as_secs_f64() * 1000.0
+    );
+    println!();
+    println!(
+        "{:<10} {:>16} {:>16} {:>16} {:>10}",
+        "restart", "ready (ms)", "log: load (ms)", "log: restored", "tokens"
+    );
+    for (n, ((t, tokens), (load, restored))) in
+        times.iter().zip(&tokens_restored).zip(&logged).enumerate()
+    {
+        let show = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:<10} {:>16.0} {:>16} {:>16} {:>10}",
+            n + 1,
+            t * 1000.0,
+            show(load),
+            show(restored),
+            tokens
+        );
+    }
+    println!(
+        "kill -9 → ready: min {:.0} ms, median {:.0} ms, max {:.0} ms (target < 3000 ms)",
+        sorted[0] * 1000.0,
+        median(&sorted) * 1000.0,
+        sorted[sorted.len() - 1] * 1000.0
+    );
+    drop(store);
+    drop(runtime);
+    drop(mock);
+    drop(cluster);
+}
