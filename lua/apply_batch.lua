@@ -125,7 +125,7 @@ for _ = 1, ntokens do
     level, at, sides, wallet, pos = struct.unpack('<Bi8BI2c0', blob, pos)
     local key, field, expire_at = place(level, token, at)
     if expire_at > now then
-      wallet_ops[#wallet_ops + 1] = {key, field .. ':' .. wallet, sides, expire_at}
+      wallet_ops[#wallet_ops + 1] = {key, field .. ':' .. wallet, string.format('%d', sides), expire_at}
     end
   end
   if last_ms + index_keep > now then
@@ -146,22 +146,68 @@ if pos ~= #blob + 1 then
   return redis.error_reply('ERR swapstats: malformed batch payload')
 end
 
--- Phase 2: write.
+-- Phase 2: write. Fields are grouped by key so each hash costs one HMGET and
+-- one HSET per CHUNK fields instead of two calls per field: redis.call and
+-- the replicated commands dominate the script's time.
+local CHUNK = 512
 local expire = {}
-for _, op in ipairs(bucket_ops) do
-  local key, field = op[1], op[2]
-  redis.call('HSET', key, field, merge(redis.call('HGET', key, field), op[3]))
-  expire[key] = op[4]
-end
-for _, op in ipairs(wallet_ops) do
-  local key, field = op[1], op[2]
-  local old = tonumber(redis.call('HGET', key, field) or 0) or 0
-  local merged = bit.bor(old, op[3])
-  if merged ~= old then
-    redis.call('HSET', key, field, string.format('%d', merged))
+
+-- key -> {fields = {...}, values = {...}, at = {field -> index}}, keys in first-seen order.
+local function group(ops, combine)
+  local groups, order = {}, {}
+  for _, op in ipairs(ops) do
+    local key, field, value = op[1], op[2], op[3]
+    local g = groups[key]
+    if not g then
+      g = {fields = {}, values = {}, at = {}}
+      groups[key] = g
+      order[#order + 1] = key
+    end
+    local i = g.at[field]
+    if i then
+      g.values[i] = combine(g.values[i], value)
+    else
+      i = #g.fields + 1
+      g.fields[i], g.values[i], g.at[field] = field, value, i
+    end
+    expire[key] = op[4]
   end
-  expire[key] = op[4]
+  return groups, order
 end
+
+-- For each key, reads the stored values of its fields, and writes
+-- `combine(stored, new)` where that differs from what is stored.
+local function write_merged(ops, combine)
+  local groups, order = group(ops, combine)
+  for _, key in ipairs(order) do
+    local g = groups[key]
+    for first = 1, #g.fields, CHUNK do
+      local last = math.min(first + CHUNK - 1, #g.fields)
+      local stored = redis.call('HMGET', key, unpack(g.fields, first, last))
+      local args = {}
+      for i = first, last do
+        local old = stored[i - first + 1]
+        local merged = combine(old, g.values[i])
+        if merged ~= old then
+          args[#args + 1] = g.fields[i]
+          args[#args + 1] = merged
+        end
+      end
+      if #args > 0 then
+        redis.call('HSET', key, unpack(args))
+      end
+    end
+  end
+end
+
+-- Wallet side bits, stored as decimal strings: bit-or.
+local function merge_sides(old, new)
+  local merged = bit.bor(tonumber(old or 0) or 0, tonumber(new) or 0)
+  return string.format('%d', merged)
+end
+
+write_merged(bucket_ops, merge)
+write_merged(wallet_ops, merge_sides)
 for _, op in ipairs(event_ops) do
   redis.call('APPEND', op[1], op[2])
   expire[op[1]] = op[3]
