@@ -317,6 +317,38 @@ async fn ws_metrics(port: u16) -> Vec<String> {
     }
 }
 
+/// CPU time (user + system) of a process so far, in clock ticks (100 per s).
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name: state is the 3rd field, utime the 14th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// (name, pid) of this bench and its children.
+fn processes(children: &Children) -> Vec<(String, String)> {
+    let mut all = vec![(
+        "bench (clients + mock Kafka)".to_string(),
+        "self".to_string(),
+    )];
+    all.extend(
+        children
+            .procs
+            .iter()
+            .map(|(name, child)| (name.clone(), child.id().to_string())),
+    );
+    all
+}
+
 fn nofile_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
@@ -472,6 +504,10 @@ async fn run() {
     tokio::time::sleep(warmup).await;
     let before_metrics = ws_metrics(router_port).await;
     let updates_before = counters.updates.load(Ordering::Relaxed);
+    let cpu_before: Vec<u64> = processes(&children)
+        .iter()
+        .map(|(_, pid)| cpu_ticks(pid))
+        .collect();
     let measure_start = Instant::now();
     phase_tx.send_replace(1);
     let mut last = (measure_start, updates_before);
@@ -492,6 +528,14 @@ async fn run() {
     let measured = measure_start.elapsed();
     let updates = counters.updates.load(Ordering::Relaxed) - updates_before;
     let open_at_end = counters.open.load(Ordering::Relaxed);
+    let cpu: Vec<(String, f64)> = processes(&children)
+        .into_iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let busy = cpu_ticks(&pid).saturating_sub(before) as f64 / 100.0;
+            (name, 100.0 * busy / measured.as_secs_f64())
+        })
+        .collect();
     let router_metrics = ws_metrics(router_port).await;
     let shard_metrics = ws_metrics(shard_port).await;
     phase_tx.send_replace(2);
@@ -542,6 +586,14 @@ async fn run() {
             println!("  {what}: {r}");
         }
     }
+    let cpu: Vec<String> = cpu
+        .iter()
+        .map(|(name, pct)| format!("{name} {pct:.0}%"))
+        .collect();
+    println!(
+        "  CPU while measuring (100% = one core): {}",
+        cpu.join(", ")
+    );
     println!(
         "  router /metrics before measuring: {}",
         before_metrics.join("; ")
