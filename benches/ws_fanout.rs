@@ -335,11 +335,13 @@ fn cpu_ticks(pid: &str) -> u64 {
 }
 
 /// (name, pid) of this bench and its children.
-fn processes(children: &Children) -> Vec<(String, String)> {
-    let mut all = vec![(
-        "bench (clients + mock Kafka)".to_string(),
-        "self".to_string(),
-    )];
+fn processes(children: &Children, source: &str) -> Vec<(String, String)> {
+    let me = if source == "kafka" {
+        "bench (clients + mock Kafka)"
+    } else {
+        "bench (clients)"
+    };
+    let mut all = vec![(me.to_string(), "self".to_string())];
     all.extend(
         children
             .procs
@@ -504,7 +506,7 @@ async fn run() {
     tokio::time::sleep(warmup).await;
     let before_metrics = ws_metrics(router_port).await;
     let updates_before = counters.updates.load(Ordering::Relaxed);
-    let cpu_before: Vec<u64> = processes(&children)
+    let cpu_before: Vec<u64> = processes(&children, &source)
         .iter()
         .map(|(_, pid)| cpu_ticks(pid))
         .collect();
@@ -528,7 +530,7 @@ async fn run() {
     let measured = measure_start.elapsed();
     let updates = counters.updates.load(Ordering::Relaxed) - updates_before;
     let open_at_end = counters.open.load(Ordering::Relaxed);
-    let cpu: Vec<(String, f64)> = processes(&children)
+    let cpu: Vec<(String, f64)> = processes(&children, &source)
         .into_iter()
         .zip(cpu_before)
         .map(|((name, pid), before)| {
