@@ -26,6 +26,13 @@ pub async fn serve_on(
     app: axum::Router,
     stop: StopFlag,
 ) -> std::io::Result<()> {
+    // Small WS updates and JSON answers must leave at once: without NODELAY,
+    // Nagle waits for the client's delayed ACK (~40 ms per stall).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
