@@ -303,8 +303,14 @@ fn persist_span(batch: &PersistBatch<'_>, attempt: u32) -> Span {
     )
 }
 
+/// Ready when the lag is known and small and nothing is failing. An unknown lag
+/// (the partition's end not fetched yet) is not ready: a shard that has just
+/// restarted must not answer before it knows it has caught up.
 fn update_readiness<R: RecordSource>(core: &ShardCore, source: &R, config: &PipelineConfig) {
-    let lag = source.lag().unwrap_or(0);
+    let Some(lag) = source.lag() else {
+        core.set_ready(false);
+        return;
+    };
     core.counters.lag.store(lag, Ordering::Relaxed);
     core.set_ready(lag <= config.ready_max_lag && core.last_error().is_none());
 }
