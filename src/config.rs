@@ -241,7 +241,7 @@ impl Default for WsSettings {
         Self {
             coalesce: Duration::from_millis(100),
             ping_interval: Duration::from_secs(30),
-            client_queue: 256,
+            client_queue: 1024,
             max_subscriptions: 1000,
             max_message_bytes: 64 * 1024,
         }
@@ -361,11 +361,13 @@ impl Settings {
         if self.ingest.retention < self.ingest.dedup_horizon {
             return invalid("ingest.retention", "must be at least ingest.dedup_horizon");
         }
-        if self.ws.client_queue == 0 || self.ws.max_subscriptions == 0 {
-            return invalid(
-                "ws.client_queue",
-                "queues and subscription limits must be at least 1",
-            );
+        if self.ws.max_subscriptions == 0 {
+            return invalid("ws.max_subscriptions", "must be at least 1");
+        }
+        // One coalescing tick queues up to one update per subscribed token: a
+        // smaller queue would close clients that read promptly.
+        if self.ws.client_queue < self.ws.max_subscriptions {
+            return invalid("ws.client_queue", "must be at least ws.max_subscriptions");
         }
         Ok(())
     }
@@ -432,6 +434,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("partitions"), "{err}");
+        let err = Settings::load_from(None, env(&[("SWAPSTATS__WS__CLIENT_QUEUE", "10")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ws.client_queue"), "{err}");
     }
 
     #[test]

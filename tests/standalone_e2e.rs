@@ -289,6 +289,7 @@ async fn bad_ws_frames_get_error_frames_and_the_connection_stays() {
 async fn a_client_that_never_reads_is_dropped_and_others_keep_going() {
     let mut service = start_standalone(&[
         ("SWAPSTATS__WS__CLIENT_QUEUE", "64".to_string()),
+        ("SWAPSTATS__WS__MAX_SUBSCRIPTIONS", "64".to_string()),
         ("SWAPSTATS__WS__COALESCE", "10ms".to_string()),
         ("SWAPSTATS__GENERATOR__COUNT", "0".to_string()),
     ]);
