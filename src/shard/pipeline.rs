@@ -91,7 +91,7 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
             continue;
         }
         let span = batch_span(core.partition, &records);
-        apply_records(
+        let persisted = apply_records(
             &core,
             &records,
             store.as_ref(),
@@ -102,6 +102,11 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
         )
         .instrument(span.clone())
         .await;
+        if !persisted {
+            // Stopping during a store outage: the batch is not in Redis, so its
+            // offsets are not committed; the restart resumes before it.
+            break;
+        }
         if let Some(last) = records.last() {
             source.commit(last.offset)?;
         }
@@ -169,6 +174,8 @@ fn batch_span(partition: u32, records: &[SourceRecord]) -> Span {
     span
 }
 
+/// Decodes, applies and persists one batch. False when the pipeline stopped
+/// before the store accepted it.
 async fn apply_records<S: Store, D: DeadLetterSink>(
     core: &ShardCore,
     records: &[SourceRecord],
@@ -177,7 +184,7 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     config: &PipelineConfig,
     stop: &StopFlag,
     batch_span: &Span,
-) {
+) -> bool {
     let started = std::time::Instant::now();
     let partition_label = core.partition.to_string();
     let metrics = crate::telemetry::metrics();
@@ -203,7 +210,7 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
     let (effect, _counts) = core.apply_batch(&swaps, now);
     let (first_offset, last_offset) = match (records.first(), records.last()) {
         (Some(f), Some(l)) => (f.offset, l.offset),
-        _ => return,
+        _ => return true,
     };
     let batch = PersistBatch {
         partition: core.partition,
@@ -212,7 +219,9 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
         effect: &effect,
         now_ms: now,
     };
-    persist_with_retry(core, store, &batch, stop).await;
+    if !persist_with_retry(core, store, &batch, stop).await {
+        return false;
+    }
     core.counters.batches.fetch_add(1, Ordering::Relaxed);
     core.counters
         .applied_offset
@@ -224,16 +233,18 @@ async fn apply_records<S: Store, D: DeadLetterSink>(
         .batch_apply_seconds
         .with_label_values(&[partition_label.as_str()])
         .observe(started.elapsed().as_secs_f64());
+    true
 }
 
 /// Persists until the store accepts (or fences) the batch: an outage pauses
-/// the partition, it never drops or skips a batch.
+/// the partition, it never drops or skips a batch. False only when `stop` was
+/// set while the store kept failing.
 async fn persist_with_retry<S: Store>(
     core: &ShardCore,
     store: &S,
     batch: &PersistBatch<'_>,
     stop: &StopFlag,
-) {
+) -> bool {
     let mut backoff = Duration::from_millis(50);
     let traced = crate::telemetry::tracing_enabled();
     let mut attempt: u32 = 0;
@@ -279,7 +290,7 @@ async fn persist_with_retry<S: Store>(
                 core.set_error(Some(format!("store: {e}")));
                 tracing::warn!(partition = batch.partition, error = %e, "persist failed; retrying");
                 if stop.is_set() {
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -287,6 +298,7 @@ async fn persist_with_retry<S: Store>(
         }
     }
     core.set_error(None);
+    true
 }
 
 /// One store write attempt, child of the batch span.
@@ -313,4 +325,106 @@ fn update_readiness<R: RecordSource>(core: &ShardCore, source: &R, config: &Pipe
     };
     core.counters.lag.store(lag, Ordering::Relaxed);
     core.set_ready(lag <= config.ready_max_lag && core.last_error().is_none());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicI64;
+
+    use super::*;
+    use crate::config::GeneratorSettings;
+    use crate::shard::ChangeFeed;
+    use crate::source::SwapGenerator;
+    use crate::store::{Restored, StoreError};
+    use crate::swap::encode_swap;
+    use crate::window::{BatchEffect, EngineConfig};
+
+    /// A store that is down: every persist fails.
+    struct DownStore;
+
+    impl Store for DownStore {
+        async fn persist(&self, _: &PersistBatch<'_>) -> Result<PersistOutcome, StoreError> {
+            Err(StoreError::Config("down".into()))
+        }
+        async fn load(&self, _: u32, _: i64) -> Result<Restored, StoreError> {
+            Err(StoreError::Config("down".into()))
+        }
+        async fn load_token(
+            &self,
+            _: u32,
+            _: &str,
+            _: i64,
+        ) -> Result<Option<BatchEffect>, StoreError> {
+            Err(StoreError::Config("down".into()))
+        }
+    }
+
+    /// A fixed list of records that remembers the last committed offset.
+    struct ListSource {
+        records: std::vec::IntoIter<SourceRecord>,
+        committed: Arc<AtomicI64>,
+    }
+
+    impl RecordSource for ListSource {
+        async fn next_record(&mut self) -> Result<Option<SourceRecord>, SourceError> {
+            match self.records.next() {
+                Some(record) => Ok(Some(record)),
+                // Stay open, like a live partition with nothing new.
+                None => std::future::pending().await,
+            }
+        }
+        fn commit(&mut self, offset: i64) -> Result<(), SourceError> {
+            self.committed.store(offset, Ordering::Relaxed);
+            Ok(())
+        }
+        fn lag(&self) -> Option<i64> {
+            Some(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_during_a_store_outage_commits_nothing() {
+        let mut generator = SwapGenerator::new(&GeneratorSettings::default());
+        let records: Vec<SourceRecord> = (0..20)
+            .map(|offset| SourceRecord {
+                offset,
+                payload: encode_swap(&generator.next_swap(crate::now_ms())),
+                traceparent: None,
+            })
+            .collect();
+        let committed = Arc::new(AtomicI64::new(-1));
+        let source = ListSource {
+            records: records.into_iter(),
+            committed: committed.clone(),
+        };
+        let engine = EngineConfig {
+            windows: vec![crate::window::WindowSpec::parse("5m").expect("window")],
+            dedup_horizon_ms: 86_400_000,
+            retention_ms: 2 * 86_400_000,
+        };
+        let core = Arc::new(ShardCore::new(0, engine, Arc::new(ChangeFeed::default())));
+        let config = PipelineConfig {
+            batch_max_swaps: 100,
+            batch_max_delay: Duration::from_millis(5),
+            ready_max_lag: 0,
+            limits: SwapLimits::default(),
+        };
+        let stop = StopFlag::default();
+        let pipeline = tokio::spawn(run_pipeline(
+            core.clone(),
+            source,
+            Arc::new(DownStore),
+            LogDeadLetters,
+            config,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!core.is_ready(), "a failing store makes the shard unready");
+        stop.set();
+        let result = tokio::time::timeout(Duration::from_secs(5), pipeline).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "the pipeline stops");
+        assert_eq!(committed.load(Ordering::Relaxed), -1, "nothing committed");
+        assert_eq!(core.counters.batches.load(Ordering::Relaxed), 0);
+        assert_eq!(core.counters.applied_offset.load(Ordering::Relaxed), -1);
+    }
 }
