@@ -1,6 +1,7 @@
 //! The batch loop of one partition: read records, decode (bad ones to the dead
 //! letter sink), apply to the engine, persist the batch's effect in one store
 //! call, and only then commit the source offset and announce the changed tokens.
+//! Persisting batch N overlaps reading and applying batch N+1.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,7 @@ use tracing::{Instrument, Span};
 use super::ShardCore;
 use crate::store::{PersistBatch, PersistOutcome, Store};
 use crate::swap::{decode_swap, Rejection, Swap, SwapLimits};
+use crate::window::BatchEffect;
 
 /// One message from the source: its offset in the partition and raw payload.
 #[derive(Debug, Clone)]
@@ -82,37 +84,45 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     stop: StopFlag,
 ) -> Result<(), SourceError> {
     let mut records = Vec::with_capacity(config.batch_max_swaps);
+    // Applied to the engine, not yet persisted: at most one batch.
+    let mut pending: Option<AppliedBatch> = None;
     let mut ended = false;
-    while !ended && !stop.is_set() {
-        records.clear();
-        ended = fill_batch(&mut source, &mut records, &config, &stop).await?;
-        update_readiness(&core, &source, &config);
-        if records.is_empty() {
-            continue;
+    loop {
+        let reading = !ended && !stop.is_set();
+        if !reading && pending.is_none() {
+            return Ok(());
         }
-        let span = batch_span(core.partition, &records);
-        let persisted = apply_records(
-            &core,
-            &records,
-            store.as_ref(),
-            &mut dead_letters,
-            &config,
-            &stop,
-            &span,
-        )
-        .instrument(span.clone())
-        .await;
-        if !persisted {
-            // Stopping during a store outage: the batch is not in Redis, so its
-            // offsets are not committed; the restart resumes before it.
-            break;
+        // The previous batch is persisted while the next one is read, decoded
+        // and applied, so the source and the engine work while Redis does.
+        // Batches still reach the store one at a time and in order.
+        let persist = async {
+            match &pending {
+                Some(batch) => persist_applied(&core, store.as_ref(), batch, &stop).await,
+                None => true,
+            }
+        };
+        let read = async {
+            if !reading {
+                return Ok((ended, None));
+            }
+            records.clear();
+            let source_ended = fill_batch(&mut source, &mut records, &config, &stop).await?;
+            update_readiness(&core, &source, &config);
+            let next = apply_records(&core, &records, &mut dead_letters, &config).await;
+            Ok::<_, SourceError>((source_ended, next))
+        };
+        let (persisted, read) = tokio::join!(persist, read);
+        if let Some(batch) = pending.take() {
+            if !persisted {
+                // Stopping during a store outage: the batch is not in Redis, so
+                // its offsets are not committed; the restart resumes before it.
+                return read.map(|_| ());
+            }
+            source.commit(batch.last_offset)?;
         }
-        if let Some(last) = records.last() {
-            source.commit(last.offset)?;
-        }
+        (ended, pending) = read?;
         update_readiness(&core, &source, &config);
     }
-    Ok(())
 }
 
 /// Reads records until the batch is full or its delay is up. Returns true when
@@ -174,65 +184,97 @@ fn batch_span(partition: u32, records: &[SourceRecord]) -> Span {
     span
 }
 
-/// Decodes, applies and persists one batch. False when the pipeline stopped
-/// before the store accepted it.
-async fn apply_records<S: Store, D: DeadLetterSink>(
+/// A batch decoded and applied to the engine, waiting to be persisted.
+struct AppliedBatch {
+    effect: BatchEffect,
+    first_offset: i64,
+    last_offset: i64,
+    now_ms: i64,
+    /// The batch's `apply_batch` span (disabled unless exporting).
+    span: Span,
+    started: std::time::Instant,
+}
+
+/// Decodes `records` (bad ones to the dead-letter sink) and applies the good
+/// ones to the engine. `None` for an empty batch.
+async fn apply_records<D: DeadLetterSink>(
     core: &ShardCore,
     records: &[SourceRecord],
-    store: &S,
     dead_letters: &mut D,
     config: &PipelineConfig,
-    stop: &StopFlag,
-    batch_span: &Span,
-) -> bool {
+) -> Option<AppliedBatch> {
+    let (first_offset, last_offset) = (records.first()?.offset, records.last()?.offset);
     let started = std::time::Instant::now();
-    let partition_label = core.partition.to_string();
-    let metrics = crate::telemetry::metrics();
-    metrics
-        .batch_swaps
-        .with_label_values(&[partition_label.as_str()])
-        .observe(records.len() as f64);
-    let now = crate::now_ms();
-    let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
-    for record in records {
-        match decode_swap(&record.payload, &config.limits, now) {
-            Ok(swap) => swaps.push(swap),
-            Err(rejection) => {
-                core.counters.reject(rejection.reason);
-                core.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                dead_letters.send(record, core.partition, &rejection).await;
+    let span = batch_span(core.partition, records);
+    let now_ms = crate::now_ms();
+    let effect = async {
+        crate::telemetry::metrics()
+            .batch_swaps
+            .with_label_values(&[core.partition.to_string().as_str()])
+            .observe(records.len() as f64);
+        let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
+        for record in records {
+            match decode_swap(&record.payload, &config.limits, now_ms) {
+                Ok(swap) => swaps.push(swap),
+                Err(rejection) => {
+                    core.counters.reject(rejection.reason);
+                    core.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    dead_letters.send(record, core.partition, &rejection).await;
+                }
             }
         }
+        core.counters
+            .consumed
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        core.apply_batch(&swaps, now_ms).0
     }
-    core.counters
-        .consumed
-        .fetch_add(records.len() as u64, Ordering::Relaxed);
-    let (effect, _counts) = core.apply_batch(&swaps, now);
-    let (first_offset, last_offset) = match (records.first(), records.last()) {
-        (Some(f), Some(l)) => (f.offset, l.offset),
-        _ => return true,
-    };
-    let batch = PersistBatch {
-        partition: core.partition,
+    .instrument(span.clone())
+    .await;
+    Some(AppliedBatch {
+        effect,
         first_offset,
         last_offset,
-        effect: &effect,
-        now_ms: now,
+        now_ms,
+        span,
+        started,
+    })
+}
+
+/// Persists an applied batch, then publishes it: the applied offset, and the
+/// changed tokens for WS updates. False when the pipeline stopped before the
+/// store accepted it.
+async fn persist_applied<S: Store>(
+    core: &ShardCore,
+    store: &S,
+    batch: &AppliedBatch,
+    stop: &StopFlag,
+) -> bool {
+    let persist = PersistBatch {
+        partition: core.partition,
+        first_offset: batch.first_offset,
+        last_offset: batch.last_offset,
+        effect: &batch.effect,
+        now_ms: batch.now_ms,
     };
-    if !persist_with_retry(core, store, &batch, stop).await {
+    if !persist_with_retry(core, store, &persist, stop)
+        .instrument(batch.span.clone())
+        .await
+    {
         return false;
     }
     core.counters.batches.fetch_add(1, Ordering::Relaxed);
     core.counters
         .applied_offset
-        .store(last_offset, Ordering::Relaxed);
+        .store(batch.last_offset, Ordering::Relaxed);
     // The WS pushes of these tokens continue the batch's trace.
-    core.changes
-        .mark_traced(effect.tokens(), crate::telemetry::span_context(batch_span));
-    metrics
+    core.changes.mark_traced(
+        batch.effect.tokens(),
+        crate::telemetry::span_context(&batch.span),
+    );
+    crate::telemetry::metrics()
         .batch_apply_seconds
-        .with_label_values(&[partition_label.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+        .with_label_values(&[core.partition.to_string().as_str()])
+        .observe(batch.started.elapsed().as_secs_f64());
     true
 }
 
