@@ -486,10 +486,11 @@ fn offline_split(settings: &Settings, payloads: &[Vec<u8>], batch: usize) -> Off
         .map(|chunk| engine.apply_batch(chunk, now).0)
         .collect();
     let engine_ns = started.elapsed().as_nanos() as f64 / swaps.len() as f64;
+    let lifetimes = RedisStoreOptions::from_ingest(&settings.ingest).lifetimes();
     let started = Instant::now();
     let bytes: usize = effects
         .iter()
-        .map(|e| encode_batch(e).expect("encode").len())
+        .map(|e| encode_batch(0, e, now, &lifetimes).expect("encode").len())
         .sum();
     let encode_ns = started.elapsed().as_nanos() as f64 / swaps.len() as f64;
     let n = effects.len().max(1) as f64;

@@ -11,6 +11,8 @@
 -- ARGV[5]  ms minute buckets / minute wallet marks are kept after their day ends (retention)
 -- ARGV[6]  ms event ids are kept after their hour ends (dedup horizon)
 -- ARGV[7]  ms added to every TTL
+--          (ARGV[4..7] set the token index's lifetime; the payload carries each
+--           key's absolute expiry, computed by the same rules in Rust)
 -- ARGV[8]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
 -- ARGV[9]  the batch payload (binary)
 --
@@ -40,16 +42,16 @@ end
 local now = tonumber(ARGV[3])
 local second_keep = tonumber(ARGV[4])
 local minute_keep = tonumber(ARGV[5])
-local dedup_keep = tonumber(ARGV[6])
 local margin = tonumber(ARGV[7])
 local blob = ARGV[9]
+local index_keep = math.max(second_keep, minute_keep) + margin
 
-local HOUR_MS = 3600000
-local DAY_MS = 86400000
 -- txns buys sells | volume_usd buy_usd sell_usd volume_token |
 -- open: at_ms tie_hi tie_lo price | close: at_ms tie_hi tie_lo price | high low
 local BUCKET = '<I4I4I4ddddi8I4I4di8I4I4ddd'
 local BUCKET_LEN = 108
+-- Fields per HMGET / HSET call.
+local CHUNK = 512
 
 -- (a_at, a_hi, a_lo) < (b_at, b_hi, b_lo), lexicographically
 local function before(a_at, a_hi, a_lo, b_at, b_hi, b_lo)
@@ -58,7 +60,8 @@ local function before(a_at, a_hi, a_lo, b_at, b_hi, b_lo)
   return a_lo < b_lo
 end
 
--- Bucket::merge of two encoded buckets (same rules as src/window/bucket.rs).
+-- Bucket::merge of a stored bucket (or false) and a delta (same rules as
+-- src/window/bucket.rs).
 local function merge(old, new)
   if not old then return new end
   local d = {struct.unpack(BUCKET, new)}
@@ -84,141 +87,88 @@ local function merge(old, new)
     s[10], s[11], s[12], s[13], s[14], s[15], s[16], s[17])
 end
 
--- key, field and absolute expiry of the bucket at `at` of `level` (0 = second,
--- 1 = minute); its wallet marks live in the same hash under `field:wallet`.
-local function place(level, token, at)
-  if level == 0 then
-    local h = math.floor(at / 3600)
-    return prefix .. 's:' .. token .. ':' .. string.format('%d', h),
-      string.format('%d', at - h * 3600), (h + 1) * HOUR_MS + second_keep + margin
-  else
-    local d = math.floor(at / 1440)
-    return prefix .. 'm:' .. token .. ':' .. string.format('%d', d),
-      string.format('%d', at - d * 1440), (d + 1) * DAY_MS + minute_keep + margin
-  end
+-- Wallet side bits ('1' buy, '2' sell, '3' both): bit-or.
+local function merge_sides(old, new)
+  if not old or old == new then return new end
+  return string.format('%d', bit.bor(tonumber(old) or 0, tonumber(new) or 0))
 end
 
--- Phase 1: parse the whole payload (a malformed one fails here, before any write).
-local bucket_ops, wallet_ops, token_ops, event_ops = {}, {}, {}, {}
-local index_keep = math.max(second_keep, minute_keep) + margin
+-- Phase 1: parse the whole payload (a malformed one fails here, before any
+-- write). Keys, fields and expiries come computed from Rust (src/store/codec.rs),
+-- already without data whose key would be expired.
+local hashes, tokens, events = {}, {}, {}
 local pos = 1
-local ntokens
-ntokens, pos = struct.unpack('<I4', blob, pos)
-for _ = 1, ntokens do
-  local token, last_ms, n
-  token, last_ms, n, pos = struct.unpack('<I2c0i8I4', blob, pos)
-  for _ = 1, n do
-    local level, at
-    level, at, pos = struct.unpack('<Bi8', blob, pos)
+local n
+n, pos = struct.unpack('<I4', blob, pos)
+for h = 1, n do
+  local key, expire_at, nb, nw
+  key, expire_at, nb, pos = struct.unpack('<I2c0i8I4', blob, pos)
+  local bfields, bvalues = {}, {}
+  for i = 1, nb do
+    bfields[i], pos = struct.unpack('<I2c0', blob, pos)
     if pos + BUCKET_LEN - 1 > #blob then
       return redis.error_reply('ERR swapstats: truncated batch payload')
     end
-    local key, field, expire_at = place(level, token, at)
-    if expire_at > now then
-      bucket_ops[#bucket_ops + 1] = {key, field, string.sub(blob, pos, pos + BUCKET_LEN - 1), expire_at}
-    end
+    bvalues[i] = string.sub(blob, pos, pos + BUCKET_LEN - 1)
     pos = pos + BUCKET_LEN
   end
-  n, pos = struct.unpack('<I4', blob, pos)
-  for _ = 1, n do
-    local level, at, sides, wallet
-    level, at, sides, wallet, pos = struct.unpack('<Bi8BI2c0', blob, pos)
-    local key, field, expire_at = place(level, token, at)
-    if expire_at > now then
-      wallet_ops[#wallet_ops + 1] = {key, field .. ':' .. wallet, string.format('%d', sides), expire_at}
-    end
+  nw, pos = struct.unpack('<I4', blob, pos)
+  local wfields, wvalues = {}, {}
+  for i = 1, nw do
+    wfields[i], wvalues[i], pos = struct.unpack('<I2c0c1', blob, pos)
   end
-  if last_ms + index_keep > now then
-    token_ops[#token_ops + 1] = {token, last_ms}
-  end
+  hashes[h] = {key, expire_at, bfields, bvalues, wfields, wvalues}
 end
-local nhours
-nhours, pos = struct.unpack('<I4', blob, pos)
-for _ = 1, nhours do
-  local hour, records
-  hour, records, pos = struct.unpack('<i8I4c0', blob, pos)
-  local expire_at = (hour + 1) * HOUR_MS + dedup_keep + margin
-  if expire_at > now and #records > 0 then
-    event_ops[#event_ops + 1] = {prefix .. 'e:' .. string.format('%d', hour), records, expire_at}
-  end
+n, pos = struct.unpack('<I4', blob, pos)
+for t = 1, n do
+  local token, last_ms
+  token, last_ms, pos = struct.unpack('<I2c0i8', blob, pos)
+  tokens[t] = {token, last_ms}
+end
+n, pos = struct.unpack('<I4', blob, pos)
+for e = 1, n do
+  local key, expire_at, records
+  key, expire_at, records, pos = struct.unpack('<I2c0i8I4c0', blob, pos)
+  events[e] = {key, expire_at, records}
 end
 if pos ~= #blob + 1 then
   return redis.error_reply('ERR swapstats: malformed batch payload')
 end
 
--- Phase 2: write. Fields are grouped by key so each hash costs one HMGET and
--- one HSET per CHUNK fields instead of two calls per field: redis.call and
--- the replicated commands dominate the script's time.
-local CHUNK = 512
-local expire = {}
-
--- key -> {fields = {...}, values = {...}, at = {field -> index}}, keys in first-seen order.
-local function group(ops, combine)
-  local groups, order = {}, {}
-  for _, op in ipairs(ops) do
-    local key, field, value = op[1], op[2], op[3]
-    local g = groups[key]
-    if not g then
-      g = {fields = {}, values = {}, at = {}}
-      groups[key] = g
-      order[#order + 1] = key
-    end
-    local i = g.at[field]
-    if i then
-      g.values[i] = combine(g.values[i], value)
-    else
-      i = #g.fields + 1
-      g.fields[i], g.values[i], g.at[field] = field, value, i
-    end
-    expire[key] = op[4]
-  end
-  return groups, order
-end
-
--- For each key, reads the stored values of its fields, and writes
--- `combine(stored, new)` where that differs from what is stored.
-local function write_merged(ops, combine)
-  local groups, order = group(ops, combine)
-  for _, key in ipairs(order) do
-    local g = groups[key]
-    for first = 1, #g.fields, CHUNK do
-      local last = math.min(first + CHUNK - 1, #g.fields)
-      local stored = redis.call('HMGET', key, unpack(g.fields, first, last))
-      local args = {}
-      for i = first, last do
-        local old = stored[i - first + 1]
-        local merged = combine(old, g.values[i])
-        if merged ~= old then
-          args[#args + 1] = g.fields[i]
-          args[#args + 1] = merged
-        end
+-- Phase 2: write. Each hash costs one HMGET and at most one HSET per CHUNK
+-- fields: redis.call and the replicated commands dominate the script's time.
+local function write_merged(key, fields, values, combine)
+  for first = 1, #fields, CHUNK do
+    local last = math.min(first + CHUNK - 1, #fields)
+    local stored = redis.call('HMGET', key, unpack(fields, first, last))
+    local args = {}
+    for i = first, last do
+      local old = stored[i - first + 1]
+      local merged = combine(old, values[i])
+      if merged ~= old then
+        args[#args + 1] = fields[i]
+        args[#args + 1] = merged
       end
-      if #args > 0 then
-        redis.call('HSET', key, unpack(args))
-      end
+    end
+    if #args > 0 then
+      redis.call('HSET', key, unpack(args))
     end
   end
 end
 
--- Wallet side bits, stored as decimal strings: bit-or.
-local function merge_sides(old, new)
-  local merged = bit.bor(tonumber(old or 0) or 0, tonumber(new) or 0)
-  return string.format('%d', merged)
+for _, h in ipairs(hashes) do
+  write_merged(h[1], h[3], h[4], merge)
+  write_merged(h[1], h[5], h[6], merge_sides)
+  redis.call('PEXPIREAT', h[1], string.format('%d', h[2]))
 end
-
-write_merged(bucket_ops, merge)
-write_merged(wallet_ops, merge_sides)
-for _, op in ipairs(event_ops) do
-  redis.call('APPEND', op[1], op[2])
-  expire[op[1]] = op[3]
-end
-for key, at in pairs(expire) do
-  redis.call('PEXPIREAT', key, string.format('%d', at))
+for _, e in ipairs(events) do
+  redis.call('APPEND', e[1], e[3])
+  redis.call('PEXPIREAT', e[1], string.format('%d', e[2]))
 end
 
 local tokens_key = prefix .. 'tokens'
-for _, op in ipairs(token_ops) do
-  redis.call('ZADD', tokens_key, 'GT', string.format('%d', op[2]), op[1])
+for _, t in ipairs(tokens) do
+  redis.call('ZADD', tokens_key, 'GT', string.format('%d', t[2]), t[1])
 end
 redis.call('ZREMRANGEBYSCORE', tokens_key, '-inf', '(' .. string.format('%d', now - index_keep))
 if redis.call('EXISTS', tokens_key) == 1 then

@@ -11,35 +11,30 @@
 //! **Event record**, 20 bytes: the 128-bit event key (16 bytes, little-endian)
 //! then the block time's millisecond within its hour (u32).
 //!
-//! **Batch payload** (ARGV of `apply_batch.lua`):
+//! **Batch payload** (ARGV of `apply_batch.lua`). Key names, fields and
+//! absolute expiries are computed here, so the script only merges and writes;
+//! data whose key would already be expired is left out.
 //! ```text
+//! u32 hash_count
+//!   hash_count × { u16 len, key, i64 expire_at_ms,
+//!                  u32 n, n × { u16 len, field, bucket },
+//!                  u32 m, m × { u16 len, field "<n>:<wallet>", u8 sides as '1' | '2' | '3' } }
 //! u32 token_count
-//!   token_count × { u16 len, token bytes, i64 last_ms,
-//!                   u32 n, n × { u8 level (0 second, 1 minute), i64 at, bucket },
-//!                   u32 m, m × { u8 level, i64 at, u8 sides, u16 len, wallet bytes } }
-//! u32 hour_count
-//!   hour_count × { i64 hour, u32 len, len bytes of event records }
+//!   token_count × { u16 len, token, i64 last_ms }
+//! u32 event_key_count
+//!   event_key_count × { u16 len, key, i64 expire_at_ms, u32 len, event records }
 //! ```
 
 use std::collections::BTreeMap;
 
-use super::keys::HOUR_MS;
+use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
-use crate::window::{
-    AppliedEvent, BatchEffect, Bucket, BucketDelta, Level, PricePoint, WalletMark,
-};
+use crate::window::{AppliedEvent, BatchEffect, Bucket, Level, PricePoint};
 
 /// Encoded size of one bucket.
 pub const BUCKET_LEN: usize = 108;
 /// Encoded size of one event record.
 pub const EVENT_LEN: usize = 20;
-
-fn level_code(level: Level) -> u8 {
-    match level {
-        Level::Second => 0,
-        Level::Minute => 1,
-    }
-}
 
 fn put_point(out: &mut Vec<u8>, p: &PricePoint) {
     out.extend_from_slice(&p.at_ms.to_le_bytes());
@@ -167,11 +162,57 @@ pub fn decode_events(
     Ok(())
 }
 
+/// How long each kind of key outlives the period it covers, in ms: the TTL
+/// rules of `docs/redis-keys.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLifetimes {
+    /// Second buckets and second-level wallet marks, after their hour.
+    pub second_keep_ms: i64,
+    /// Minute buckets and minute-level wallet marks, after their day (retention).
+    pub minute_keep_ms: i64,
+    /// Event ids, after their hour (dedup horizon).
+    pub dedup_ms: i64,
+    /// Added to every TTL.
+    pub margin_ms: i64,
+}
+
+impl KeyLifetimes {
+    /// How long a token stays in the partition's token index after its last swap.
+    pub fn index_keep_ms(&self) -> i64 {
+        self.second_keep_ms.max(self.minute_keep_ms) + self.margin_ms
+    }
+
+    /// Key, field and absolute expiry of the bucket at `at` of `level`.
+    fn place(&self, partition: u32, token: &str, level: Level, at: i64) -> (String, i64, i64) {
+        match level {
+            Level::Second => {
+                let hour = at.div_euclid(3600);
+                let expire_at = (hour + 1) * HOUR_MS + self.second_keep_ms + self.margin_ms;
+                (
+                    keys::seconds(partition, token, hour),
+                    at - hour * 3600,
+                    expire_at,
+                )
+            }
+            Level::Minute => {
+                let day = at.div_euclid(1440);
+                let expire_at = (day + 1) * DAY_MS + self.minute_keep_ms + self.margin_ms;
+                (
+                    keys::minutes(partition, token, day),
+                    at - day * 1440,
+                    expire_at,
+                )
+            }
+        }
+    }
+}
+
+/// One bucket/wallet hash of a batch: its fields, each once.
 #[derive(Default)]
-struct TokenGroup<'a> {
-    buckets: Vec<&'a BucketDelta>,
-    wallets: Vec<&'a WalletMark>,
-    last_ms: i64,
+struct HashWrite {
+    expire_at: i64,
+    buckets: BTreeMap<i64, Bucket>,
+    wallets: BTreeMap<(i64, String), u8>,
 }
 
 fn bucket_start_ms(level: Level, at: i64) -> i64 {
@@ -182,12 +223,7 @@ fn bucket_start_ms(level: Level, at: i64) -> i64 {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
-    let len = u16::try_from(s.len()).map_err(|_| {
-        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", s.len()))
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
+    put_bytes(out, s.as_bytes(), what)
 }
 
 fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
@@ -196,23 +232,50 @@ fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Encodes a batch's effect as the payload of `apply_batch.lua`.
-pub fn encode_batch(effect: &BatchEffect) -> Result<Vec<u8>, StoreError> {
-    let mut groups: BTreeMap<&str, TokenGroup<'_>> = BTreeMap::new();
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8], what: &str) -> Result<(), StoreError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| {
+        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", bytes.len()))
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Encodes partition `partition`'s batch `effect`, as of `now_ms`, as the
+/// payload of `apply_batch.lua`.
+pub fn encode_batch(
+    partition: u32,
+    effect: &BatchEffect,
+    now_ms: i64,
+    lifetimes: &KeyLifetimes,
+) -> Result<Vec<u8>, StoreError> {
+    let mut hashes: BTreeMap<String, HashWrite> = BTreeMap::new();
+    let mut tokens: BTreeMap<&str, i64> = BTreeMap::new();
     for d in &effect.buckets {
-        let g = groups.entry(d.token.as_str()).or_default();
-        g.buckets.push(d);
         let last = if d.delta.is_empty() {
             bucket_start_ms(d.level, d.at)
         } else {
             d.delta.close.at_ms
         };
-        g.last_ms = g.last_ms.max(last);
+        let seen = tokens.entry(d.token.as_str()).or_insert(last);
+        *seen = (*seen).max(last);
+        let (key, field, expire_at) = lifetimes.place(partition, &d.token, d.level, d.at);
+        if expire_at > now_ms {
+            let hash = hashes.entry(key).or_default();
+            hash.expire_at = expire_at;
+            hash.buckets.entry(field).or_default().merge(&d.delta);
+        }
     }
     for w in &effect.wallets {
-        let g = groups.entry(w.token.as_str()).or_default();
-        g.wallets.push(w);
-        g.last_ms = g.last_ms.max(bucket_start_ms(w.level, w.at));
+        let start = bucket_start_ms(w.level, w.at);
+        let seen = tokens.entry(w.token.as_str()).or_insert(start);
+        *seen = (*seen).max(start);
+        let (key, field, expire_at) = lifetimes.place(partition, &w.token, w.level, w.at);
+        if expire_at > now_ms {
+            let hash = hashes.entry(key).or_default();
+            hash.expire_at = expire_at;
+            *hash.wallets.entry((field, w.wallet.clone())).or_default() |= w.sides;
+        }
     }
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for e in &effect.events {
@@ -225,32 +288,48 @@ pub fn encode_batch(effect: &BatchEffect) -> Result<Vec<u8>, StoreError> {
     }
 
     let mut out = Vec::with_capacity(
-        16 + effect.buckets.len() * (BUCKET_LEN + 9)
-            + effect.wallets.len() * 64
+        16 + effect.buckets.len() * (BUCKET_LEN + 8)
+            + effect.wallets.len() * 48
             + effect.events.len() * EVENT_LEN
-            + groups.len() * 32,
+            + hashes.len() * 48,
     );
-    put_count(&mut out, groups.len())?;
-    for (token, g) in &groups {
-        put_str(&mut out, token, "token")?;
-        out.extend_from_slice(&g.last_ms.to_le_bytes());
-        put_count(&mut out, g.buckets.len())?;
-        for d in &g.buckets {
-            out.push(level_code(d.level));
-            out.extend_from_slice(&d.at.to_le_bytes());
-            encode_bucket(&d.delta, &mut out);
+    put_count(&mut out, hashes.len())?;
+    for (key, hash) in &hashes {
+        put_str(&mut out, key, "key")?;
+        out.extend_from_slice(&hash.expire_at.to_le_bytes());
+        put_count(&mut out, hash.buckets.len())?;
+        for (field, bucket) in &hash.buckets {
+            put_str(&mut out, &field.to_string(), "field")?;
+            encode_bucket(bucket, &mut out);
         }
-        put_count(&mut out, g.wallets.len())?;
-        for w in &g.wallets {
-            out.push(level_code(w.level));
-            out.extend_from_slice(&w.at.to_le_bytes());
-            out.push(w.sides);
-            put_str(&mut out, &w.wallet, "wallet")?;
+        put_count(&mut out, hash.wallets.len())?;
+        for ((field, wallet), sides) in &hash.wallets {
+            put_bytes(&mut out, format!("{field}:{wallet}").as_bytes(), "wallet")?;
+            out.push(b'0' + (sides & 3));
         }
     }
-    put_count(&mut out, hours.len())?;
-    for (hour, records) in &hours {
-        out.extend_from_slice(&hour.to_le_bytes());
+    let index_keep = lifetimes.index_keep_ms();
+    let live: Vec<(&str, i64)> = tokens
+        .into_iter()
+        .filter(|(_, last_ms)| last_ms + index_keep > now_ms)
+        .collect();
+    put_count(&mut out, live.len())?;
+    for (token, last_ms) in live {
+        put_str(&mut out, token, "token")?;
+        out.extend_from_slice(&last_ms.to_le_bytes());
+    }
+    let expiring: Vec<(i64, i64, &Vec<u8>)> = hours
+        .iter()
+        .map(|(hour, records)| {
+            let expire_at = (hour + 1) * HOUR_MS + lifetimes.dedup_ms + lifetimes.margin_ms;
+            (*hour, expire_at, records)
+        })
+        .filter(|(_, expire_at, records)| *expire_at > now_ms && !records.is_empty())
+        .collect();
+    put_count(&mut out, expiring.len())?;
+    for (hour, expire_at, records) in expiring {
+        put_str(&mut out, &keys::events(partition, hour), "key")?;
+        out.extend_from_slice(&expire_at.to_le_bytes());
         put_count(&mut out, records.len())?;
         out.extend_from_slice(records);
     }
@@ -260,6 +339,7 @@ pub fn encode_batch(effect: &BatchEffect) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::BucketDelta;
 
     fn sample() -> Bucket {
         Bucket {
@@ -331,8 +411,14 @@ mod tests {
             }],
             ..BatchEffect::default()
         };
+        let lifetimes = KeyLifetimes {
+            second_keep_ms: 7_200_000,
+            minute_keep_ms: 172_800_000,
+            dedup_ms: 86_400_000,
+            margin_ms: 600_000,
+        };
         assert!(matches!(
-            encode_batch(&effect),
+            encode_batch(0, &effect, 0, &lifetimes),
             Err(StoreError::InvalidBatch(_))
         ));
     }

@@ -2,8 +2,9 @@
 //!
 //! Every key of partition `p` starts with `ss:{p}:`: the `{p}` hash tag puts all
 //! of a partition's keys in one Redis Cluster slot, so one Lua call can update
-//! them atomically. `lua/apply_batch.lua` builds the same names; the two must
-//! agree byte for byte.
+//! them atomically. Key names are built here (the script derives only
+//! `ss:{p}:tokens` from `KEYS[1]`):
+//! `lua/apply_batch.lua` gets them in the batch payload.
 
 /// Milliseconds per hour: second buckets and event ids are grouped per hour.
 pub const HOUR_MS: i64 = 3_600_000;

@@ -31,7 +31,7 @@ use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
-use super::codec::{decode_bucket, decode_events, encode_batch};
+use super::codec::{decode_bucket, decode_events, encode_batch, KeyLifetimes};
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
@@ -110,7 +110,16 @@ impl RedisStoreOptions {
         ms(self.ttl_margin)
     }
     fn index_keep_ms(&self) -> i64 {
-        self.second_keep_ms().max(self.retention_ms()) + self.margin_ms()
+        self.lifetimes().index_keep_ms()
+    }
+    /// The TTL rules the batch payload is encoded with.
+    pub fn lifetimes(&self) -> KeyLifetimes {
+        KeyLifetimes {
+            second_keep_ms: self.second_keep_ms(),
+            minute_keep_ms: self.retention_ms(),
+            dedup_ms: self.dedup_ms(),
+            margin_ms: self.margin_ms(),
+        }
     }
 }
 
@@ -688,7 +697,12 @@ impl Store for RedisStore {
                 batch.first_offset, batch.last_offset
             )));
         }
-        let payload = encode_batch(batch.effect)?;
+        let payload = encode_batch(
+            batch.partition,
+            batch.effect,
+            batch.now_ms,
+            &self.options.lifetimes(),
+        )?;
         let key = keys::applied(batch.partition);
         let o = &self.options;
         let build = |verb: &str, script: &str| {
