@@ -182,37 +182,43 @@ impl KeyLifetimes {
         self.second_keep_ms.max(self.minute_keep_ms) + self.margin_ms
     }
 
-    /// Key, field and absolute expiry of the bucket at `at` of `level`.
-    fn place(&self, partition: u32, token: &str, level: Level, at: i64) -> (String, i64, i64) {
-        match level {
-            Level::Second => {
-                let hour = at.div_euclid(3600);
-                let expire_at = (hour + 1) * HOUR_MS + self.second_keep_ms + self.margin_ms;
-                (
-                    keys::seconds(partition, token, hour),
-                    at - hour * 3600,
-                    expire_at,
-                )
-            }
-            Level::Minute => {
-                let day = at.div_euclid(1440);
-                let expire_at = (day + 1) * DAY_MS + self.minute_keep_ms + self.margin_ms;
-                (
-                    keys::minutes(partition, token, day),
-                    at - day * 1440,
-                    expire_at,
-                )
-            }
+    /// The hash holding the bucket at `at` of `level`, and the bucket's field in it.
+    fn place(&self, level: Level, at: i64) -> (HashId, i64) {
+        let span = match level {
+            Level::Second => 3600,
+            Level::Minute => 1440,
+        };
+        let period = at.div_euclid(span);
+        (HashId { level, period }, at - period * span)
+    }
+
+    /// The key name and absolute expiry of `token`'s hash `id`.
+    fn key(&self, partition: u32, token: &str, id: HashId) -> (String, i64) {
+        match id.level {
+            Level::Second => (
+                keys::seconds(partition, token, id.period),
+                (id.period + 1) * HOUR_MS + self.second_keep_ms + self.margin_ms,
+            ),
+            Level::Minute => (
+                keys::minutes(partition, token, id.period),
+                (id.period + 1) * DAY_MS + self.minute_keep_ms + self.margin_ms,
+            ),
         }
     }
 }
 
+/// Which of a token's hashes: the level and its hour (seconds) or day (minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct HashId {
+    level: Level,
+    period: i64,
+}
+
 /// One bucket/wallet hash of a batch: its fields, each once.
 #[derive(Default)]
-struct HashWrite {
-    expire_at: i64,
+struct HashWrite<'a> {
     buckets: BTreeMap<i64, Bucket>,
-    wallets: BTreeMap<(i64, String), u8>,
+    wallets: BTreeMap<(i64, &'a str), u8>,
 }
 
 fn bucket_start_ms(level: Level, at: i64) -> i64 {
@@ -249,7 +255,8 @@ pub fn encode_batch(
     now_ms: i64,
     lifetimes: &KeyLifetimes,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut hashes: BTreeMap<String, HashWrite> = BTreeMap::new();
+    // Grouped by token and hash first; each key name is formatted once.
+    let mut hashes: BTreeMap<(&str, HashId), HashWrite> = BTreeMap::new();
     let mut tokens: BTreeMap<&str, i64> = BTreeMap::new();
     for d in &effect.buckets {
         let last = if d.delta.is_empty() {
@@ -259,24 +266,26 @@ pub fn encode_batch(
         };
         let seen = tokens.entry(d.token.as_str()).or_insert(last);
         *seen = (*seen).max(last);
-        let (key, field, expire_at) = lifetimes.place(partition, &d.token, d.level, d.at);
-        if expire_at > now_ms {
-            let hash = hashes.entry(key).or_default();
-            hash.expire_at = expire_at;
-            hash.buckets.entry(field).or_default().merge(&d.delta);
-        }
+        let (id, field) = lifetimes.place(d.level, d.at);
+        let hash = hashes.entry((d.token.as_str(), id)).or_default();
+        hash.buckets.entry(field).or_default().merge(&d.delta);
     }
     for w in &effect.wallets {
         let start = bucket_start_ms(w.level, w.at);
         let seen = tokens.entry(w.token.as_str()).or_insert(start);
         *seen = (*seen).max(start);
-        let (key, field, expire_at) = lifetimes.place(partition, &w.token, w.level, w.at);
-        if expire_at > now_ms {
-            let hash = hashes.entry(key).or_default();
-            hash.expire_at = expire_at;
-            *hash.wallets.entry((field, w.wallet.clone())).or_default() |= w.sides;
-        }
+        let (id, field) = lifetimes.place(w.level, w.at);
+        let hash = hashes.entry((w.token.as_str(), id)).or_default();
+        *hash.wallets.entry((field, w.wallet.as_str())).or_default() |= w.sides;
     }
+    let live: Vec<(String, i64, &HashWrite)> = hashes
+        .iter()
+        .map(|((token, id), hash)| {
+            let (key, expire_at) = lifetimes.key(partition, token, *id);
+            (key, expire_at, hash)
+        })
+        .filter(|(_, expire_at, _)| *expire_at > now_ms)
+        .collect();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for e in &effect.events {
         encode_event(
@@ -293,10 +302,10 @@ pub fn encode_batch(
             + effect.events.len() * EVENT_LEN
             + hashes.len() * 48,
     );
-    put_count(&mut out, hashes.len())?;
-    for (key, hash) in &hashes {
+    put_count(&mut out, live.len())?;
+    for (key, expire_at, hash) in &live {
         put_str(&mut out, key, "key")?;
-        out.extend_from_slice(&hash.expire_at.to_le_bytes());
+        out.extend_from_slice(&expire_at.to_le_bytes());
         put_count(&mut out, hash.buckets.len())?;
         for (field, bucket) in &hash.buckets {
             put_str(&mut out, &field.to_string(), "field")?;

@@ -8,7 +8,7 @@ use super::Bucket;
 
 /// Bucket resolution: second buckets cover the last two hours (for windows up to
 /// 1 h and their previous window), minute buckets cover 48 h.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Level {
     Second,
     Minute,
