@@ -49,42 +49,20 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
 use swapstats::shard::{
-    run_pipeline, ChangeFeed, LogDeadLetters, PipelineConfig, ShardCore, StopFlag,
+    engine_config, run_pipeline, ChangeFeed, LogDeadLetters, PipelineConfig, ShardCore, StopFlag,
 };
 use swapstats::source::kafka::{client_config, KafkaPartitionSource};
 use swapstats::source::SwapGenerator;
 use swapstats::store::codec::encode_batch;
 use swapstats::store::{RedisStore, RedisStoreOptions};
-use swapstats::swap::{decode_swap, encode_swap, Swap, SwapLimits};
-use swapstats::window::{EngineConfig, WindowEngine};
+use swapstats::swap::{decode_swap, encode_swap, Swap};
+use swapstats::window::WindowEngine;
 
 const TOPIC: &str = "swaps";
 const PARTITION: i32 = 0;
 /// Each bare consumer reads a round's chunk this many times (mean taken): one
 /// read is only ~20 ms.
 const BARE_REPS: usize = 3;
-
-/// `engine_config` of the binary crate (src/roles/shared.rs), rebuilt.
-fn engine_config(settings: &Settings) -> EngineConfig {
-    EngineConfig {
-        windows: settings.windows.clone(),
-        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
-        retention_ms: settings.ingest.retention.as_millis() as i64,
-    }
-}
-
-/// `pipeline_config` of the binary crate (src/roles/shared.rs), rebuilt.
-fn pipeline_config(settings: &Settings) -> PipelineConfig {
-    PipelineConfig {
-        batch_max_swaps: settings.shard.batch_max_swaps,
-        batch_max_delay: settings.shard.batch_max_delay,
-        ready_max_lag: settings.shard.ready_max_lag,
-        limits: SwapLimits {
-            max_future_skew_ms: settings.ingest.max_future_skew.as_millis() as i64,
-            ..SwapLimits::default()
-        },
-    }
-}
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -314,7 +292,7 @@ async fn shard_run(
         source,
         store,
         LogDeadLetters,
-        pipeline_config(settings),
+        PipelineConfig::from_settings(settings),
         stop.clone(),
     ));
     let deadline = started + Duration::from_secs(300);
@@ -471,7 +449,7 @@ async fn run_phase(
 /// Offline split of the in-pipeline CPU work on one round's payloads: decode
 /// alone, and engine `apply_batch` alone in batches of `batch` swaps.
 fn offline_split(settings: &Settings, payloads: &[Vec<u8>], batch: usize) -> Offline {
-    let limits = pipeline_config(settings).limits;
+    let limits = PipelineConfig::from_settings(settings).limits;
     let now = swapstats::now_ms();
     let started = Instant::now();
     let swaps: Vec<Swap> = payloads

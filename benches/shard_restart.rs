@@ -30,11 +30,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::shard::engine_config;
 use swapstats::source::generator::token_name;
 use swapstats::source::SwapGenerator;
 use swapstats::store::{PersistBatch, PersistOutcome, RedisStore, RedisStoreOptions, Store};
 use swapstats::swap::{encode_swap, Swap};
-use swapstats::window::{EngineConfig, WindowEngine};
+use swapstats::window::WindowEngine;
 
 const TOKENS: u32 = 10_000;
 const BATCH: usize = 5_000;
@@ -212,11 +213,7 @@ fn main() {
         seed: 11,
         count: 0,
     });
-    let mut engine = WindowEngine::new(EngineConfig {
-        windows: settings.windows.clone(),
-        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
-        retention_ms: settings.ingest.retention.as_millis() as i64,
-    });
+    let mut engine = WindowEngine::new(engine_config(&settings));
     let now = swapstats::now_ms();
     // Block times from 23 h 50 min ago to 5 s ago (inside the 24 h dedup horizon).
     let (from, to) = (now - 24 * HOUR_MS + 600_000, now - 5_000);
@@ -311,11 +308,7 @@ fn main() {
     let restored = runtime
         .block_on(store.load(0, swapstats::now_ms()))
         .expect("load");
-    let mut engine = WindowEngine::new(EngineConfig {
-        windows: settings.windows.clone(),
-        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
-        retention_ms: settings.ingest.retention.as_millis() as i64,
-    });
+    let mut engine = WindowEngine::new(engine_config(&settings));
     let load_only = t.elapsed();
     engine.restore(&restored.effect);
     let restore_time = t.elapsed() - load_only;

@@ -77,6 +77,6 @@ async fn redis_fallback(settings: &Settings) -> anyhow::Result<Option<Arc<dyn St
     let store = RedisStore::connect_with(&settings.store, options)
         .await
         .context("connecting to Redis")?;
-    let engine = super::shared::engine_config(settings);
+    let engine = swapstats::shard::engine_config(settings);
     Ok(Some(Arc::new(StoreFallback::new(Arc::new(store), engine))))
 }

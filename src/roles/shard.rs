@@ -7,11 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use swapstats::config::{Settings, StoreKind};
-use swapstats::shard::{run_pipeline, ChangeFeed, LocalShards, ShardCore, StopFlag};
+use swapstats::shard::{
+    engine_config, run_pipeline, ChangeFeed, LocalShards, PipelineConfig, ShardCore, StopFlag,
+};
 use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
 use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
 
-use super::shared::{engine_config, pipeline_config, serve_shards};
+use super::shared::serve_shards;
 
 /// This shard's partition: `shard.partition`, else the hostname's ordinal (`name-3` → 3).
 pub fn resolve_partition(settings: &Settings, hostname: Option<&str>) -> anyhow::Result<u32> {
@@ -103,7 +105,7 @@ async fn run_with_store<S: Store>(
         KafkaPartitionSource::assign(&kafka.brokers, &kafka.topic, partition, start, stop.clone())?;
     let dead_letters = KafkaDeadLetters::new(&kafka.brokers, &kafka.dlq_topic)?;
     let pipeline_core = core.clone();
-    let (config, pipeline_stop) = (pipeline_config(&settings), stop.clone());
+    let (config, pipeline_stop) = (PipelineConfig::from_settings(&settings), stop.clone());
     tokio::spawn(async move {
         if let Err(e) = run_pipeline(
             pipeline_core,

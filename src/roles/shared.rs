@@ -1,5 +1,4 @@
-//! Settings → component parameters, and small tasks every role that holds
-//! partitions runs.
+//! What every role that holds partitions runs: serving them, and expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,31 +8,7 @@ use anyhow::Context;
 use swapstats::api::ws::{run_coalescer, Hub};
 use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::Settings;
-use swapstats::shard::{ChangeFeed, LocalShards, PipelineConfig, StopFlag};
-use swapstats::swap::SwapLimits;
-use swapstats::window::EngineConfig;
-
-/// Engine parameters from `windows` and `ingest.*`.
-pub fn engine_config(settings: &Settings) -> EngineConfig {
-    EngineConfig {
-        windows: settings.windows.clone(),
-        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
-        retention_ms: settings.ingest.retention.as_millis() as i64,
-    }
-}
-
-/// Pipeline parameters from `shard.*` and `ingest.*`.
-pub fn pipeline_config(settings: &Settings) -> PipelineConfig {
-    PipelineConfig {
-        batch_max_swaps: settings.shard.batch_max_swaps,
-        batch_max_delay: settings.shard.batch_max_delay,
-        ready_max_lag: settings.shard.ready_max_lag,
-        limits: SwapLimits {
-            max_future_skew_ms: settings.ingest.max_future_skew.as_millis() as i64,
-            ..SwapLimits::default()
-        },
-    }
-}
+use swapstats::shard::{ChangeFeed, LocalShards, StopFlag};
 
 /// Drops aged-out data every 10 s.
 fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {

@@ -9,13 +9,14 @@ use tokio::sync::mpsc;
 use swapstats::config::{GeneratorSettings, Settings};
 use swapstats::partition::partition_for;
 use swapstats::shard::{
-    run_pipeline, ChangeFeed, LocalShards, LogDeadLetters, ShardCore, StopFlag,
+    engine_config, run_pipeline, ChangeFeed, LocalShards, LogDeadLetters, PipelineConfig,
+    ShardCore, StopFlag,
 };
 use swapstats::source::{ChannelSource, SwapGenerator};
 use swapstats::store::MemoryStore;
 use swapstats::swap::encode_swap;
 
-use super::shared::{engine_config, pipeline_config, serve_shards};
+use super::shared::serve_shards;
 
 /// Runs standalone mode until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -30,7 +31,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel(10_000);
         senders.push(tx);
         cores.push(core.clone());
-        let (store, config, stop) = (store.clone(), pipeline_config(&settings), stop.clone());
+        let (store, config, stop) = (
+            store.clone(),
+            PipelineConfig::from_settings(&settings),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = run_pipeline(
                 core,

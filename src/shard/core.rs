@@ -8,10 +8,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use opentelemetry::trace::SpanContext;
 use tokio::sync::Notify;
 
+use crate::config::Settings;
 use crate::swap::{RejectReason, Swap};
 use crate::window::{
     BatchCounts, BatchEffect, EngineConfig, RankBy, TokenStats, TopEntry, WindowEngine,
 };
+
+/// Engine parameters from `windows` and `ingest.*`: what every role that holds
+/// or reads a partition's state (shard, standalone, router fallback) uses.
+pub fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig {
+        windows: settings.windows.clone(),
+        dedup_horizon_ms: settings.ingest.dedup_horizon.as_millis() as i64,
+        retention_ms: settings.ingest.retention.as_millis() as i64,
+    }
+}
 
 /// Counters of one partition's pipeline (all monotonic except the gauges).
 #[derive(Debug, Default)]

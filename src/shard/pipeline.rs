@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
 use super::ShardCore;
+use crate::config::Settings;
 use crate::store::{PersistBatch, PersistOutcome, Store};
 use crate::swap::{decode_swap, Rejection, Swap, SwapLimits};
 use crate::window::BatchEffect;
@@ -72,6 +73,21 @@ pub struct PipelineConfig {
     pub batch_max_delay: Duration,
     pub ready_max_lag: i64,
     pub limits: SwapLimits,
+}
+
+impl PipelineConfig {
+    /// Parameters from `shard.*` and `ingest.*`.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            batch_max_swaps: settings.shard.batch_max_swaps,
+            batch_max_delay: settings.shard.batch_max_delay,
+            ready_max_lag: settings.shard.ready_max_lag,
+            limits: SwapLimits {
+                max_future_skew_ms: settings.ingest.max_future_skew.as_millis() as i64,
+                ..SwapLimits::default()
+            },
+        }
+    }
 }
 
 /// Runs the pipeline until the source ends or `stop` is set.
