@@ -7,14 +7,10 @@
 -- ARGV[1]  first source offset of the batch (decimal)
 -- ARGV[2]  last source offset of the batch (decimal)
 -- ARGV[3]  batch clock, unix ms (TTLs are absolute: PEXPIREAT)
--- ARGV[4]  ms second buckets / second wallet marks are kept after their hour ends
--- ARGV[5]  ms minute buckets / minute wallet marks are kept after their day ends (retention)
--- ARGV[6]  ms event ids are kept after their hour ends (dedup horizon)
--- ARGV[7]  ms added to every TTL
---          (ARGV[4..7] set the token index's lifetime; the payload carries each
---           key's absolute expiry, computed by the same rules in Rust)
--- ARGV[8]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
--- ARGV[9]  the batch payload (binary)
+-- ARGV[4]  ms a token stays in the token index after its last swap (the
+--          payload carries every other key's absolute expiry)
+-- ARGV[5]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
+-- ARGV[6]  the batch payload (binary)
 --
 -- Returns {1, last_offset, replicas} when applied, or {0, stored_offset, replicas}
 -- when fenced (first_offset <= stored applied offset; nothing changed). `replicas`
@@ -40,11 +36,8 @@ if stored and tonumber(ARGV[1]) <= tonumber(stored) then
 end
 
 local now = tonumber(ARGV[3])
-local second_keep = tonumber(ARGV[4])
-local minute_keep = tonumber(ARGV[5])
-local margin = tonumber(ARGV[7])
-local blob = ARGV[9]
-local index_keep = math.max(second_keep, minute_keep) + margin
+local index_keep = tonumber(ARGV[4])
+local blob = ARGV[6]
 
 -- txns buys sells | volume_usd buy_usd sell_usd volume_token |
 -- open: at_ms tie_hi tie_lo price | close: at_ms tie_hi tie_lo price | high low
@@ -174,5 +167,5 @@ redis.call('ZREMRANGEBYSCORE', tokens_key, '-inf', '(' .. string.format('%d', no
 if redis.call('EXISTS', tokens_key) == 1 then
   redis.call('PEXPIRE', tokens_key, string.format('%d', index_keep))
 end
-redis.call('SET', applied_key, ARGV[2], 'PX', ARGV[8])
+redis.call('SET', applied_key, ARGV[2], 'PX', ARGV[5])
 return {1, ARGV[2], replicas()}

@@ -26,6 +26,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
@@ -182,16 +183,6 @@ impl KeyLifetimes {
         self.second_keep_ms.max(self.minute_keep_ms) + self.margin_ms
     }
 
-    /// The hash holding the bucket at `at` of `level`, and the bucket's field in it.
-    fn place(&self, level: Level, at: i64) -> (HashId, i64) {
-        let span = match level {
-            Level::Second => 3600,
-            Level::Minute => 1440,
-        };
-        let period = at.div_euclid(span);
-        (HashId { level, period }, at - period * span)
-    }
-
     /// The key name and absolute expiry of `token`'s hash `id`.
     fn key(&self, partition: u32, token: &str, id: HashId) -> (String, i64) {
         match id.level {
@@ -214,6 +205,18 @@ struct HashId {
     period: i64,
 }
 
+impl HashId {
+    /// The hash holding the bucket at `at` of `level`, and the bucket's field in it.
+    fn of(level: Level, at: i64) -> (Self, i64) {
+        let span = match level {
+            Level::Second => 3600,
+            Level::Minute => 1440,
+        };
+        let period = at.div_euclid(span);
+        (Self { level, period }, at - period * span)
+    }
+}
+
 /// One bucket/wallet hash of a batch: its fields, each once.
 #[derive(Default)]
 struct HashWrite<'a> {
@@ -228,22 +231,19 @@ fn bucket_start_ms(level: Level, at: i64) -> i64 {
     }
 }
 
+/// Appends `s` with its u16 length (too long → an invalid batch, naming `what`).
 fn put_str(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
-    put_bytes(out, s.as_bytes(), what)
+    let len = u16::try_from(s.len()).map_err(|_| {
+        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", s.len()))
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
 fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
     let n = u32::try_from(n).map_err(|_| StoreError::InvalidBatch(format!("{n} items")))?;
     out.extend_from_slice(&n.to_le_bytes());
-    Ok(())
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8], what: &str) -> Result<(), StoreError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| {
-        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", bytes.len()))
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(bytes);
     Ok(())
 }
 
@@ -266,7 +266,7 @@ pub fn encode_batch(
         };
         let seen = tokens.entry(d.token.as_str()).or_insert(last);
         *seen = (*seen).max(last);
-        let (id, field) = lifetimes.place(d.level, d.at);
+        let (id, field) = HashId::of(d.level, d.at);
         let hash = hashes.entry((d.token.as_str(), id)).or_default();
         hash.buckets.entry(field).or_default().merge(&d.delta);
     }
@@ -274,7 +274,7 @@ pub fn encode_batch(
         let start = bucket_start_ms(w.level, w.at);
         let seen = tokens.entry(w.token.as_str()).or_insert(start);
         *seen = (*seen).max(start);
-        let (id, field) = lifetimes.place(w.level, w.at);
+        let (id, field) = HashId::of(w.level, w.at);
         let hash = hashes.entry((w.token.as_str(), id)).or_default();
         *hash.wallets.entry((field, w.wallet.as_str())).or_default() |= w.sides;
     }
@@ -302,18 +302,24 @@ pub fn encode_batch(
             + effect.events.len() * EVENT_LEN
             + hashes.len() * 48,
     );
+    // Field names are written through one reused buffer.
+    let mut field_name = String::new();
     put_count(&mut out, live.len())?;
     for (key, expire_at, hash) in &live {
         put_str(&mut out, key, "key")?;
         out.extend_from_slice(&expire_at.to_le_bytes());
         put_count(&mut out, hash.buckets.len())?;
         for (field, bucket) in &hash.buckets {
-            put_str(&mut out, &field.to_string(), "field")?;
+            field_name.clear();
+            let _ = write!(field_name, "{field}");
+            put_str(&mut out, &field_name, "field")?;
             encode_bucket(bucket, &mut out);
         }
         put_count(&mut out, hash.wallets.len())?;
         for ((field, wallet), sides) in &hash.wallets {
-            put_bytes(&mut out, format!("{field}:{wallet}").as_bytes(), "wallet")?;
+            field_name.clear();
+            let _ = write!(field_name, "{field}:{wallet}");
+            put_str(&mut out, &field_name, "wallet")?;
             out.push(b'0' + (sides & 3));
         }
     }

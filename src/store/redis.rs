@@ -713,10 +713,7 @@ impl Store for RedisStore {
                 .arg(batch.first_offset)
                 .arg(batch.last_offset)
                 .arg(batch.now_ms)
-                .arg(o.second_keep_ms())
-                .arg(o.retention_ms())
-                .arg(o.dedup_ms())
-                .arg(o.margin_ms())
+                .arg(o.index_keep_ms())
                 .arg(ms(o.applied_keep))
                 .arg(&payload);
             cmd
