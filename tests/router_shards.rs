@@ -8,11 +8,14 @@
 //! fallback, `/cluster`, and WS clients staying connected through a shard
 //! restart, with the upstream subscription refcounted and restored.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::Value;
+use support::ws::{assert_bad_frames_get_errors, next_json, Ws};
 use swapstats::api::ws::Hub;
 use swapstats::api::{local_routes, serve_on, LocalApi};
 use swapstats::config::Settings;
@@ -133,22 +136,6 @@ fn tokens_of(partition: u32, n: usize) -> Vec<String> {
         .filter(|t| partition_for(t, PARTITIONS) == partition)
         .take(n)
         .collect()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a WS message within 10 s")
-            .expect("stream open")
-            .expect("no WS error");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).expect("JSON");
-        }
-    }
 }
 
 /// Reads until a message of `kind` arrives (skipping others).
@@ -401,27 +388,7 @@ async fn bad_ws_frames_through_the_router_get_errors() {
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
         .expect("ws connects");
-    let big = format!(r#"{{"op":"subscribe","tokens":["{}"]}}"#, "A".repeat(600));
-    for bad in [
-        "not json".to_string(),
-        r#"{"op":"dance"}"#.to_string(),
-        r#"{"op":"subscribe","tokens":[]}"#.to_string(),
-        r#"{"op":"subscribe","tokens":[""]}"#.to_string(),
-        r#"{"op":"subscribe","tokens":["A","B","C","D"]}"#.to_string(),
-        big,
-    ] {
-        ws.send(Message::text(bad.clone())).await.expect("send");
-        let reply = next_json(&mut ws).await;
-        assert_eq!(reply["type"], "error", "{bad} → {reply}");
-    }
-    ws.send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .expect("send");
-    assert_eq!(next_json(&mut ws).await["type"], "error");
-    ws.send(Message::text(r#"{"op":"ping"}"#))
-        .await
-        .expect("send");
-    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    assert_bad_frames_get_errors(&mut ws).await;
     assert!(
         tokio_tungstenite::connect_async(format!("{ws_url}?token="))
             .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::service::{get_json, Service};
+use support::ws::next_json;
 use swapstats::config::GeneratorSettings;
 use swapstats::source::SwapGenerator;
 use swapstats::window::{EngineConfig, WindowEngine, WindowSpec};
@@ -42,23 +43,6 @@ fn start_standalone(extra: &[(&str, String)]) -> Service {
     ];
     env.extend(extra.iter().cloned());
     Service::start(&["standalone"], &env)
-}
-
-async fn next_json(
-    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
-) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a WS message within 10 s")
-            .expect("stream open")
-            .expect("no WS error");
-        match msg {
-            Message::Text(text) => return serde_json::from_str(&text).expect("server sends JSON"),
-            Message::Close(frame) => panic!("server closed the socket: {frame:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// Sum of `applied_offset + 1` over partitions: swaps consumed so far.
@@ -251,28 +235,8 @@ async fn bad_ws_frames_get_error_frames_and_the_connection_stays() {
     let (mut ws, _) = tokio_tungstenite::connect_async(service.ws_url(""))
         .await
         .expect("ws connects");
-    let big = format!(r#"{{"op":"subscribe","tokens":["{}"]}}"#, "A".repeat(600));
-    for bad in [
-        "not json".to_string(),
-        r#"{"op":"dance"}"#.to_string(),
-        r#"{"op":"subscribe","tokens":[]}"#.to_string(),
-        r#"{"op":"subscribe","tokens":[""]}"#.to_string(),
-        r#"{"op":"subscribe","tokens":["A","B","C","D"]}"#.to_string(),
-        big,
-    ] {
-        ws.send(Message::text(bad.clone())).await.expect("send");
-        let reply = next_json(&mut ws).await;
-        assert_eq!(reply["type"], "error", "{bad} → {reply}");
-    }
-    ws.send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .expect("send");
-    assert_eq!(next_json(&mut ws).await["type"], "error");
+    support::ws::assert_bad_frames_get_errors(&mut ws).await;
     // Still usable afterwards.
-    ws.send(Message::text(r#"{"op":"ping"}"#))
-        .await
-        .expect("send");
-    assert_eq!(next_json(&mut ws).await["type"], "pong");
     ws.send(Message::text(r#"{"op":"subscribe","tokens":["BTC"]}"#))
         .await
         .expect("send");

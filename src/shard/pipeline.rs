@@ -395,7 +395,7 @@ mod tests {
     use crate::source::SwapGenerator;
     use crate::store::{Restored, StoreError};
     use crate::swap::encode_swap;
-    use crate::window::{BatchEffect, EngineConfig};
+    use crate::window::EngineConfig;
 
     /// A store that is down: every persist fails.
     struct DownStore;

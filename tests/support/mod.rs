@@ -5,3 +5,4 @@
 pub mod kafka;
 pub mod redis_cluster;
 pub mod service;
+pub mod ws;
