@@ -33,6 +33,17 @@ fn start_shard(partition: i32, kafka: &MockKafka, redis: &RedisCluster) -> Servi
     )
 }
 
+/// One shard per partition, each answering `/healthz`.
+async fn start_shards(kafka: &MockKafka, redis: &RedisCluster) -> Vec<Service> {
+    let mut shards: Vec<Service> = (0..PARTITIONS)
+        .map(|p| start_shard(p, kafka, redis))
+        .collect();
+    for shard in &mut shards {
+        shard.wait_ok("/healthz", Duration::from_secs(30)).await;
+    }
+    shards
+}
+
 /// Starts `produce` for `count` swaps at `rate`/s in the background.
 fn start_producer(kafka: &MockKafka, count: u64, rate: u64, seed: u64) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_swapstats"))
@@ -147,12 +158,7 @@ fn assert_json_close(got: &Value, want: &Value, path: &str) {
 async fn exact_through_duplicates_disorder_and_repeated_kill_9() {
     let redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS)
-        .map(|p| start_shard(p, &kafka, &redis))
-        .collect();
-    for shard in &mut shards {
-        shard.wait_ok("/healthz", Duration::from_secs(30)).await;
-    }
+    let mut shards = start_shards(&kafka, &redis).await;
     // 12,000 swaps over ~8 s (~1.5 MB per partition: within the mock's retention).
     let mut producer = start_producer(&kafka, 12_000, 1_500, 11);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
@@ -177,12 +183,7 @@ async fn exact_through_duplicates_disorder_and_repeated_kill_9() {
 async fn exact_through_a_redis_failover_and_a_broker_outage() {
     let mut redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS)
-        .map(|p| start_shard(p, &kafka, &redis))
-        .collect();
-    for shard in &mut shards {
-        shard.wait_ok("/healthz", Duration::from_secs(30)).await;
-    }
+    let mut shards = start_shards(&kafka, &redis).await;
     let mut producer = start_producer(&kafka, 9_000, 1_000, 12);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Kill -9 the Redis master holding partition 0's keys: its replica takes over.
@@ -201,12 +202,7 @@ async fn exact_through_a_redis_failover_and_a_broker_outage() {
 async fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
     let redis = RedisCluster::start();
     let kafka = MockKafka::start(PARTITIONS);
-    let mut shards: Vec<Service> = (0..PARTITIONS)
-        .map(|p| start_shard(p, &kafka, &redis))
-        .collect();
-    for shard in &mut shards {
-        shard.wait_ok("/healthz", Duration::from_secs(30)).await;
-    }
+    let mut shards = start_shards(&kafka, &redis).await;
     let now = swapstats::now_ms();
     let good = |i: i64| {
         let swap = format!(
