@@ -11,18 +11,25 @@
 //! **Event record**, 20 bytes: the 128-bit event key (16 bytes, little-endian)
 //! then the block time's millisecond within its hour (u32).
 //!
+//! **Wallet mark records**, 4 bytes plus the wallet each: the bucket's offset
+//! in the period (u16: second within the hour, minute within the day), side
+//! bits (u8), wallet length (u8), wallet. A batch writes the records of the
+//! bits it added as one hash field, `w<first offset of the batch>`; a
+//! (wallet, bucket) has at most one record per side, and a reader ors them.
+//!
 //! **Batch payload** (ARGV of `apply_batch.lua`). Key names, fields and
-//! absolute expiries are computed here, so the script only merges and writes;
-//! data whose key would already be expired is left out.
+//! absolute expiries are computed here, and data whose key would already be
+//! expired is left out, so the script only writes: buckets carry their new
+//! value (`HSET`, no read), wallet marks and event ids are new data.
 //! ```text
 //! u32 hash_count
 //!   hash_count × { u16 len, key, i64 expire_at_ms,
 //!                  u32 n, n × { u16 len, field, bucket },
-//!                  u32 m, m × { u16 len, field "<n>:<wallet>", u8 sides as '1' | '2' | '3' } }
-//! u32 token_count
-//!   token_count × { u16 len, token, i64 last_ms }
+//!                  u32 len, wallet mark records }
 //! u32 event_key_count
 //!   event_key_count × { u16 len, key, i64 expire_at_ms, u32 len, event records }
+//! u32 token_count
+//!   token_count × { u16 len, token, i64 last_ms }
 //! ```
 
 use std::collections::BTreeMap;
@@ -183,22 +190,17 @@ impl KeyLifetimes {
         self.second_keep_ms.max(self.minute_keep_ms) + self.margin_ms
     }
 
-    /// The key name and absolute expiry of `token`'s hash `id`.
-    fn key(&self, partition: u32, token: &str, id: HashId) -> (String, i64) {
+    /// Absolute expiry of the keys of period `id`.
+    fn expire_at(&self, id: HashId) -> i64 {
         match id.level {
-            Level::Second => (
-                keys::seconds(partition, token, id.period),
-                (id.period + 1) * HOUR_MS + self.second_keep_ms + self.margin_ms,
-            ),
-            Level::Minute => (
-                keys::minutes(partition, token, id.period),
-                (id.period + 1) * DAY_MS + self.minute_keep_ms + self.margin_ms,
-            ),
+            Level::Second => (id.period + 1) * HOUR_MS + self.second_keep_ms + self.margin_ms,
+            Level::Minute => (id.period + 1) * DAY_MS + self.minute_keep_ms + self.margin_ms,
         }
     }
 }
 
-/// Which of a token's hashes: the level and its hour (seconds) or day (minutes).
+/// Which period of a token's keys: the level and its hour (seconds) or day
+/// (minutes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct HashId {
     level: Level,
@@ -206,7 +208,7 @@ struct HashId {
 }
 
 impl HashId {
-    /// The hash holding the bucket at `at` of `level`, and the bucket's field in it.
+    /// The period holding the bucket at `at` of `level`, and the bucket's offset in it.
     fn of(level: Level, at: i64) -> (Self, i64) {
         let span = match level {
             Level::Second => 3600,
@@ -215,13 +217,23 @@ impl HashId {
         let period = at.div_euclid(span);
         (Self { level, period }, at - period * span)
     }
+
+    /// Name of `token`'s hash of this period.
+    fn key(self, partition: u32, token: &str) -> String {
+        match self.level {
+            Level::Second => keys::seconds(partition, token, self.period),
+            Level::Minute => keys::minutes(partition, token, self.period),
+        }
+    }
 }
 
-/// One bucket/wallet hash of a batch: its fields, each once.
+/// What a batch writes for one period of one token.
 #[derive(Default)]
-struct HashWrite<'a> {
+struct PeriodWrite {
+    /// Bucket offset → the bucket's new value.
     buckets: BTreeMap<i64, Bucket>,
-    wallets: BTreeMap<(i64, &'a str), u8>,
+    /// Wallet mark records.
+    marks: Vec<u8>,
 }
 
 fn bucket_start_ms(level: Level, at: i64) -> i64 {
@@ -247,6 +259,42 @@ fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Appends one wallet mark record.
+fn put_mark(out: &mut Vec<u8>, offset: i64, sides: u8, wallet: &str) -> Result<(), StoreError> {
+    let (Ok(offset), Ok(len)) = (u16::try_from(offset), u8::try_from(wallet.len())) else {
+        return Err(StoreError::InvalidBatch(format!(
+            "wallet mark at {offset} of a {}-byte wallet",
+            wallet.len()
+        )));
+    };
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.push(sides);
+    out.push(len);
+    out.extend_from_slice(wallet.as_bytes());
+    Ok(())
+}
+
+/// Calls `mark(offset, sides, wallet)` for each record of a wallet mark string.
+pub fn decode_marks(
+    mut bytes: &[u8],
+    mut mark: impl FnMut(i64, u8, &str) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    while !bytes.is_empty() {
+        let [o0, o1, sides, len, rest @ ..] = bytes else {
+            return Err(StoreError::Corrupt("wallet mark record truncated".into()));
+        };
+        let len = usize::from(*len);
+        if rest.len() < len {
+            return Err(StoreError::Corrupt("wallet mark record truncated".into()));
+        }
+        let wallet = std::str::from_utf8(&rest[..len])
+            .map_err(|_| StoreError::Corrupt("wallet mark: wallet is not UTF-8".into()))?;
+        mark(i64::from(u16::from_le_bytes([*o0, *o1])), *sides, wallet)?;
+        bytes = &rest[len..];
+    }
+    Ok(())
+}
+
 /// Encodes partition `partition`'s batch `effect`, as of `now_ms`, as the
 /// payload of `apply_batch.lua`.
 pub fn encode_batch(
@@ -255,35 +303,32 @@ pub fn encode_batch(
     now_ms: i64,
     lifetimes: &KeyLifetimes,
 ) -> Result<Vec<u8>, StoreError> {
-    // Grouped by token and hash first; each key name is formatted once.
-    let mut hashes: BTreeMap<(&str, HashId), HashWrite> = BTreeMap::new();
+    // Grouped by token and period first; each key name is formatted once.
+    let mut periods: BTreeMap<(&str, HashId), PeriodWrite> = BTreeMap::new();
     let mut tokens: BTreeMap<&str, i64> = BTreeMap::new();
     for d in &effect.buckets {
-        let last = if d.delta.is_empty() {
+        let last = if d.total.is_empty() {
             bucket_start_ms(d.level, d.at)
         } else {
-            d.delta.close.at_ms
+            d.total.close.at_ms
         };
         let seen = tokens.entry(d.token.as_str()).or_insert(last);
         *seen = (*seen).max(last);
-        let (id, field) = HashId::of(d.level, d.at);
-        let hash = hashes.entry((d.token.as_str(), id)).or_default();
-        hash.buckets.entry(field).or_default().merge(&d.delta);
+        let (id, offset) = HashId::of(d.level, d.at);
+        let period = periods.entry((d.token.as_str(), id)).or_default();
+        period.buckets.insert(offset, d.total);
     }
     for w in &effect.wallets {
         let start = bucket_start_ms(w.level, w.at);
         let seen = tokens.entry(w.token.as_str()).or_insert(start);
         *seen = (*seen).max(start);
-        let (id, field) = HashId::of(w.level, w.at);
-        let hash = hashes.entry((w.token.as_str(), id)).or_default();
-        *hash.wallets.entry((field, w.wallet.as_str())).or_default() |= w.sides;
+        let (id, offset) = HashId::of(w.level, w.at);
+        let period = periods.entry((w.token.as_str(), id)).or_default();
+        put_mark(&mut period.marks, offset, w.sides & 3, &w.wallet)?;
     }
-    let live: Vec<(String, i64, &HashWrite)> = hashes
+    let live: Vec<(String, i64, &PeriodWrite)> = periods
         .iter()
-        .map(|((token, id), hash)| {
-            let (key, expire_at) = lifetimes.key(partition, token, *id);
-            (key, expire_at, hash)
-        })
+        .map(|((token, id), period)| (id.key(partition, token), lifetimes.expire_at(*id), period))
         .filter(|(_, expire_at, _)| *expire_at > now_ms)
         .collect();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
@@ -295,33 +340,43 @@ pub fn encode_batch(
                 .or_default(),
         );
     }
+    let expiring: Vec<(i64, i64, &Vec<u8>)> = hours
+        .iter()
+        .map(|(hour, records)| {
+            let expire_at = (hour + 1) * HOUR_MS + lifetimes.dedup_ms + lifetimes.margin_ms;
+            (*hour, expire_at, records)
+        })
+        .filter(|(_, expire_at, records)| *expire_at > now_ms && !records.is_empty())
+        .collect();
 
     let mut out = Vec::with_capacity(
         16 + effect.buckets.len() * (BUCKET_LEN + 8)
-            + effect.wallets.len() * 48
+            + effect.wallets.len() * 24
             + effect.events.len() * EVENT_LEN
-            + hashes.len() * 48,
+            + live.len() * 48,
     );
     // Field names are written through one reused buffer.
     let mut field_name = String::new();
     put_count(&mut out, live.len())?;
-    for (key, expire_at, hash) in &live {
+    for (key, expire_at, period) in &live {
         put_str(&mut out, key, "key")?;
         out.extend_from_slice(&expire_at.to_le_bytes());
-        put_count(&mut out, hash.buckets.len())?;
-        for (field, bucket) in &hash.buckets {
+        put_count(&mut out, period.buckets.len())?;
+        for (offset, bucket) in &period.buckets {
             field_name.clear();
-            let _ = write!(field_name, "{field}");
+            let _ = write!(field_name, "{offset}");
             put_str(&mut out, &field_name, "field")?;
             encode_bucket(bucket, &mut out);
         }
-        put_count(&mut out, hash.wallets.len())?;
-        for ((field, wallet), sides) in &hash.wallets {
-            field_name.clear();
-            let _ = write!(field_name, "{field}:{wallet}");
-            put_str(&mut out, &field_name, "wallet")?;
-            out.push(b'0' + (sides & 3));
-        }
+        put_count(&mut out, period.marks.len())?;
+        out.extend_from_slice(&period.marks);
+    }
+    put_count(&mut out, expiring.len())?;
+    for (hour, expire_at, records) in expiring {
+        put_str(&mut out, &keys::events(partition, hour), "key")?;
+        out.extend_from_slice(&expire_at.to_le_bytes());
+        put_count(&mut out, records.len())?;
+        out.extend_from_slice(records);
     }
     let index_keep = lifetimes.index_keep_ms();
     let live: Vec<(&str, i64)> = tokens
@@ -332,21 +387,6 @@ pub fn encode_batch(
     for (token, last_ms) in live {
         put_str(&mut out, token, "token")?;
         out.extend_from_slice(&last_ms.to_le_bytes());
-    }
-    let expiring: Vec<(i64, i64, &Vec<u8>)> = hours
-        .iter()
-        .map(|(hour, records)| {
-            let expire_at = (hour + 1) * HOUR_MS + lifetimes.dedup_ms + lifetimes.margin_ms;
-            (*hour, expire_at, records)
-        })
-        .filter(|(_, expire_at, records)| *expire_at > now_ms && !records.is_empty())
-        .collect();
-    put_count(&mut out, expiring.len())?;
-    for (hour, expire_at, records) in expiring {
-        put_str(&mut out, &keys::events(partition, hour), "key")?;
-        out.extend_from_slice(&expire_at.to_le_bytes());
-        put_count(&mut out, records.len())?;
-        out.extend_from_slice(records);
     }
     Ok(out)
 }
@@ -416,6 +456,29 @@ mod tests {
     }
 
     #[test]
+    fn wallet_marks_round_trip() {
+        let marks = [(0, 1, "w"), (3599, 3, "ü-wallet"), (17, 2, "")];
+        let mut bytes = Vec::new();
+        for (offset, sides, wallet) in marks {
+            put_mark(&mut bytes, offset, sides, wallet).unwrap();
+        }
+        let mut back = Vec::new();
+        decode_marks(&bytes, |offset, sides, wallet| {
+            back.push((offset, sides, wallet.to_string()));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<_> = marks
+            .iter()
+            .map(|&(o, s, w)| (o, s, w.to_string()))
+            .collect();
+        assert_eq!(back, want);
+        assert!(decode_marks(&bytes[..bytes.len() - 1], |_, _, _| Ok(())).is_err());
+        assert!(put_mark(&mut bytes, 0, 1, &"x".repeat(256)).is_err());
+        assert!(put_mark(&mut bytes, 70_000, 1, "x").is_err());
+    }
+
+    #[test]
     fn long_tokens_are_rejected() {
         let effect = BatchEffect {
             buckets: vec![BucketDelta {
@@ -423,6 +486,7 @@ mod tests {
                 level: Level::Second,
                 at: 1,
                 delta: sample(),
+                total: sample(),
             }],
             ..BatchEffect::default()
         };

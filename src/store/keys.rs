@@ -28,14 +28,16 @@ pub fn tokens(partition: u32) -> String {
 
 /// `ss:{p}:s:<token>:<hour>` — hash of the token's second buckets and
 /// second-level wallet marks in unix hour `hour`: field `<second within the
-/// hour>` (0..3599) → encoded bucket; field `<second>:<wallet>` → side bits.
+/// hour>` (0..3599) → encoded bucket; field `w<offset>` → the wallet mark
+/// records written by the batch starting at source offset `offset`.
 pub fn seconds(partition: u32, token: &str, hour: i64) -> String {
     format!("ss:{{{partition}}}:s:{token}:{hour}")
 }
 
 /// `ss:{p}:m:<token>:<day>` — hash of the token's minute buckets and
 /// minute-level wallet marks in unix day `day`: field `<minute within the day>`
-/// (0..1439) → encoded bucket; field `<minute>:<wallet>` → side bits.
+/// (0..1439) → encoded bucket; field `w<offset>` → wallet mark records, as in
+/// [`seconds`].
 pub fn minutes(partition: u32, token: &str, day: i64) -> String {
     format!("ss:{{{partition}}}:m:{token}:{day}")
 }

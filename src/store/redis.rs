@@ -31,7 +31,7 @@ use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
-use super::codec::{decode_bucket, decode_events, encode_batch, KeyLifetimes};
+use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, KeyLifetimes};
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
@@ -400,29 +400,35 @@ impl RedisStore {
             )));
         }
         for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
+            let base = period * per_period(level);
             for (field, bytes) in hash_pairs(value)? {
-                // `<offset>` holds a bucket, `<offset>:<wallet>` a wallet mark.
-                let sep = field.iter().position(|&c| c == b':');
-                let at =
-                    period * per_period(level) + parse_i64(&field[..sep.unwrap_or(field.len())])?;
-                if !self.within(level, at, now_ms) {
+                // `<offset>` holds a bucket, `w<batch>` wallet mark records.
+                if field.first() == Some(&b'w') {
+                    decode_marks(&bytes, |offset, sides, wallet| {
+                        let at = base + offset;
+                        if self.within(level, at, now_ms) {
+                            out.wallets.push(WalletMark {
+                                token: token.to_string(),
+                                wallet: wallet.to_string(),
+                                level,
+                                at,
+                                sides,
+                            });
+                        }
+                        Ok(())
+                    })?;
                     continue;
                 }
-                match sep {
-                    None => out.buckets.push(BucketDelta {
+                let at = base + parse_i64(&field)?;
+                if self.within(level, at, now_ms) {
+                    let bucket = decode_bucket(&bytes)?;
+                    out.buckets.push(BucketDelta {
                         token: token.to_string(),
                         level,
                         at,
-                        delta: decode_bucket(&bytes)?,
-                    }),
-                    Some(sep) => out.wallets.push(WalletMark {
-                        token: token.to_string(),
-                        wallet: utf8(field[sep + 1..].to_vec())?,
-                        level,
-                        at,
-                        sides: u8::try_from(parse_i64(&bytes)?)
-                            .map_err(|_| StoreError::Corrupt("wallet sides out of range".into()))?,
-                    }),
+                        delta: bucket,
+                        total: bucket,
+                    });
                 }
             }
         }
@@ -662,8 +668,9 @@ fn level_rank(level: Level) -> u8 {
     }
 }
 
-/// Canonical order of a restored effect: buckets and wallet marks by
-/// (token, level, at[, wallet]), events by (block time, key).
+/// Canonical form of a restored effect: buckets and wallet marks by
+/// (token, level, at[, wallet]), a wallet's records of one bucket merged into
+/// one mark; events by (block time, key).
 pub fn sort_effect(effect: &mut BatchEffect) {
     effect.buckets.sort_by(|a, b| {
         (a.token.as_str(), level_rank(a.level), a.at).cmp(&(
@@ -685,6 +692,15 @@ pub fn sort_effect(effect: &mut BatchEffect) {
                 b.at,
                 b.wallet.as_str(),
             ))
+    });
+    effect.wallets.dedup_by(|later, kept| {
+        let same = (later.level, later.at) == (kept.level, kept.at)
+            && later.wallet == kept.wallet
+            && later.token == kept.token;
+        if same {
+            kept.sides |= later.sides;
+        }
+        same
     });
     effect.events.sort_by_key(|e| (e.executed_at_ms, e.key));
 }

@@ -27,14 +27,22 @@ pub fn price_tie(event_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
 }
 
-/// Added to one bucket of one token. `at` is unix seconds for [`Level::Second`],
-/// unix minutes for [`Level::Minute`].
+/// One bucket of one token touched by a batch. `at` is unix seconds for
+/// [`Level::Second`], unix minutes for [`Level::Minute`].
+///
+/// The store writes `total`, so persisting costs the script no read and no
+/// merge; restoring merges `delta`, so restoring a sequence of batches rebuilds
+/// bit-identical state. A bucket loaded from the store has `delta == total`
+/// (it is merged into an empty engine).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketDelta {
     pub token: String,
     pub level: Level,
     pub at: i64,
+    /// What the batch added.
     pub delta: Bucket,
+    /// The bucket after the batch.
+    pub total: Bucket,
 }
 
 /// Side bits of a wallet's activity in one bucket.

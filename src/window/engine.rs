@@ -302,12 +302,13 @@ impl WindowEngine {
             let Some(token) = self.slots[slot as usize].token.as_mut() else {
                 continue;
             };
-            token.merge(level, key, &delta, shape);
+            let total = token.merge(level, key, &delta, shape);
             effect.buckets.push(BucketDelta {
                 token: token.name.to_string(),
                 level: LEVELS[level],
                 at: key,
                 delta,
+                total,
             });
             let mut keys = [None, None];
             keys[level] = Some(key);

@@ -62,10 +62,10 @@ impl Series {
 
     /// Merges `delta` into the bucket at `key` (creating it), and into the block
     /// summaries; builds the summaries once the series has more than
-    /// `tier_threshold` buckets.
+    /// `tier_threshold` buckets. Returns the bucket's new value.
     #[inline]
-    pub(crate) fn merge(&mut self, key: i64, delta: &Bucket, tier_threshold: usize) {
-        upsert(&mut self.base, key, delta);
+    pub(crate) fn merge(&mut self, key: i64, delta: &Bucket, tier_threshold: usize) -> Bucket {
+        let total = upsert(&mut self.base, key, delta);
         match &mut self.tiers {
             Some(tiers) => {
                 for (k, tier) in tiers.iter_mut().enumerate() {
@@ -75,6 +75,7 @@ impl Series {
             None if self.base.len() > tier_threshold => self.build_tiers(),
             None => {}
         }
+        total
     }
 
     fn build_tiers(&mut self) {
@@ -219,28 +220,30 @@ pub(crate) fn lower_bound(entries: &VecDeque<Entry>, key: i64) -> usize {
     lo
 }
 
-/// Merges `delta` into the entry at `key`, inserting it in order when absent.
+/// Merges `delta` into the entry at `key`, inserting it in order when absent;
+/// returns the entry's new value.
 #[inline]
-fn upsert(entries: &mut VecDeque<Entry>, key: i64, delta: &Bucket) {
+fn upsert(entries: &mut VecDeque<Entry>, key: i64, delta: &Bucket) -> Bucket {
     match entries.back_mut() {
         Some(back) if back.0 == key => {
             back.1.merge(delta);
-            return;
+            return back.1;
         }
         Some(back) if back.0 > key => {
             let at = lower_bound(entries, key);
             if entries[at].0 == key {
                 entries[at].1.merge(delta);
-            } else {
-                reserve_one(entries);
-                entries.insert(at, (key, *delta));
+                return entries[at].1;
             }
-            return;
+            reserve_one(entries);
+            entries.insert(at, (key, *delta));
+            return *delta;
         }
         _ => {}
     }
     reserve_one(entries);
     entries.push_back((key, *delta));
+    *delta
 }
 
 /// Grows small deques one entry at a time (a quiet token keeps one or two

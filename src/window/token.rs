@@ -122,10 +122,16 @@ impl TokenState {
         self.series.iter().all(Series::is_empty) && self.activity.is_empty()
     }
 
-    /// Merges a bucket delta at `key` of `level`.
+    /// Merges a bucket delta at `key` of `level`; returns the bucket's new value.
     #[inline]
-    pub(crate) fn merge(&mut self, level: usize, key: i64, delta: &Bucket, limits: ShapeLimits) {
-        self.series[level].merge(key, delta, limits.tier_min_buckets);
+    pub(crate) fn merge(
+        &mut self,
+        level: usize,
+        key: i64,
+        delta: &Bucket,
+        limits: ShapeLimits,
+    ) -> Bucket {
+        self.series[level].merge(key, delta, limits.tier_min_buckets)
     }
 
     /// Side bits of `wallet` at `key` of `level`.
