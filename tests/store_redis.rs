@@ -224,8 +224,12 @@ fn merge_all(effects: &[BatchEffect]) -> BatchEffect {
 }
 
 /// Buckets bit-exact (the store keeps each bucket's last written total), wallet
-/// marks and events exact.
+/// marks and events exact; both compared in `sort_effect` form (a load's order
+/// is only by time within each token).
 fn assert_effect_eq(actual: &BatchEffect, expected: &BatchEffect) {
+    let (mut actual, mut expected) = (actual.clone(), expected.clone());
+    sort_effect(&mut actual);
+    sort_effect(&mut expected);
     assert_eq!(actual.buckets.len(), expected.buckets.len(), "bucket count");
     for (a, e) in actual.buckets.iter().zip(&expected.buckets) {
         assert_eq!((&a.token, a.level, a.at), (&e.token, e.level, e.at));
@@ -233,9 +237,7 @@ fn assert_effect_eq(actual: &BatchEffect, expected: &BatchEffect) {
         assert_eq!(a.delta, a.total, "a loaded bucket is its own delta");
     }
     assert_eq!(actual.wallets, expected.wallets, "wallet marks");
-    let mut events = expected.events.clone();
-    events.sort_by_key(|e| (e.executed_at_ms, e.key));
-    assert_eq!(actual.events, events, "event ids");
+    assert_eq!(actual.events, expected.events, "event ids");
 }
 
 /// Only `token`'s buckets and wallet marks of `effect`.

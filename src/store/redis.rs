@@ -379,19 +379,16 @@ impl RedisStore {
         cmd
     }
 
-    /// Decodes a `read_token.lua` reply into `out`, keeping what is within
-    /// retention at `now_ms`.
+    /// Decodes the `HGETALL` replies of a token's keys (`per_key`, in `tk`'s
+    /// order) into `out`, keeping what is within retention at `now_ms`.
     fn decode_token(
         &self,
         token: &str,
         tk: &TokenKeys,
-        reply: Value,
+        per_key: Vec<Value>,
         now_ms: i64,
         out: &mut BatchEffect,
     ) -> Result<(), StoreError> {
-        let Value::Array(per_key) = reply else {
-            return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
-        };
         if per_key.len() != tk.kinds.len() {
             return Err(StoreError::Corrupt(format!(
                 "read_token: {} replies for {} keys",
@@ -399,6 +396,7 @@ impl RedisStore {
                 tk.kinds.len()
             )));
         }
+        let (first_bucket, first_mark) = (out.buckets.len(), out.wallets.len());
         for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
             let base = period * per_period(level);
             for (field, bytes) in hash_pairs(value)? {
@@ -432,6 +430,10 @@ impl RedisStore {
                 }
             }
         }
+        // Hash fields come in no particular order; the engine restores fastest
+        // in time order (a wallet's marks mostly append).
+        out.buckets[first_bucket..].sort_unstable_by_key(|b| (level_rank(b.level), b.at));
+        out.wallets[first_mark..].sort_by_key(|w| (level_rank(w.level), w.at));
         Ok(())
     }
 
@@ -452,7 +454,6 @@ impl RedisStore {
             ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(READ_TOKEN_LUA);
         pipe.cmd("GET").arg(&applied_key);
         pipe.cmd("ZRANGEBYSCORE")
             .arg(keys::tokens(partition))
@@ -466,7 +467,6 @@ impl RedisStore {
             .master_pipe(&applied_key, &pipe)
             .await?
             .into_iter();
-        let _sha = next_reply(&mut replies)?;
         let applied = parse_applied(next_reply(&mut replies)?)?;
         let tokens: Vec<String> = match next_reply(&mut replies)? {
             Value::Array(items) => items
@@ -510,14 +510,15 @@ impl RedisStore {
         if again != applied {
             return Ok(None);
         }
-        sort_effect(&mut effect);
         Ok(Some(Restored {
             applied_offset: applied,
             effect,
         }))
     }
 
-    /// Reads the tokens of `chunk` with one pipeline of `read_token.lua` calls.
+    /// Reads the tokens of `chunk` with one pipeline of `HGETALL`s. Not atomic
+    /// per token, and it need not be: [`Self::load_once`] rereads when the
+    /// applied offset moved meanwhile.
     async fn read_chunk(
         &self,
         partition: u32,
@@ -529,23 +530,22 @@ impl RedisStore {
         let mut token_keys = Vec::with_capacity(chunk.len());
         for token in chunk {
             let tk = self.token_keys(partition, token, now_ms);
-            pipe.add_command(self.read_cmd("EVALSHA", &tk.keys));
+            for key in &tk.keys {
+                pipe.cmd("HGETALL").arg(key);
+            }
             token_keys.push(tk);
         }
-        let replies = self.conn.master_pipe(applied_key, &pipe).await?;
-        if replies.len() != chunk.len() {
-            return Err(StoreError::Corrupt(format!(
-                "{} replies for {} reads",
-                replies.len(),
-                chunk.len()
-            )));
-        }
+        let mut replies = self.conn.master_pipe(applied_key, &pipe).await?.into_iter();
         let mut out = BatchEffect::default();
-        for ((token, tk), reply) in chunk.iter().zip(&token_keys).zip(replies) {
-            if let Value::ServerError(e) = reply {
-                return Err(StoreError::Redis(e.into()));
-            }
-            self.decode_token(token, tk, reply, now_ms, &mut out)?;
+        for (token, tk) in chunk.iter().zip(&token_keys) {
+            let per_key = (&mut replies)
+                .take(tk.keys.len())
+                .map(|v| match v {
+                    Value::ServerError(e) => Err(StoreError::Redis(e.into())),
+                    v => Ok(v),
+                })
+                .collect::<Result<Vec<Value>, StoreError>>()?;
+            self.decode_token(token, tk, per_key, now_ms, &mut out)?;
         }
         Ok(out)
     }
@@ -845,8 +845,11 @@ impl Store for RedisStore {
                     .await?
             }
         };
+        let Value::Array(per_key) = reply else {
+            return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
+        };
         let mut effect = BatchEffect::default();
-        self.decode_token(token, &tk, reply, now_ms, &mut effect)?;
+        self.decode_token(token, &tk, per_key, now_ms, &mut effect)?;
         if effect.buckets.is_empty() && effect.wallets.is_empty() {
             return Ok(None);
         }

@@ -347,8 +347,10 @@ impl WindowEngine {
     /// Merges persisted effects back in (restart from the store).
     pub fn restore(&mut self, effect: &BatchEffect) {
         let shape = self.tuning.shape();
+        // A load groups each token's data: look the token up once per run.
+        let mut last = None;
         for delta in &effect.buckets {
-            let slot = self.slot_for(&delta.token);
+            let slot = self.cached_slot(&mut last, &delta.token);
             let level = level_index(delta.level);
             if let Some(token) = self.slots[slot as usize].token.as_mut() {
                 token.merge(level, delta.at, &delta.delta, shape);
@@ -362,7 +364,7 @@ impl WindowEngine {
             if sides == 0 {
                 continue;
             }
-            let slot = self.slot_for(&mark.token);
+            let slot = self.cached_slot(&mut last, &mark.token);
             let wallet = self.wallets.intern(&mark.wallet);
             let level = level_index(mark.level);
             let Self {
@@ -572,6 +574,18 @@ impl WindowEngine {
 
     /// The slot of `token`, created when absent.
     #[inline]
+    /// [`Self::slot_for`], skipping the lookup when `token` is `last`'s.
+    fn cached_slot<'t>(&mut self, last: &mut Option<(&'t str, u32)>, token: &'t str) -> u32 {
+        match *last {
+            Some((name, slot)) if name == token => slot,
+            _ => {
+                let slot = self.slot_for(token);
+                *last = Some((token, slot));
+                slot
+            }
+        }
+    }
+
     fn slot_for(&mut self, token: &str) -> u32 {
         if let Some(&slot) = self.index.get(token) {
             return slot;
