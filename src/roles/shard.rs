@@ -74,9 +74,16 @@ async fn run_with_store<S: Store>(
         feed.clone(),
     ));
     let started = std::time::Instant::now();
-    let restored = loop {
-        match store.load(partition, swapstats::now_ms()).await {
-            Ok(restored) => break restored,
+    // Restored part by part while reading; a failed read starts over.
+    let applied_offset = loop {
+        core.clear();
+        let read = store
+            .load_into(partition, swapstats::now_ms(), &mut |part| {
+                core.restore(&part)
+            })
+            .await;
+        match read {
+            Ok(applied_offset) => break applied_offset,
             Err(e) => {
                 tracing::warn!(error = %e, "restore from store failed; retrying");
                 core.set_error(Some(format!("restore: {e}")));
@@ -84,9 +91,8 @@ async fn run_with_store<S: Store>(
             }
         }
     };
-    core.restore(&restored.effect);
     core.set_error(None);
-    let start = restored.applied_offset.map(|o| o + 1);
+    let start = applied_offset.map(|o| o + 1);
     tracing::info!(
         partition,
         ?start,
@@ -94,7 +100,7 @@ async fn run_with_store<S: Store>(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "restored"
     );
-    if let Some(applied) = restored.applied_offset {
+    if let Some(applied) = applied_offset {
         core.counters
             .applied_offset
             .store(applied, std::sync::atomic::Ordering::Relaxed);

@@ -183,6 +183,11 @@ impl ShardCore {
         self.engine().restore(effect);
     }
 
+    /// Forgets all state (before a restore starts over).
+    pub fn clear(&self) {
+        self.engine().clear();
+    }
+
     /// Drops aged-out data.
     pub fn expire(&self, now_ms: i64) {
         self.engine().expire(now_ms);

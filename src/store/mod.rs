@@ -74,12 +74,30 @@ pub trait Store: Send + Sync + 'static {
         batch: &PersistBatch<'_>,
     ) -> impl Future<Output = Result<PersistOutcome, StoreError>> + Send;
 
-    /// Reads back everything persisted for `partition`.
+    /// Reads back everything persisted for `partition`, as one effect.
     fn load(
         &self,
         partition: u32,
         now_ms: i64,
     ) -> impl Future<Output = Result<Restored, StoreError>> + Send;
+
+    /// Reads back everything persisted for `partition` in parts, handing each
+    /// to `sink` as it arrives (a restart restores while it reads and never
+    /// holds its whole state twice), and returns the applied offset. Fails
+    /// with [`StoreError::Unstable`] when batches landed meanwhile: the caller
+    /// forgets what `sink` got and calls again.
+    fn load_into(
+        &self,
+        partition: u32,
+        now_ms: i64,
+        sink: &mut (impl FnMut(BatchEffect) + Send),
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send {
+        async move {
+            let restored = self.load(partition, now_ms).await?;
+            sink(restored.effect);
+            Ok(restored.applied_offset)
+        }
+    }
 
     /// Reads one token's persisted buckets and wallet marks (for the router's
     /// fallback); `None` when the token has nothing persisted.

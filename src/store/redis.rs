@@ -446,9 +446,16 @@ impl RedisStore {
         (at + 1) * unit + keep > now_ms
     }
 
-    /// One attempt of [`Store::load`]; `Ok(None)` when the applied offset moved
-    /// while reading (a batch landed), so the read is not one consistent state.
-    async fn load_once(&self, partition: u32, now_ms: i64) -> Result<Option<Restored>, StoreError> {
+    /// One read of the partition: parts go to `sink` as they arrive (event ids
+    /// first, then the tokens of each chunk). `Ok(None)` when the applied
+    /// offset moved while reading (a batch landed): what `sink` got is not one
+    /// consistent state.
+    async fn load_once(
+        &self,
+        partition: u32,
+        now_ms: i64,
+        sink: &mut (impl FnMut(BatchEffect) + Send),
+    ) -> Result<Option<LoadedCounts>, StoreError> {
         let applied_key = keys::applied(partition);
         let hours: Vec<i64> = ((now_ms - self.options.dedup_ms()).div_euclid(HOUR_MS)
             ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
@@ -480,15 +487,21 @@ impl RedisStore {
                 )))
             }
         };
-        let mut effect = BatchEffect::default();
+        let mut events = BatchEffect::default();
         for &h in &hours {
             match next_reply(&mut replies)? {
                 Value::Nil => {}
-                v => decode_events(h, &bulk(v)?, &mut effect.events)?,
+                v => decode_events(h, &bulk(v)?, &mut events.events)?,
             }
         }
         let horizon = now_ms - self.options.dedup_ms();
-        effect.events.retain(|e| e.executed_at_ms > horizon);
+        events.events.retain(|e| e.executed_at_ms > horizon);
+        let mut counts = LoadedCounts {
+            applied,
+            events: events.events.len(),
+            ..LoadedCounts::default()
+        };
+        sink(events);
 
         let chunks: Vec<&[String]> = tokens.chunks(LOAD_CHUNK).collect();
         for wave in chunks.chunks(LOAD_PARALLEL) {
@@ -497,8 +510,9 @@ impl RedisStore {
                 .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms));
             for part in futures_util::future::join_all(reads).await {
                 let part = part?;
-                effect.buckets.extend(part.buckets);
-                effect.wallets.extend(part.wallets);
+                counts.buckets += part.buckets.len();
+                counts.wallets += part.wallets.len();
+                sink(part);
             }
         }
 
@@ -507,13 +521,7 @@ impl RedisStore {
                 .master(&applied_key, redis::cmd("GET").arg(&applied_key))
                 .await?,
         )?;
-        if again != applied {
-            return Ok(None);
-        }
-        Ok(Some(Restored {
-            applied_offset: applied,
-            effect,
-        }))
+        Ok((again == applied).then_some(counts))
     }
 
     /// Reads the tokens of `chunk` with one pipeline of `HGETALL`s. Not atomic
@@ -566,6 +574,15 @@ fn parse_apply_reply(reply: Value) -> Result<(bool, i64, i64), StoreError> {
         [status, offset, replicas] => Ok((status == 1, offset, replicas)),
         _ => Err(StoreError::Corrupt(format!("apply_batch replied {nums:?}"))),
     }
+}
+
+/// What one load read: the applied offset and how many items of each kind.
+#[derive(Debug, Default)]
+struct LoadedCounts {
+    applied: Option<i64>,
+    buckets: usize,
+    wallets: usize,
+    events: usize,
 }
 
 /// Candidate keys of one token and the (level, hour or day) of each.
@@ -785,37 +802,50 @@ impl Store for RedisStore {
     }
 
     async fn load(&self, partition: u32, now_ms: i64) -> Result<Restored, StoreError> {
-        let started = Instant::now();
-        let mut last_err = None;
         for _ in 0..LOAD_ATTEMPTS {
-            match self.load_once(partition, now_ms).await {
-                Ok(Some(restored)) => {
-                    tracing::info!(
-                        partition,
-                        applied = ?restored.applied_offset,
-                        buckets = restored.effect.buckets.len(),
-                        wallets = restored.effect.wallets.len(),
-                        events = restored.effect.events.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "loaded partition from redis"
-                    );
-                    return Ok(restored);
+            let mut effect = BatchEffect::default();
+            let read = self
+                .load_into(partition, now_ms, &mut |part: BatchEffect| {
+                    effect.buckets.extend(part.buckets);
+                    effect.wallets.extend(part.wallets);
+                    effect.events.extend(part.events);
+                })
+                .await;
+            match read {
+                Ok(applied_offset) => {
+                    return Ok(Restored {
+                        applied_offset,
+                        effect,
+                    })
                 }
-                Ok(None) => {
-                    tracing::warn!(
-                        partition,
-                        "applied offset moved while loading; reading again"
-                    );
-                    last_err = Some(StoreError::Unstable { partition });
-                }
-                // The master changed (failover) between SCRIPT LOAD and the reads.
-                Err(StoreError::Redis(e)) if is_noscript(&e) => {
-                    last_err = Some(StoreError::Redis(e))
-                }
+                Err(StoreError::Unstable { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or(StoreError::Unstable { partition }))
+        Err(StoreError::Unstable { partition })
+    }
+
+    async fn load_into(
+        &self,
+        partition: u32,
+        now_ms: i64,
+        sink: &mut (impl FnMut(BatchEffect) + Send),
+    ) -> Result<Option<i64>, StoreError> {
+        let started = Instant::now();
+        let Some(counts) = self.load_once(partition, now_ms, sink).await? else {
+            tracing::warn!(partition, "applied offset moved while loading");
+            return Err(StoreError::Unstable { partition });
+        };
+        tracing::info!(
+            partition,
+            applied = ?counts.applied,
+            buckets = counts.buckets,
+            wallets = counts.wallets,
+            events = counts.events,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded partition from redis"
+        );
+        Ok(counts.applied)
     }
 
     async fn load_token(

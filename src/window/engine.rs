@@ -191,6 +191,11 @@ impl WindowEngine {
         }
     }
 
+    /// Forgets every swap, keeping the configuration (a restore starting over).
+    pub fn clear(&mut self) {
+        *self = Self::with_tuning(self.config.clone(), self.tuning);
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
