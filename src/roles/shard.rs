@@ -12,6 +12,7 @@ use swapstats::shard::{
 };
 use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
 use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
+use swapstats::window::BatchEffect;
 
 use super::shared::serve_shards;
 
@@ -61,6 +62,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// Reads the partition from `store` into `core`: parts are restored on a
+/// thread of their own while the next ones are read and decoded, so a restart
+/// takes about the longer of the two instead of their sum.
+async fn restore_from<S: Store>(
+    store: &S,
+    core: &Arc<ShardCore>,
+    partition: u32,
+) -> Result<Option<i64>, swapstats::store::StoreError> {
+    let (parts, received) = std::sync::mpsc::sync_channel::<BatchEffect>(2);
+    let restorer = {
+        let core = core.clone();
+        std::thread::spawn(move || received.into_iter().for_each(|part| core.restore(&part)))
+    };
+    let read = store
+        .load_into(partition, swapstats::now_ms(), &mut |part| {
+            // Waits while the restorer is two parts behind (bounded memory);
+            // `block_in_place` lets the runtime move other tasks meanwhile.
+            let _ = tokio::task::block_in_place(|| parts.send(part));
+        })
+        .await;
+    drop(parts);
+    if let Err(panic) = tokio::task::block_in_place(|| restorer.join()) {
+        std::panic::resume_unwind(panic); // a bug in the engine, not a store failure
+    }
+    read
+}
+
 async fn run_with_store<S: Store>(
     settings: Settings,
     partition: u32,
@@ -77,12 +105,7 @@ async fn run_with_store<S: Store>(
     // Restored part by part while reading; a failed read starts over.
     let applied_offset = loop {
         core.clear();
-        let read = store
-            .load_into(partition, swapstats::now_ms(), &mut |part| {
-                core.restore(&part)
-            })
-            .await;
-        match read {
+        match restore_from(&*store, &core, partition).await {
             Ok(applied_offset) => break applied_offset,
             Err(e) => {
                 tracing::warn!(error = %e, "restore from store failed; retrying");

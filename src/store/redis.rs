@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -503,17 +504,27 @@ impl RedisStore {
         };
         sink(events);
 
-        let chunks: Vec<&[String]> = tokens.chunks(LOAD_CHUNK).collect();
-        for wave in chunks.chunks(LOAD_PARALLEL) {
-            let reads = wave
-                .iter()
-                .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms));
-            for part in futures_util::future::join_all(reads).await {
-                let part = part?;
-                counts.buckets += part.buckets.len();
-                counts.wallets += part.wallets.len();
-                sink(part);
-            }
+        // LOAD_PARALLEL pipelines stay in flight while `sink` restores the
+        // part that arrived: Redis keeps serving while the shard restores.
+        // The index lists tokens by last swap, so the busiest come last; dealt
+        // round-robin, every chunk gets a share of them and the restore keeps
+        // pace with the reads. (The reads are built first: a `map` closure in
+        // the stream would not be `Send` for every lifetime.)
+        let n_chunks = tokens.len().div_ceil(LOAD_CHUNK);
+        let mut chunks = vec![Vec::with_capacity(LOAD_CHUNK); n_chunks];
+        for (i, token) in tokens.into_iter().enumerate() {
+            chunks[i % n_chunks].push(token);
+        }
+        let reads: Vec<_> = chunks
+            .iter()
+            .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms))
+            .collect();
+        let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
+        while let Some(part) = parts.next().await {
+            let part = part?;
+            counts.buckets += part.buckets.len();
+            counts.wallets += part.wallets.len();
+            sink(part);
         }
 
         let again = parse_applied(
