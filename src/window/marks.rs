@@ -770,24 +770,13 @@ impl Activity {
                     }
                 }
                 None => {
-                    let visit = |record: &WalletActivity| {
+                    for wallet in &index.listed[level] {
+                        let Some(record) = index.wallets.get(wallet) else {
+                            continue;
+                        };
                         for (q, o) in queries.iter().zip(out.iter_mut()) {
                             add_sides(o, record.sides_in(level, q.start, q.end));
                         }
-                    };
-                    // A scan of the records beats a lookup per listed wallet
-                    // unless few of them have marks at this level.
-                    if 2 * index.listed[level].len() >= index.wallets.len() {
-                        index
-                            .wallets
-                            .values()
-                            .filter(|record| record.newest[level] != NONE)
-                            .for_each(visit);
-                    } else {
-                        index.listed[level]
-                            .iter()
-                            .filter_map(|wallet| index.wallets.get(wallet))
-                            .for_each(visit);
                     }
                 }
             },
