@@ -89,18 +89,76 @@ impl Default for SwapLimits {
 }
 
 /// A timestamp as sent: RFC 3339 text or unix milliseconds.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum WireTime {
     Millis(f64),
     Text(String),
+}
+
+/// An event id as sent: a string, or a number (kept as its JSON text).
+struct WireId(String);
+
+/// Hand-written so that neither type buffers the value and tries variants in
+/// turn (what `#[serde(untagged)]` does, building an error per failed try):
+/// decoding is on the shard's hot path.
+impl<'de> Deserialize<'de> for WireTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor("a unix millisecond time or RFC 3339 text"))
+            .map(|scalar| match scalar {
+                Scalar::Number(n) => WireTime::Millis(n.as_f64().unwrap_or(f64::NAN)),
+                Scalar::Text(text) => WireTime::Text(text),
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for WireId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor("`event_id` as a string or number"))
+            .map(|scalar| match scalar {
+                Scalar::Number(n) => WireId(n.to_string()),
+                Scalar::Text(text) => WireId(text),
+            })
+    }
+}
+
+/// A JSON string or number.
+enum Scalar {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+/// Accepts a JSON string or number; `.0` says what was expected.
+struct ScalarVisitor(&'static str);
+
+impl serde::de::Visitor<'_> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+        serde_json::Number::from_f64(v)
+            .map(Scalar::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a JSON number")))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
 }
 
 /// The JSON object as it arrives; everything optional so a missing field is a
 /// [`RejectReason::MissingField`], not a parse error.
 #[derive(Deserialize)]
 struct WireSwap {
-    event_id: Option<serde_json::Value>,
+    event_id: Option<WireId>,
     token_id: Option<String>,
     wallet: Option<String>,
     side: Option<String>,
@@ -119,16 +177,7 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
         serde_json::from_slice(bytes).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
     let missing = |name: &str| Rejection::new(MissingField, format!("`{name}` is required"));
 
-    let event_id = match wire.event_id.ok_or_else(|| missing("event_id"))? {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => {
-            return Err(Rejection::new(
-                Malformed,
-                "`event_id` must be a string or number",
-            ))
-        }
-    };
+    let WireId(event_id) = wire.event_id.ok_or_else(|| missing("event_id"))?;
     let token = wire.token_id.ok_or_else(|| missing("token_id"))?;
     check_string("event_id", &event_id, limits)?;
     check_string("token_id", &token, limits)?;
@@ -316,5 +365,40 @@ mod tests {
             RejectReason::FromTheFuture
         );
         assert!(decode(&format!(r#"{{{ok},"executed_at":{}}}"#, NOW + 4_000)).is_ok());
+        let rest = r#""token_id":"T","amount":1,"usd":1,"side":"buy""#;
+        for bad_id in ["true", "null", "[1]", r#"{"a":1}"#] {
+            let json = format!(r#"{{"event_id":{bad_id},{rest},"executed_at":1}}"#);
+            let expected = if bad_id == "null" {
+                RejectReason::MissingField
+            } else {
+                RejectReason::Malformed
+            };
+            assert_eq!(reason(&json), expected, "{json}");
+        }
+        for bad_time in ["true", "[1]", r#"{"ms":1}"#] {
+            let json = format!(r#"{{{ok},"executed_at":{bad_time}}}"#);
+            assert_eq!(reason(&json), RejectReason::Malformed, "{json}");
+        }
+    }
+
+    #[test]
+    fn ids_and_times_take_every_json_scalar_form() {
+        let rest = r#""token_id":"T","amount":1,"usd":1,"side":"buy""#;
+        let id = |raw: &str| {
+            decode(&format!(r#"{{"event_id":{raw},{rest},"executed_at":1}}"#))
+                .unwrap()
+                .event_id
+        };
+        assert_eq!(id(r#""a\"b\u00e9""#), "a\"bé");
+        assert_eq!(id("-3"), "-3");
+        assert_eq!(id("1.5"), "1.5");
+        assert_eq!(id("18446744073709551615"), "18446744073709551615");
+        let at = |raw: &str| {
+            decode(&format!(r#"{{"event_id":"e",{rest},"executed_at":{raw}}}"#))
+                .map(|s| s.executed_at_ms)
+        };
+        assert_eq!(at("1699999999000.9").unwrap(), 1_699_999_999_000);
+        assert_eq!(at(r#""2023-11-14T22:13:19Z""#).unwrap(), 1_699_999_999_000);
+        assert_eq!(at("-1").unwrap_err().reason, RejectReason::BadTime);
     }
 }
