@@ -37,7 +37,7 @@ use std::fmt::Write as _;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
-use crate::window::{AppliedEvent, BatchEffect, Bucket, Level, PricePoint};
+use crate::window::{AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint};
 
 /// Encoded size of one bucket.
 pub const BUCKET_LEN: usize = 108;
@@ -201,7 +201,7 @@ impl KeyLifetimes {
 
 /// Which period of a token's keys: the level and its hour (seconds) or day
 /// (minutes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct HashId {
     level: Level,
     period: i64,
@@ -228,10 +228,11 @@ impl HashId {
 }
 
 /// What a batch writes for one period of one token.
-#[derive(Default)]
-struct PeriodWrite {
-    /// Bucket offset → the bucket's new value.
-    buckets: BTreeMap<i64, Bucket>,
+struct PeriodWrite<'a> {
+    token: &'a str,
+    id: HashId,
+    /// Bucket offset and the bucket's new value (a batch touches a bucket once).
+    buckets: Vec<(i64, &'a Bucket)>,
     /// Wallet mark records.
     marks: Vec<u8>,
 }
@@ -297,38 +298,62 @@ pub fn decode_marks(
 
 /// Encodes partition `partition`'s batch `effect`, as of `now_ms`, as the
 /// payload of `apply_batch.lua`.
-pub fn encode_batch(
+pub fn encode_batch<'e>(
     partition: u32,
-    effect: &BatchEffect,
+    effect: &'e BatchEffect,
     now_ms: i64,
     lifetimes: &KeyLifetimes,
 ) -> Result<Vec<u8>, StoreError> {
-    // Grouped by token and period first; each key name is formatted once.
-    let mut periods: BTreeMap<(&str, HashId), PeriodWrite> = BTreeMap::new();
-    let mut tokens: BTreeMap<&str, i64> = BTreeMap::new();
+    // Grouped by token and period first (hash lookups: this runs per swap of
+    // every batch); each key name is formatted once.
+    let mut periods: Vec<PeriodWrite> = Vec::new();
+    let mut period_at: FastMap<(&str, HashId), usize> = FastMap::default();
+    let mut period = |token: &'e str, id: HashId| {
+        let next = periods.len();
+        let at = *period_at.entry((token, id)).or_insert(next);
+        if at == next {
+            periods.push(PeriodWrite {
+                token,
+                id,
+                buckets: Vec::new(),
+                marks: Vec::new(),
+            });
+        }
+        at
+    };
+    let mut tokens: FastMap<&str, i64> = FastMap::default();
+    let mut seen = |token: &'e str, ms: i64| {
+        let last = tokens.entry(token).or_insert(ms);
+        *last = (*last).max(ms);
+    };
+    let mut bucket_periods = Vec::with_capacity(effect.buckets.len());
     for d in &effect.buckets {
-        let last = if d.total.is_empty() {
-            bucket_start_ms(d.level, d.at)
-        } else {
-            d.total.close.at_ms
-        };
-        let seen = tokens.entry(d.token.as_str()).or_insert(last);
-        *seen = (*seen).max(last);
+        seen(
+            &d.token,
+            if d.total.is_empty() {
+                bucket_start_ms(d.level, d.at)
+            } else {
+                d.total.close.at_ms
+            },
+        );
         let (id, offset) = HashId::of(d.level, d.at);
-        let period = periods.entry((d.token.as_str(), id)).or_default();
-        period.buckets.insert(offset, d.total);
+        bucket_periods.push((period(&d.token, id), offset, &d.total));
     }
+    let mut mark_periods = Vec::with_capacity(effect.wallets.len());
     for w in &effect.wallets {
-        let start = bucket_start_ms(w.level, w.at);
-        let seen = tokens.entry(w.token.as_str()).or_insert(start);
-        *seen = (*seen).max(start);
+        seen(&w.token, bucket_start_ms(w.level, w.at));
         let (id, offset) = HashId::of(w.level, w.at);
-        let period = periods.entry((w.token.as_str(), id)).or_default();
-        put_mark(&mut period.marks, offset, w.sides & 3, &w.wallet)?;
+        mark_periods.push((period(&w.token, id), offset, w));
+    }
+    for (at, offset, total) in bucket_periods {
+        periods[at].buckets.push((offset, total));
+    }
+    for (at, offset, w) in mark_periods {
+        put_mark(&mut periods[at].marks, offset, w.sides & 3, &w.wallet)?;
     }
     let live: Vec<(String, i64, &PeriodWrite)> = periods
         .iter()
-        .map(|((token, id), period)| (id.key(partition, token), lifetimes.expire_at(*id), period))
+        .map(|p| (p.id.key(partition, p.token), lifetimes.expire_at(p.id), p))
         .filter(|(_, expire_at, _)| *expire_at > now_ms)
         .collect();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
@@ -362,7 +387,7 @@ pub fn encode_batch(
         put_str(&mut out, key, "key")?;
         out.extend_from_slice(&expire_at.to_le_bytes());
         put_count(&mut out, period.buckets.len())?;
-        for (offset, bucket) in &period.buckets {
+        for &(offset, bucket) in &period.buckets {
             field_name.clear();
             let _ = write!(field_name, "{offset}");
             put_str(&mut out, &field_name, "field")?;
