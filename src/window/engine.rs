@@ -307,7 +307,7 @@ impl WindowEngine {
             let Some(token) = self.slots[slot as usize].token.as_mut() else {
                 continue;
             };
-            let total = token.merge(level, key, &delta, shape);
+            let total = *token.merge(level, key, &delta, shape);
             effect.buckets.push(BucketDelta {
                 token: token.name.to_string(),
                 level: LEVELS[level],

@@ -64,8 +64,8 @@ impl Series {
     /// summaries; builds the summaries once the series has more than
     /// `tier_threshold` buckets. Returns the bucket's new value.
     #[inline]
-    pub(crate) fn merge(&mut self, key: i64, delta: &Bucket, tier_threshold: usize) -> Bucket {
-        let total = upsert(&mut self.base, key, delta);
+    pub(crate) fn merge(&mut self, key: i64, delta: &Bucket, tier_threshold: usize) -> &Bucket {
+        let at = upsert(&mut self.base, key, delta);
         match &mut self.tiers {
             Some(tiers) => {
                 for (k, tier) in tiers.iter_mut().enumerate() {
@@ -75,7 +75,7 @@ impl Series {
             None if self.base.len() > tier_threshold => self.build_tiers(),
             None => {}
         }
-        total
+        &self.base[at].1
     }
 
     fn build_tiers(&mut self) {
@@ -221,29 +221,30 @@ pub(crate) fn lower_bound(entries: &VecDeque<Entry>, key: i64) -> usize {
 }
 
 /// Merges `delta` into the entry at `key`, inserting it in order when absent;
-/// returns the entry's new value.
+/// returns the entry's index.
 #[inline]
-fn upsert(entries: &mut VecDeque<Entry>, key: i64, delta: &Bucket) -> Bucket {
+fn upsert(entries: &mut VecDeque<Entry>, key: i64, delta: &Bucket) -> usize {
+    let len = entries.len();
     match entries.back_mut() {
         Some(back) if back.0 == key => {
             back.1.merge(delta);
-            return back.1;
+            return len - 1;
         }
         Some(back) if back.0 > key => {
             let at = lower_bound(entries, key);
             if entries[at].0 == key {
                 entries[at].1.merge(delta);
-                return entries[at].1;
+            } else {
+                reserve_one(entries);
+                entries.insert(at, (key, *delta));
             }
-            reserve_one(entries);
-            entries.insert(at, (key, *delta));
-            return *delta;
+            return at;
         }
         _ => {}
     }
     reserve_one(entries);
     entries.push_back((key, *delta));
-    *delta
+    len
 }
 
 /// Grows small deques one entry at a time (a quiet token keeps one or two

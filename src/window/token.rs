@@ -130,7 +130,7 @@ impl TokenState {
         key: i64,
         delta: &Bucket,
         limits: ShapeLimits,
-    ) -> Bucket {
+    ) -> &Bucket {
         self.series[level].merge(key, delta, limits.tier_min_buckets)
     }
 
