@@ -237,6 +237,31 @@ struct PeriodWrite<'a> {
     marks: Vec<u8>,
 }
 
+/// A batch's writes grouped by token and period, in first-seen order (hash
+/// lookups: this runs for every bucket and mark of every batch).
+#[derive(Default)]
+struct PeriodWrites<'a> {
+    periods: Vec<PeriodWrite<'a>>,
+    index: FastMap<(&'a str, HashId), usize>,
+}
+
+impl<'a> PeriodWrites<'a> {
+    /// The writes of `token`'s period `id`, created empty on first use.
+    fn of(&mut self, token: &'a str, id: HashId) -> &mut PeriodWrite<'a> {
+        let next = self.periods.len();
+        let at = *self.index.entry((token, id)).or_insert(next);
+        if at == next {
+            self.periods.push(PeriodWrite {
+                token,
+                id,
+                buckets: Vec::new(),
+                marks: Vec::new(),
+            });
+        }
+        &mut self.periods[at]
+    }
+}
+
 fn bucket_start_ms(level: Level, at: i64) -> i64 {
     match level {
         Level::Second => at.saturating_mul(1000),
@@ -304,29 +329,13 @@ pub fn encode_batch<'e>(
     now_ms: i64,
     lifetimes: &KeyLifetimes,
 ) -> Result<Vec<u8>, StoreError> {
-    // Grouped by token and period first (hash lookups: this runs per swap of
-    // every batch); each key name is formatted once.
-    let mut periods: Vec<PeriodWrite> = Vec::new();
-    let mut period_at: FastMap<(&str, HashId), usize> = FastMap::default();
-    let mut period = |token: &'e str, id: HashId| {
-        let next = periods.len();
-        let at = *period_at.entry((token, id)).or_insert(next);
-        if at == next {
-            periods.push(PeriodWrite {
-                token,
-                id,
-                buckets: Vec::new(),
-                marks: Vec::new(),
-            });
-        }
-        at
-    };
+    // Grouped by token and period first; each key name is formatted once.
+    let mut periods = PeriodWrites::default();
     let mut tokens: FastMap<&str, i64> = FastMap::default();
     let mut seen = |token: &'e str, ms: i64| {
         let last = tokens.entry(token).or_insert(ms);
         *last = (*last).max(ms);
     };
-    let mut bucket_periods = Vec::with_capacity(effect.buckets.len());
     for d in &effect.buckets {
         seen(
             &d.token,
@@ -337,21 +346,20 @@ pub fn encode_batch<'e>(
             },
         );
         let (id, offset) = HashId::of(d.level, d.at);
-        bucket_periods.push((period(&d.token, id), offset, &d.total));
+        periods.of(&d.token, id).buckets.push((offset, &d.total));
     }
-    let mut mark_periods = Vec::with_capacity(effect.wallets.len());
     for w in &effect.wallets {
         seen(&w.token, bucket_start_ms(w.level, w.at));
         let (id, offset) = HashId::of(w.level, w.at);
-        mark_periods.push((period(&w.token, id), offset, w));
-    }
-    for (at, offset, total) in bucket_periods {
-        periods[at].buckets.push((offset, total));
-    }
-    for (at, offset, w) in mark_periods {
-        put_mark(&mut periods[at].marks, offset, w.sides & 3, &w.wallet)?;
+        put_mark(
+            &mut periods.of(&w.token, id).marks,
+            offset,
+            w.sides & 3,
+            &w.wallet,
+        )?;
     }
     let live: Vec<(String, i64, &PeriodWrite)> = periods
+        .periods
         .iter()
         .map(|p| (p.id.key(partition, p.token), lifetimes.expire_at(p.id), p))
         .filter(|(_, expire_at, _)| *expire_at > now_ms)

@@ -447,96 +447,8 @@ impl RedisStore {
         (at + 1) * unit + keep > now_ms
     }
 
-    /// One read of the partition: parts go to `sink` as they arrive (event ids
-    /// first, then the tokens of each chunk). `Ok(None)` when the applied
-    /// offset moved while reading (a batch landed): what `sink` got is not one
-    /// consistent state.
-    async fn load_once(
-        &self,
-        partition: u32,
-        now_ms: i64,
-        sink: &mut (impl FnMut(BatchEffect) + Send),
-    ) -> Result<Option<LoadedCounts>, StoreError> {
-        let applied_key = keys::applied(partition);
-        let hours: Vec<i64> = ((now_ms - self.options.dedup_ms()).div_euclid(HOUR_MS)
-            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
-            .collect();
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&applied_key);
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(keys::tokens(partition))
-            .arg(now_ms - self.options.index_keep_ms())
-            .arg("+inf");
-        for &h in &hours {
-            pipe.cmd("GET").arg(keys::events(partition, h));
-        }
-        let mut replies = self
-            .conn
-            .master_pipe(&applied_key, &pipe)
-            .await?
-            .into_iter();
-        let applied = parse_applied(next_reply(&mut replies)?)?;
-        let tokens: Vec<String> = match next_reply(&mut replies)? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(bulk)
-                .map(|b| b.and_then(utf8))
-                .collect::<Result<_, _>>()?,
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "token index replied {other:?}"
-                )))
-            }
-        };
-        let mut events = BatchEffect::default();
-        for &h in &hours {
-            match next_reply(&mut replies)? {
-                Value::Nil => {}
-                v => decode_events(h, &bulk(v)?, &mut events.events)?,
-            }
-        }
-        let horizon = now_ms - self.options.dedup_ms();
-        events.events.retain(|e| e.executed_at_ms > horizon);
-        let mut counts = LoadedCounts {
-            applied,
-            events: events.events.len(),
-            ..LoadedCounts::default()
-        };
-        sink(events);
-
-        // LOAD_PARALLEL pipelines stay in flight while `sink` restores the
-        // part that arrived: Redis keeps serving while the shard restores.
-        // The index lists tokens by last swap, so the busiest come last; dealt
-        // round-robin, every chunk gets a share of them and the restore keeps
-        // pace with the reads. (The reads are built first: a `map` closure in
-        // the stream would not be `Send` for every lifetime.)
-        let n_chunks = tokens.len().div_ceil(LOAD_CHUNK);
-        let mut chunks = vec![Vec::with_capacity(LOAD_CHUNK); n_chunks];
-        for (i, token) in tokens.into_iter().enumerate() {
-            chunks[i % n_chunks].push(token);
-        }
-        let reads: Vec<_> = chunks
-            .iter()
-            .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms))
-            .collect();
-        let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
-        while let Some(part) = parts.next().await {
-            let part = part?;
-            counts.buckets += part.buckets.len();
-            counts.wallets += part.wallets.len();
-            sink(part);
-        }
-
-        let again = parse_applied(
-            self.conn
-                .master(&applied_key, redis::cmd("GET").arg(&applied_key))
-                .await?,
-        )?;
-        Ok((again == applied).then_some(counts))
-    }
-
     /// Reads the tokens of `chunk` with one pipeline of `HGETALL`s. Not atomic
-    /// per token, and it need not be: [`Self::load_once`] rereads when the
+    /// per token, and it need not be: [`Store::load_into`] rereads when the
     /// applied offset moved meanwhile.
     async fn read_chunk(
         &self,
@@ -585,15 +497,6 @@ fn parse_apply_reply(reply: Value) -> Result<(bool, i64, i64), StoreError> {
         [status, offset, replicas] => Ok((status == 1, offset, replicas)),
         _ => Err(StoreError::Corrupt(format!("apply_batch replied {nums:?}"))),
     }
-}
-
-/// What one load read: the applied offset and how many items of each kind.
-#[derive(Debug, Default)]
-struct LoadedCounts {
-    applied: Option<i64>,
-    buckets: usize,
-    wallets: usize,
-    events: usize,
 }
 
 /// Candidate keys of one token and the (level, hour or day) of each.
@@ -836,6 +739,8 @@ impl Store for RedisStore {
         Err(StoreError::Unstable { partition })
     }
 
+    /// Parts go to `sink` as they arrive: event ids first, then the tokens of
+    /// each chunk.
     async fn load_into(
         &self,
         partition: u32,
@@ -843,20 +748,92 @@ impl Store for RedisStore {
         sink: &mut (impl FnMut(BatchEffect) + Send),
     ) -> Result<Option<i64>, StoreError> {
         let started = Instant::now();
-        let Some(counts) = self.load_once(partition, now_ms, sink).await? else {
+        let applied_key = keys::applied(partition);
+        let hours: Vec<i64> = ((now_ms - self.options.dedup_ms()).div_euclid(HOUR_MS)
+            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&applied_key);
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(keys::tokens(partition))
+            .arg(now_ms - self.options.index_keep_ms())
+            .arg("+inf");
+        for &h in &hours {
+            pipe.cmd("GET").arg(keys::events(partition, h));
+        }
+        let mut replies = self
+            .conn
+            .master_pipe(&applied_key, &pipe)
+            .await?
+            .into_iter();
+        let applied = parse_applied(next_reply(&mut replies)?)?;
+        let tokens: Vec<String> = match next_reply(&mut replies)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(bulk)
+                .map(|b| b.and_then(utf8))
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "token index replied {other:?}"
+                )))
+            }
+        };
+        let mut events = BatchEffect::default();
+        for &h in &hours {
+            match next_reply(&mut replies)? {
+                Value::Nil => {}
+                v => decode_events(h, &bulk(v)?, &mut events.events)?,
+            }
+        }
+        let horizon = now_ms - self.options.dedup_ms();
+        events.events.retain(|e| e.executed_at_ms > horizon);
+        let n_events = events.events.len();
+        let (mut n_buckets, mut n_wallets) = (0, 0);
+        sink(events);
+
+        // LOAD_PARALLEL pipelines stay in flight while `sink` restores the
+        // part that arrived: Redis keeps serving while the shard restores.
+        // The index lists tokens by last swap, so the busiest come last; dealt
+        // round-robin, every chunk gets a share of them and the restore keeps
+        // pace with the reads. (The reads are built first: a `map` closure in
+        // the stream would not be `Send` for every lifetime.)
+        let n_chunks = tokens.len().div_ceil(LOAD_CHUNK);
+        let mut chunks = vec![Vec::with_capacity(LOAD_CHUNK); n_chunks];
+        for (i, token) in tokens.into_iter().enumerate() {
+            chunks[i % n_chunks].push(token);
+        }
+        let reads: Vec<_> = chunks
+            .iter()
+            .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms))
+            .collect();
+        let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
+        while let Some(part) = parts.next().await {
+            let part = part?;
+            n_buckets += part.buckets.len();
+            n_wallets += part.wallets.len();
+            sink(part);
+        }
+
+        let again = parse_applied(
+            self.conn
+                .master(&applied_key, redis::cmd("GET").arg(&applied_key))
+                .await?,
+        )?;
+        if again != applied {
             tracing::warn!(partition, "applied offset moved while loading");
             return Err(StoreError::Unstable { partition });
-        };
+        }
         tracing::info!(
             partition,
-            applied = ?counts.applied,
-            buckets = counts.buckets,
-            wallets = counts.wallets,
-            events = counts.events,
+            ?applied,
+            buckets = n_buckets,
+            wallets = n_wallets,
+            events = n_events,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded partition from redis"
         );
-        Ok(counts.applied)
+        Ok(applied)
     }
 
     async fn load_token(
