@@ -3,10 +3,12 @@
 //!
 //! Two shapes, by how busy the token is:
 //! - `Flat`: a few marks in one sorted vector (a quiet token costs a few bytes);
-//! - `Wallets`: one record per wallet holding, per level, its newest mark inline
-//!   (so the common in-order swap touches one record) and older marks in a
-//!   sorted vector. With many wallets the level also keeps [`Counters`], which
-//!   answer each unique count in O(1) instead of a pass over the wallets.
+//! - `Wallets`: per level, a dense vector of per-wallet records, each holding
+//!   its newest mark inline (so the common in-order swap touches one record) and
+//!   older marks in a sorted deque; a map from wallet to its record's position at
+//!   each level. A unique count walks a level's records in order. With many
+//!   wallets the level also keeps [`Counters`], which answer each unique count in
+//!   O(1) instead of a pass over the wallets.
 
 use std::collections::VecDeque;
 
@@ -68,81 +70,75 @@ impl FlatMark {
     }
 }
 
-/// One wallet's marks on one token. Per level: the newest mark (`NONE`: no
-/// mark), the newest buy and sell keys, and the older marks sorted by key.
+/// One wallet's marks on one token at one level: the newest mark (inline, so
+/// the common in-order swap touches nothing else), the newest buy and sell keys,
+/// and the older marks sorted by key. A record exists only while it holds a mark.
 #[derive(Debug, Clone)]
-struct WalletActivity {
-    newest: [i64; 2],
-    last_buy: [i64; 2],
-    last_sell: [i64; 2],
-    /// Position in the level's list of active wallets (valid while it has marks there).
-    listed_at: [u32; 2],
-    older: [VecDeque<i64>; 2],
+struct WalletMarks {
+    wallet: u32,
+    newest: i64,
+    last_buy: i64,
+    last_sell: i64,
+    older: VecDeque<i64>,
 }
 
-impl WalletActivity {
-    fn new() -> Self {
+impl WalletMarks {
+    fn new(wallet: u32) -> Self {
         Self {
-            newest: [NONE; 2],
-            last_buy: [NONE; 2],
-            last_sell: [NONE; 2],
-            listed_at: [0; 2],
-            older: [VecDeque::new(), VecDeque::new()],
+            wallet,
+            newest: NONE,
+            last_buy: NONE,
+            last_sell: NONE,
+            older: VecDeque::new(),
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.newest == [NONE; 2]
+    /// Key of the oldest mark.
+    fn oldest_key(&self) -> Option<i64> {
+        (self.newest != NONE).then(|| key_of(*self.older.front().unwrap_or(&self.newest)))
     }
 
-    /// Key of the oldest mark of a level.
-    fn oldest_key(&self, level: usize) -> Option<i64> {
-        let newest = self.newest[level];
-        (newest != NONE).then(|| key_of(*self.older[level].front().unwrap_or(&newest)))
-    }
-
-    fn last_of(&self, level: usize, class: usize) -> i64 {
+    fn last_of(&self, class: usize) -> i64 {
         match class {
-            CLASS_BUY => self.last_buy[level],
-            CLASS_SELL => self.last_sell[level],
-            _ if self.newest[level] == NONE => NONE,
-            _ => key_of(self.newest[level]),
+            CLASS_BUY => self.last_buy,
+            CLASS_SELL => self.last_sell,
+            _ if self.newest == NONE => NONE,
+            _ => key_of(self.newest),
         }
     }
 
-    fn note_sides(&mut self, level: usize, key: i64, sides: u8) {
+    fn note_sides(&mut self, key: i64, sides: u8) {
         if sides & SIDE_BUY != 0 {
-            self.last_buy[level] = self.last_buy[level].max(key);
+            self.last_buy = self.last_buy.max(key);
         }
         if sides & SIDE_SELL != 0 {
-            self.last_sell[level] = self.last_sell[level].max(key);
+            self.last_sell = self.last_sell.max(key);
         }
     }
 
     /// Side bits at `key`.
     #[inline]
-    fn sides_at(&self, level: usize, key: i64) -> u8 {
-        let newest = self.newest[level];
+    fn sides_at(&self, key: i64) -> u8 {
+        let newest = self.newest;
         if newest == NONE || key > key_of(newest) {
             return 0;
         }
         if key == key_of(newest) {
             return sides_of(newest);
         }
-        let older = &self.older[level];
-        older
+        self.older
             .binary_search_by_key(&key, |&m| key_of(m))
-            .map_or(0, |i| sides_of(older[i]))
+            .map_or(0, |i| sides_of(self.older[i]))
     }
 
     /// Side bits in keys `[start, end)`.
     #[inline]
-    fn sides_in(&self, level: usize, start: i64, end: i64) -> u8 {
+    fn sides_in(&self, start: i64, end: i64) -> u8 {
         if end == i64::MAX {
-            return (u8::from(self.last_buy[level] >= start) * SIDE_BUY)
-                | (u8::from(self.last_sell[level] >= start) * SIDE_SELL);
+            return (u8::from(self.last_buy >= start) * SIDE_BUY)
+                | (u8::from(self.last_sell >= start) * SIDE_SELL);
         }
-        let newest = self.newest[level];
+        let newest = self.newest;
         if newest == NONE || key_of(newest) < start {
             return 0;
         }
@@ -151,8 +147,17 @@ impl WalletActivity {
         } else {
             0
         };
-        let older = &self.older[level];
-        let from = older.partition_point(|&m| key_of(m) < start);
+        let older = &self.older;
+        // Most wallets hold a few marks: a walk from the back beats a binary
+        // search over the deque's two halves.
+        let from = if older.len() <= 8 {
+            older
+                .iter()
+                .rposition(|&m| key_of(m) < start)
+                .map_or(0, |i| i + 1)
+        } else {
+            older.partition_point(|&m| key_of(m) < start)
+        };
         for &m in older.range(from..) {
             if key_of(m) >= end || sides == SIDE_BUY | SIDE_SELL {
                 break;
@@ -164,14 +169,8 @@ impl WalletActivity {
 
     /// Adds side bits at `key`, linking new chain members into `counters`.
     #[inline]
-    fn add(
-        &mut self,
-        level: usize,
-        key: i64,
-        sides: u8,
-        counters: Option<&mut Counters>,
-    ) -> MarkAdded {
-        let newest = self.newest[level];
+    fn add(&mut self, key: i64, sides: u8, counters: Option<&mut Counters>) -> MarkAdded {
+        let newest = self.newest;
         if newest == NONE || key > key_of(newest) {
             // The common case: a new newest mark.
             if let Some(counters) = counters {
@@ -179,15 +178,15 @@ impl WalletActivity {
                 counters.link(CLASS_ANY, prev, key, NONE);
                 for class in [CLASS_BUY, CLASS_SELL] {
                     if sides & class_mask(class) != 0 {
-                        counters.link(class, self.last_of(level, class), key, NONE);
+                        counters.link(class, self.last_of(class), key, NONE);
                     }
                 }
             }
             if newest != NONE {
-                self.older[level].push_back(newest);
+                self.older.push_back(newest);
             }
-            self.newest[level] = pack(key, sides);
-            self.note_sides(level, key, sides);
+            self.newest = pack(key, sides);
+            self.note_sides(key, sides);
             return MarkAdded {
                 sides,
                 created: true,
@@ -200,36 +199,26 @@ impl WalletActivity {
                     // The previous mark of the class is its newest: older than `key`,
                     // which did not have the bit.
                     if added & class_mask(class) != 0 {
-                        counters.link(class, self.last_of(level, class), key, NONE);
+                        counters.link(class, self.last_of(class), key, NONE);
                     }
                 }
             }
-            self.newest[level] |= i64::from(added);
+            self.newest |= i64::from(added);
             MarkAdded {
                 sides: added,
                 created: false,
             }
         } else {
-            self.insert_older(level, key, sides, counters)
+            self.insert_older(key, sides, counters)
         };
-        self.note_sides(level, key, added.sides);
+        self.note_sides(key, added.sides);
         added
     }
 
     /// Adds side bits at `key`, older than the newest mark.
-    fn insert_older(
-        &mut self,
-        level: usize,
-        key: i64,
-        sides: u8,
-        counters: Option<&mut Counters>,
-    ) -> MarkAdded {
-        let (last_buy, last_sell, newest) = (
-            self.last_buy[level],
-            self.last_sell[level],
-            self.newest[level],
-        );
-        let older = &mut self.older[level];
+    fn insert_older(&mut self, key: i64, sides: u8, counters: Option<&mut Counters>) -> MarkAdded {
+        let (last_buy, last_sell, newest) = (self.last_buy, self.last_sell, self.newest);
+        let older = &mut self.older;
         let (position, found) = match older.binary_search_by_key(&key, |&m| key_of(m)) {
             Ok(i) => (i, true),
             Err(i) => (i, false),
@@ -285,12 +274,12 @@ impl WalletActivity {
     }
 
     /// Drops marks before `cut`; returns how many.
-    fn trim(&mut self, level: usize, cut: i64, counters: Option<&mut Counters>) -> usize {
-        if self.oldest_key(level).is_none_or(|oldest| oldest >= cut) {
+    fn trim(&mut self, cut: i64, counters: Option<&mut Counters>) -> usize {
+        if self.oldest_key().is_none_or(|oldest| oldest >= cut) {
             return 0;
         }
-        let newest = self.newest[level];
-        let older = &mut self.older[level];
+        let newest = self.newest;
+        let older = &mut self.older;
         let gone_older = older.partition_point(|&m| key_of(m) < cut);
         let newest_gone = gone_older == older.len() && key_of(newest) < cut;
         if let Some(counters) = counters {
@@ -321,35 +310,40 @@ impl WalletActivity {
             older.shrink_to_fit();
         }
         if newest_gone {
-            self.newest[level] = NONE;
+            self.newest = NONE;
         }
-        if self.last_buy[level] < cut {
-            self.last_buy[level] = NONE;
+        if self.last_buy < cut {
+            self.last_buy = NONE;
         }
-        if self.last_sell[level] < cut {
-            self.last_sell[level] = NONE;
+        if self.last_sell < cut {
+            self.last_sell = NONE;
         }
         gone_older + usize::from(newest_gone)
     }
 
-    /// All marks of a level, oldest first.
-    fn marks(&self, level: usize) -> impl Iterator<Item = i64> + '_ {
-        let newest = self.newest[level];
-        self.older[level]
+    /// All marks, oldest first.
+    fn marks(&self) -> impl Iterator<Item = i64> + '_ {
+        let newest = self.newest;
+        self.older
             .iter()
             .copied()
             .chain((newest != NONE).then_some(newest))
     }
 }
 
-/// Per-wallet records, with counters per level once there are many wallets.
+/// Position of "no record at this level" in [`WalletIndex::positions`].
+const UNLISTED: u32 = u32::MAX;
+
+/// Per-wallet records, kept per level in a dense vector (a unique count
+/// without counters walks it in order), with counters per level once there are
+/// many wallets.
 #[derive(Debug, Clone)]
 pub(crate) struct WalletIndex {
-    wallets: FastMap<u32, WalletActivity>,
+    /// Wallet → position of its record in each level's `records` (`UNLISTED`: none).
+    positions: FastMap<u32, [u32; 2]>,
+    /// Per level: one record per wallet with at least one mark there.
+    records: [Vec<WalletMarks>; 2],
     marks: [usize; 2],
-    /// Per level: the wallets with at least one mark there (what a unique
-    /// count without counters visits).
-    listed: [Vec<u32>; 2],
     /// Per level: every wallet is filed at (or before) the key of its oldest
     /// mark, so a trim visits only the wallets filed before the cut.
     by_oldest: [WalletWheel; 2],
@@ -359,30 +353,36 @@ pub(crate) struct WalletIndex {
 impl WalletIndex {
     fn new() -> Self {
         Self {
-            wallets: FastMap::default(),
+            positions: FastMap::default(),
+            records: [Vec::new(), Vec::new()],
             marks: [0; 2],
-            listed: [Vec::new(), Vec::new()],
             by_oldest: [WalletWheel::default(), WalletWheel::default()],
             counters: [None, None],
         }
     }
 
+    /// The record of `wallet` at `level`, if it has one.
+    #[inline]
+    fn record(&self, level: usize, wallet: u32) -> Option<&WalletMarks> {
+        let position = self.positions.get(&wallet)?[level];
+        self.records[level].get(position as usize)
+    }
+
     #[inline]
     fn add(&mut self, level: usize, wallet: u32, key: i64, sides: u8) -> MarkAdded {
-        let record = self
-            .wallets
-            .entry(wallet)
-            .or_insert_with(WalletActivity::new);
+        let positions = self.positions.entry(wallet).or_insert([UNLISTED; 2]);
+        let records = &mut self.records[level];
+        if positions[level] == UNLISTED {
+            positions[level] = records.len() as u32;
+            records.push(WalletMarks::new(wallet));
+        }
+        let record = &mut records[positions[level] as usize];
         // Only a first mark, or one older than the newest, can be the new oldest.
-        let newest = record.newest[level];
+        let newest = record.newest;
         let may_be_oldest = newest == NONE || key < key_of(newest);
-        let added = record.add(level, key, sides, self.counters[level].as_mut());
+        let added = record.add(key, sides, self.counters[level].as_mut());
         if added.created {
             self.marks[level] += 1;
-            if newest == NONE {
-                record.listed_at[level] = self.listed[level].len() as u32;
-                self.listed[level].push(wallet);
-            }
             if may_be_oldest {
                 self.by_oldest[level].file(key, wallet);
             }
@@ -399,11 +399,11 @@ impl WalletIndex {
 
     fn build_counters(&mut self, level: usize, lens: &[i64]) {
         let mut counters = Counters::new(lens);
-        for record in self.wallets.values() {
+        for record in &self.records[level] {
             for class in [CLASS_ANY, CLASS_BUY, CLASS_SELL] {
                 let mask = class_mask(class);
                 let mut prev = NONE;
-                for m in record.marks(level) {
+                for m in record.marks() {
                     if sides_of(m) & mask != 0 {
                         counters.link(class, prev, key_of(m), NONE);
                         prev = key_of(m);
@@ -421,35 +421,47 @@ impl WalletIndex {
             due.sort_unstable();
             due.dedup();
             for wallet in due {
-                let Some(record) = self.wallets.get_mut(&wallet) else {
+                let Some(position) = self.positions.get(&wallet).map(|p| p[level] as usize) else {
                     continue;
                 };
-                let gone = record.trim(level, cut, self.counters[level].as_mut());
+                let records = &mut self.records[level];
+                let Some(record) = records.get_mut(position) else {
+                    continue;
+                };
+                let gone = record.trim(cut, self.counters[level].as_mut());
                 for _ in 0..gone {
                     release(wallet);
                 }
                 self.marks[level] -= gone;
                 dropped |= gone > 0;
-                let unlisted =
-                    (gone > 0 && record.newest[level] == NONE).then_some(record.listed_at[level]);
-                if let Some(oldest) = record.oldest_key(level) {
+                if let Some(oldest) = record.oldest_key() {
                     self.by_oldest[level].file(oldest, wallet);
-                } else if record.is_empty() {
-                    self.wallets.remove(&wallet);
+                    continue;
                 }
-                if let Some(position) = unlisted {
-                    let listed = &mut self.listed[level];
-                    listed.swap_remove(position as usize);
-                    if let Some(&moved) = listed.get(position as usize) {
-                        if let Some(moved) = self.wallets.get_mut(&moved) {
-                            moved.listed_at[level] = position;
-                        }
+                // No mark left at this level: the last record takes its place.
+                records.swap_remove(position);
+                if let Some(moved) = records.get(position) {
+                    if let Some(p) = self.positions.get_mut(&moved.wallet) {
+                        p[level] = position as u32;
+                    }
+                }
+                if let Some(p) = self.positions.get_mut(&wallet) {
+                    p[level] = UNLISTED;
+                    if *p == [UNLISTED; 2] {
+                        self.positions.remove(&wallet);
                     }
                 }
             }
         }
-        if dropped && self.wallets.capacity() > 4 * self.wallets.len().max(4) {
-            self.wallets.shrink_to_fit();
+        if dropped {
+            if self.positions.capacity() > 4 * self.positions.len().max(4) {
+                self.positions.shrink_to_fit();
+            }
+            for records in &mut self.records {
+                if records.capacity() > 4 * records.len().max(4) {
+                    records.shrink_to_fit();
+                }
+            }
         }
         dropped
     }
@@ -600,10 +612,7 @@ impl Activity {
                     .binary_search_by(|m| m.order().cmp(&probe))
                     .map_or(0, |i| sides_of(marks[i].packed))
             }
-            Self::Wallets(index) => index
-                .wallets
-                .get(&wallet)
-                .map_or(0, |w| w.sides_at(level, key)),
+            Self::Wallets(index) => index.record(level, wallet).map_or(0, |w| w.sides_at(key)),
         }
     }
 
@@ -682,7 +691,7 @@ impl Activity {
         if let Self::Wallets(index) = self {
             for (level, lens) in lens.iter().enumerate() {
                 if index.counters[level].is_none()
-                    && index.listed[level].len() > limits.counters_min_wallets
+                    && index.records[level].len() > limits.counters_min_wallets
                 {
                     index.build_counters(level, lens);
                 }
@@ -717,14 +726,12 @@ impl Activity {
         };
         if let Self::Wallets(index) = self {
             if index.marks[0] + index.marks[1] <= limits.flat_max.min(FLAT_CAPACITY) / 2 {
-                let mut marks: Vec<FlatMark> = index
-                    .wallets
-                    .iter()
-                    .flat_map(|(&wallet, record)| {
-                        (0..2).flat_map(move |level| {
-                            record.marks(level).map(move |packed| FlatMark {
+                let mut marks: Vec<FlatMark> = (0..2)
+                    .flat_map(|level| {
+                        index.records[level].iter().flat_map(move |record| {
+                            record.marks().map(move |packed| FlatMark {
                                 packed,
-                                wallet,
+                                wallet: record.wallet,
                                 level: level as u8,
                             })
                         })
@@ -734,7 +741,7 @@ impl Activity {
                 *self = Self::Flat(marks);
             } else {
                 for level in 0..2 {
-                    if index.listed[level].len() < limits.counters_min_wallets / 4 {
+                    if index.records[level].len() < limits.counters_min_wallets / 4 {
                         index.counters[level] = None;
                     }
                 }
@@ -748,9 +755,9 @@ impl Activity {
         match self {
             Self::Flat(marks) => marks.iter().for_each(|m| release(m.wallet)),
             Self::Wallets(index) => {
-                for (&wallet, record) in &index.wallets {
-                    for _ in (0..2).flat_map(|level| record.marks(level)) {
-                        release(wallet);
+                for record in index.records.iter().flatten() {
+                    for _ in record.marks() {
+                        release(record.wallet);
                     }
                 }
             }
@@ -770,12 +777,9 @@ impl Activity {
                     }
                 }
                 None => {
-                    for wallet in &index.listed[level] {
-                        let Some(record) = index.wallets.get(wallet) else {
-                            continue;
-                        };
+                    for record in &index.records[level] {
                         for (q, o) in queries.iter().zip(out.iter_mut()) {
-                            add_sides(o, record.sides_in(level, q.start, q.end));
+                            add_sides(o, record.sides_in(q.start, q.end));
                         }
                     }
                 }
@@ -783,31 +787,35 @@ impl Activity {
         }
     }
 
-    /// Asserts the per-wallet invariants (for tests): marks sorted, the newest
-    /// inline, the newest buy/sell keys exact, every wallet filed no later than
-    /// its oldest mark.
+    /// Asserts the per-wallet invariants (for tests): positions and records
+    /// agree, no record is empty, marks sorted, the newest buy/sell keys exact,
+    /// every wallet filed no later than its oldest mark.
     #[cfg(test)]
     pub(crate) fn check(&self) {
         let Self::Wallets(index) = self else { return };
-        for level in 0..2 {
-            let mut active: Vec<u32> = index
-                .wallets
-                .iter()
-                .filter(|(_, r)| r.newest[level] != NONE)
-                .map(|(&w, _)| w)
-                .collect();
-            active.sort_unstable();
-            let mut listed = index.listed[level].clone();
-            listed.sort_unstable();
-            assert_eq!(listed, active, "active wallets at level {level}");
-            for (position, wallet) in index.listed[level].iter().enumerate() {
-                assert_eq!(index.wallets[wallet].listed_at[level] as usize, position);
+        for (&wallet, positions) in &index.positions {
+            assert_ne!(*positions, [UNLISTED; 2], "wallet {wallet} without records");
+            for (level, &position) in positions.iter().enumerate() {
+                if position != UNLISTED {
+                    assert_eq!(index.records[level][position as usize].wallet, wallet);
+                }
             }
         }
-        for (&wallet, record) in &index.wallets {
-            assert!(!record.is_empty());
-            for level in 0..2 {
-                let marks: Vec<i64> = record.marks(level).collect();
+        for level in 0..2 {
+            let listed = index
+                .positions
+                .values()
+                .filter(|p| p[level] != UNLISTED)
+                .count();
+            assert_eq!(
+                listed,
+                index.records[level].len(),
+                "records at level {level}"
+            );
+            for record in &index.records[level] {
+                let wallet = record.wallet;
+                let marks: Vec<i64> = record.marks().collect();
+                assert!(!marks.is_empty(), "empty record of {wallet}");
                 assert!(marks.windows(2).all(|w| key_of(w[0]) < key_of(w[1])));
                 let last_with = |bit: u8| {
                     marks
@@ -816,26 +824,20 @@ impl Activity {
                         .find(|&&m| sides_of(m) & bit != 0)
                         .map_or(NONE, |&m| key_of(m))
                 };
+                assert_eq!(record.last_buy, last_with(SIDE_BUY), "last buy of {wallet}");
                 assert_eq!(
-                    record.last_buy[level],
-                    last_with(SIDE_BUY),
-                    "last buy of {wallet}"
-                );
-                assert_eq!(
-                    record.last_sell[level],
+                    record.last_sell,
                     last_with(SIDE_SELL),
                     "last sell of {wallet}"
                 );
-                if let Some(&first) = marks.first() {
-                    let filed = &index.by_oldest[level];
-                    let slot = key_of(first) >> WHEEL_SHIFT;
-                    assert!(
-                        filed.slots.iter().enumerate().any(|(i, wallets)| {
-                            filed.first_slot + i as i64 <= slot && wallets.contains(&wallet)
-                        }),
-                        "wallet {wallet} filed no later than its oldest mark"
-                    );
-                }
+                let filed = &index.by_oldest[level];
+                let slot = key_of(marks[0]) >> WHEEL_SHIFT;
+                assert!(
+                    filed.slots.iter().enumerate().any(|(i, wallets)| {
+                        filed.first_slot + i as i64 <= slot && wallets.contains(&wallet)
+                    }),
+                    "wallet {wallet} filed no later than its oldest mark"
+                );
             }
         }
     }
@@ -849,13 +851,12 @@ impl Activity {
                 .filter(|m| usize::from(m.level) == level)
                 .map(|m| (m.wallet, key_of(m.packed), sides_of(m.packed)))
                 .collect(),
-            Self::Wallets(index) => index
-                .wallets
+            Self::Wallets(index) => index.records[level]
                 .iter()
-                .flat_map(|(&w, record)| {
+                .flat_map(|record| {
                     record
-                        .marks(level)
-                        .map(move |m| (w, key_of(m), sides_of(m)))
+                        .marks()
+                        .map(move |m| (record.wallet, key_of(m), sides_of(m)))
                 })
                 .collect(),
         };
@@ -868,13 +869,19 @@ impl Activity {
         match self {
             Self::Flat(marks) => marks.capacity() * std::mem::size_of::<FlatMark>(),
             Self::Wallets(index) => {
-                let entry = std::mem::size_of::<(u32, WalletActivity)>() + 1;
+                let entry = std::mem::size_of::<(u32, [u32; 2])>() + 1;
                 std::mem::size_of::<WalletIndex>()
-                    + index.wallets.capacity() * entry
+                    + index.positions.capacity() * entry
                     + index
-                        .wallets
-                        .values()
-                        .map(|w| (w.older[0].capacity() + w.older[1].capacity()) * 8)
+                        .records
+                        .iter()
+                        .map(|records| {
+                            records.capacity() * std::mem::size_of::<WalletMarks>()
+                                + records
+                                    .iter()
+                                    .map(|r| r.older.capacity() * 8)
+                                    .sum::<usize>()
+                        })
                         .sum::<usize>()
                     + index
                         .counters
@@ -882,7 +889,6 @@ impl Activity {
                         .flatten()
                         .map(Counters::heap_bytes)
                         .sum::<usize>()
-                    + (index.listed[0].capacity() + index.listed[1].capacity()) * 4
                     + index
                         .by_oldest
                         .iter()
