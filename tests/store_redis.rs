@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -181,8 +182,10 @@ fn level_rank(level: Level) -> u8 {
 /// The oracle: what the store holds after all effects, in order: each bucket's
 /// last total, each wallet's side bits or-ed; in `sort_effect` order.
 fn merge_all(effects: &[BatchEffect]) -> BatchEffect {
-    let mut buckets: BTreeMap<(String, u8, i64), (Level, Bucket)> = BTreeMap::new();
-    let mut wallets: BTreeMap<(String, u8, i64, String), (Level, u8)> = BTreeMap::new();
+    // Keyed by (token, level rank, at[, wallet]).
+    type Name = Arc<str>;
+    let mut buckets: BTreeMap<(Name, u8, i64), (Level, Bucket)> = BTreeMap::new();
+    let mut wallets: BTreeMap<(Name, u8, i64, Name), (Level, u8)> = BTreeMap::new();
     let mut out = BatchEffect::default();
     for e in effects {
         for d in &e.buckets {
@@ -246,13 +249,13 @@ fn token_part(effect: &BatchEffect, token: &str) -> BatchEffect {
         buckets: effect
             .buckets
             .iter()
-            .filter(|d| d.token == token)
+            .filter(|d| &*d.token == token)
             .cloned()
             .collect(),
         wallets: effect
             .wallets
             .iter()
-            .filter(|w| w.token == token)
+            .filter(|w| &*w.token == token)
             .cloned()
             .collect(),
         events: Vec::new(),
@@ -579,7 +582,11 @@ async fn cluster_every_key_has_a_ttl() {
         !d.contains_key(keys::events(partition, (now - 3 * 86_400_000) / keys::HOUR_MS).as_bytes())
     );
     let restored = store.load(partition, now_ms()).await.expect("load");
-    assert!(restored.effect.buckets.iter().all(|b| b.token != "ancient"));
+    assert!(restored
+        .effect
+        .buckets
+        .iter()
+        .all(|b| &*b.token != "ancient"));
     assert!(restored.effect.events.iter().all(|e| e.key != 42));
 }
 
@@ -784,12 +791,8 @@ async fn perf_persist_and_load() {
     let started = Instant::now();
     let restored = store.load(partition, now_ms()).await.expect("load");
     eprintln!("load: redis busy {} ms", (usec(master) - before) / 1000);
-    let n_tokens: std::collections::BTreeSet<&str> = restored
-        .effect
-        .buckets
-        .iter()
-        .map(|b| b.token.as_str())
-        .collect();
+    let n_tokens: std::collections::BTreeSet<&str> =
+        restored.effect.buckets.iter().map(|b| &*b.token).collect();
     eprintln!(
         "load: {} tokens, {} buckets, {} wallet marks, {} events in {:?}",
         n_tokens.len(),

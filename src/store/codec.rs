@@ -515,7 +515,7 @@ mod tests {
     fn long_tokens_are_rejected() {
         let effect = BatchEffect {
             buckets: vec![BucketDelta {
-                token: "x".repeat(70_000),
+                token: "x".repeat(70_000).into(),
                 level: Level::Second,
                 at: 1,
                 delta: sample(),

@@ -398,6 +398,7 @@ impl RedisStore {
             )));
         }
         let (first_bucket, first_mark) = (out.buckets.len(), out.wallets.len());
+        let token: Arc<str> = Arc::from(token);
         for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
             let base = period * per_period(level);
             for (field, bytes) in hash_pairs(value)? {
@@ -407,8 +408,8 @@ impl RedisStore {
                         let at = base + offset;
                         if self.within(level, at, now_ms) {
                             out.wallets.push(WalletMark {
-                                token: token.to_string(),
-                                wallet: wallet.to_string(),
+                                token: token.clone(),
+                                wallet: Arc::from(wallet),
                                 level,
                                 at,
                                 sides,
@@ -422,7 +423,7 @@ impl RedisStore {
                 if self.within(level, at, now_ms) {
                     let bucket = decode_bucket(&bytes)?;
                     out.buckets.push(BucketDelta {
-                        token: token.to_string(),
+                        token: token.clone(),
                         level,
                         at,
                         delta: bucket,
@@ -604,25 +605,15 @@ fn level_rank(level: Level) -> u8 {
 /// one mark; events by (block time, key).
 pub fn sort_effect(effect: &mut BatchEffect) {
     effect.buckets.sort_by(|a, b| {
-        (a.token.as_str(), level_rank(a.level), a.at).cmp(&(
-            b.token.as_str(),
-            level_rank(b.level),
-            b.at,
-        ))
+        (&*a.token, level_rank(a.level), a.at).cmp(&(&*b.token, level_rank(b.level), b.at))
     });
     effect.wallets.sort_by(|a, b| {
-        (
-            a.token.as_str(),
-            level_rank(a.level),
-            a.at,
-            a.wallet.as_str(),
-        )
-            .cmp(&(
-                b.token.as_str(),
-                level_rank(b.level),
-                b.at,
-                b.wallet.as_str(),
-            ))
+        (&*a.token, level_rank(a.level), a.at, &*a.wallet).cmp(&(
+            &*b.token,
+            level_rank(b.level),
+            b.at,
+            &*b.wallet,
+        ))
     });
     effect.wallets.dedup_by(|later, kept| {
         let same = (later.level, later.at) == (kept.level, kept.at)

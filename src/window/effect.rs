@@ -2,6 +2,8 @@
 //! Applying the same effects to an empty engine rebuilds the same state, which is
 //! how a shard restarts from Redis.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::Bucket;
@@ -36,7 +38,8 @@ pub fn price_tie(event_id: &str) -> u64 {
 /// (it is merged into an empty engine).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketDelta {
-    pub token: String,
+    /// Shared with the engine's token: an effect costs no copy of the name.
+    pub token: Arc<str>,
     pub level: Level,
     pub at: i64,
     /// What the batch added.
@@ -51,11 +54,12 @@ pub const SIDE_BUY: u8 = 1;
 pub const SIDE_SELL: u8 = 2;
 
 /// A wallet was active on a token in a bucket (bits: [`SIDE_BUY`] | [`SIDE_SELL`]);
-/// only marks that add a bit are emitted.
+/// only marks that add a bit are emitted, and one (token, wallet, level, at)
+/// may come as two marks of one side each.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WalletMark {
-    pub token: String,
-    pub wallet: String,
+    pub token: Arc<str>,
+    pub wallet: Arc<str>,
     pub level: Level,
     pub at: i64,
     pub sides: u8,
@@ -68,7 +72,7 @@ pub struct AppliedEvent {
     pub executed_at_ms: i64,
 }
 
-/// Everything one batch changed. Deltas are pre-merged per (token, level, at).
+/// Everything one batch changed. Bucket deltas are pre-merged per (token, level, at).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchEffect {
     pub buckets: Vec<BucketDelta>,
@@ -84,7 +88,7 @@ impl BatchEffect {
 
     /// The distinct tokens this effect touches.
     pub fn tokens(&self) -> Vec<&str> {
-        let mut tokens: Vec<&str> = self.buckets.iter().map(|d| d.token.as_str()).collect();
+        let mut tokens: Vec<&str> = self.buckets.iter().map(|d| &*d.token).collect();
         tokens.sort_unstable();
         tokens.dedup();
         tokens

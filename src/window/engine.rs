@@ -139,8 +139,8 @@ impl WalletNames {
         }
     }
 
-    fn name(&self, id: u32) -> &str {
-        self.names[id as usize].as_deref().unwrap_or_default()
+    fn name(&self, id: u32) -> Arc<str> {
+        self.names[id as usize].clone().unwrap_or_default()
     }
 }
 
@@ -150,8 +150,8 @@ impl WalletNames {
 struct PendingBatch {
     buckets: Vec<(u32, usize, i64, Bucket)>,
     bucket_at: FastMap<(u32, u8, i64), u32>,
+    /// One entry per swap and level: adding them needs no merge.
     marks: Vec<(u32, u32, usize, i64, u8)>,
-    mark_at: FastMap<(u32, u32, u8, i64), u32>,
     events: Vec<AppliedEvent>,
 }
 
@@ -266,9 +266,6 @@ impl WindowEngine {
             let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
             let slot = self.slot_for(&swap.token);
             let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
-            let Some(token) = self.slots[slot as usize].token.as_ref() else {
-                continue;
-            };
             for (level, key) in level_keys(swap.executed_at_ms, now_ms).iter().enumerate() {
                 let Some(key) = *key else { continue };
                 let next = pending.buckets.len() as u32;
@@ -280,20 +277,10 @@ impl WindowEngine {
                     Some(entry) => entry.3.merge(&bucket),
                     None => pending.buckets.push((slot, level, key, bucket)),
                 }
-                let Some(wallet) = wallet else { continue };
-                let held = token.sides(level, wallet, key);
-                let next = pending.marks.len() as u32;
-                let at = *pending
-                    .mark_at
-                    .entry((slot, wallet, level as u8, key))
-                    .or_insert(next);
-                match pending.marks.get_mut(at as usize) {
-                    Some(entry) => entry.4 |= side_bit(swap.side) & !held,
-                    None => {
-                        pending
-                            .marks
-                            .push((slot, wallet, level, key, side_bit(swap.side) & !held))
-                    }
+                if let Some(wallet) = wallet {
+                    pending
+                        .marks
+                        .push((slot, wallet, level, key, side_bit(swap.side)));
                 }
             }
         }
@@ -309,7 +296,7 @@ impl WindowEngine {
             };
             let total = *token.merge(level, key, &delta, shape);
             effect.buckets.push(BucketDelta {
-                token: token.name.to_string(),
+                token: token.name.clone(),
                 level: LEVELS[level],
                 at: key,
                 delta,
@@ -319,10 +306,9 @@ impl WindowEngine {
             keys[level] = Some(key);
             self.schedule_keys(slot, keys);
         }
+        // Marks are sets of side bits: their order does not matter, and a mark
+        // that adds no bit (already held, or repeated in the batch) is not emitted.
         for (slot, wallet, level, key, sides) in pending.marks {
-            if sides == 0 {
-                continue;
-            }
             let Self {
                 slots,
                 wallets,
@@ -332,19 +318,19 @@ impl WindowEngine {
             let Some(token) = slots[slot as usize].token.as_mut() else {
                 continue;
             };
-            if token
-                .add_mark(level, wallet, key, sides, plan, shape)
-                .created
-            {
+            let added = token.add_mark(level, wallet, key, sides, plan, shape);
+            if added.created {
                 wallets.acquire(wallet);
             }
-            effect.wallets.push(WalletMark {
-                token: token.name.to_string(),
-                wallet: wallets.name(wallet).to_string(),
-                level: LEVELS[level],
-                at: key,
-                sides,
-            });
+            if added.sides != 0 {
+                effect.wallets.push(WalletMark {
+                    token: token.name.clone(),
+                    wallet: wallets.name(wallet),
+                    level: LEVELS[level],
+                    at: key,
+                    sides: added.sides,
+                });
+            }
         }
         (effect, counts)
     }
@@ -838,6 +824,6 @@ mod tests {
         assert!(effect
             .wallets
             .iter()
-            .all(|m| m.sides == SIDE_SELL && m.wallet == "w"));
+            .all(|m| m.sides == SIDE_SELL && &*m.wallet == "w"));
     }
 }

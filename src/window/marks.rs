@@ -117,7 +117,7 @@ impl WalletMarks {
     }
 
     /// Side bits at `key`.
-    #[inline]
+    #[cfg(test)]
     fn sides_at(&self, key: i64) -> u8 {
         let newest = self.newest;
         if newest == NONE || key > key_of(newest) {
@@ -362,7 +362,7 @@ impl WalletIndex {
     }
 
     /// The record of `wallet` at `level`, if it has one.
-    #[inline]
+    #[cfg(test)]
     fn record(&self, level: usize, wallet: u32) -> Option<&WalletMarks> {
         let position = self.positions.get(&wallet)?[level];
         self.records[level].get(position as usize)
@@ -602,8 +602,8 @@ impl Activity {
         matches!(self, Self::Wallets(index) if index.counters[level].is_some())
     }
 
-    /// Side bits of `wallet` at `key` of `level`.
-    #[inline]
+    /// Side bits of `wallet` at `key` of `level` (for tests).
+    #[cfg(test)]
     pub(crate) fn sides(&self, level: usize, wallet: u32, key: i64) -> u8 {
         match self {
             Self::Flat(marks) => {

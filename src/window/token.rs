@@ -134,12 +134,6 @@ impl TokenState {
         self.series[level].merge(key, delta, limits.tier_min_buckets)
     }
 
-    /// Side bits of `wallet` at `key` of `level`.
-    #[inline]
-    pub(crate) fn sides(&self, level: usize, wallet: u32, key: i64) -> u8 {
-        self.activity.sides(level, wallet, key)
-    }
-
     /// Adds side bits of `wallet` at `key` of `level`.
     #[inline]
     pub(crate) fn add_mark(
