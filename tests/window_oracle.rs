@@ -210,7 +210,7 @@ impl Oracle {
             windows: swapstats::window::Windows(
                 self.windows
                     .iter()
-                    .map(|w| (w.name.clone(), self.window(token, w, now_ms)))
+                    .map(|w| (w.name.as_str().into(), self.window(token, w, now_ms)))
                     .collect(),
             ),
         })

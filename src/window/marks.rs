@@ -531,7 +531,7 @@ impl WalletWheel {
 
 /// One range a unique count is asked for: keys `[start, end)`, and the counter
 /// lane that answers it (0 for `end == i64::MAX`, else the lane of `end - start`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct UniqueQuery {
     pub(crate) start: i64,
     pub(crate) end: i64,

@@ -1,6 +1,8 @@
 //! What a stats query returns: per window, the current and previous period and
 //! the change between them. These are the JSON bodies of `/stats` and WS updates.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::Bucket;
@@ -111,12 +113,12 @@ pub struct TokenStats {
 
 /// Window name → stats, serialized as a JSON object in configured order.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Windows(pub Vec<(String, WindowStats)>);
+pub struct Windows(pub Vec<(Arc<str>, WindowStats)>);
 
 impl Windows {
     /// The stats of the window named `name`.
     pub fn get(&self, name: &str) -> Option<&WindowStats> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, w)| w)
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, w)| w)
     }
 }
 
@@ -145,7 +147,7 @@ impl<'de> Deserialize<'de> for Windows {
             ) -> Result<Windows, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, WindowStats>()? {
-                    out.push((k, v));
+                    out.push((k.into(), v));
                 }
                 Ok(Windows(out))
             }

@@ -28,6 +28,8 @@ pub(crate) fn level_index(level: Level) -> usize {
 #[derive(Debug, Clone)]
 pub(crate) struct WindowPlan {
     pub(crate) spec: WindowSpec,
+    /// The window's name, shared by every stats answer.
+    pub(crate) name: Arc<str>,
     pub(crate) level: usize,
     /// Counter lane of the previous range (lane 0 is the current range).
     pub(crate) lane: usize,
@@ -57,6 +59,11 @@ impl WindowPlan {
 pub(crate) struct Plan {
     pub(crate) windows: Vec<WindowPlan>,
     pub(crate) lens: [Vec<i64>; 2],
+    /// Windows per level (second, minute).
+    pub(crate) level_pairs: (usize, usize),
+    /// Per window: where its (current, previous) unique queries go when the
+    /// second level's pairs come first, then the minute level's.
+    pub(crate) pair_at: Vec<usize>,
 }
 
 impl Plan {
@@ -79,11 +86,37 @@ impl Plan {
             };
             windows.push(WindowPlan {
                 spec: spec.clone(),
+                name: Arc::from(spec.name.as_str()),
                 level,
                 lane,
             });
         }
-        Self { windows, lens }
+        let seconds = windows.iter().filter(|w| w.level == SECOND).count();
+        let mut next = [0, 2 * seconds];
+        let pair_at = windows
+            .iter()
+            .map(|w| {
+                next[w.level] += 2;
+                next[w.level] - 2
+            })
+            .collect();
+        Self {
+            windows,
+            lens,
+            level_pairs: (seconds, specs.len() - seconds),
+            pair_at,
+        }
+    }
+}
+
+/// Runs `f` on `n` default values: on the stack for up to 16 (every sensible
+/// window list), on the heap beyond, so a stats query allocates nothing for them.
+fn with_scratch<T: Copy + Default, R>(n: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    const STACK: usize = 16;
+    if n <= STACK {
+        f(&mut [T::default(); STACK][..n])
+    } else {
+        f(&mut vec![T::default(); n])
     }
 }
 
@@ -190,57 +223,55 @@ impl TokenState {
     }
 
     /// Stats of every window at `now_ms`, in plan order.
-    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> Vec<(String, WindowStats)> {
-        let mut queries: [Vec<UniqueQuery>; 2] = [Vec::new(), Vec::new()];
-        let mut starts = Vec::with_capacity(plan.windows.len());
-        for w in &plan.windows {
-            let (current, previous) = w.key_ranges(now_ms);
-            queries[w.level].push(UniqueQuery {
-                start: current,
-                end: i64::MAX,
-                lane: 0,
-            });
-            queries[w.level].push(UniqueQuery {
-                start: previous,
-                end: current,
-                lane: w.lane,
-            });
-            starts.push((current, previous));
-        }
-        let mut uniques: [Vec<UniqueCounts>; 2] = [
-            vec![[0; 3]; queries[0].len()],
-            vec![[0; 3]; queries[1].len()],
-        ];
-        for level in [SECOND, MINUTE] {
-            if !queries[level].is_empty() {
-                self.activity
-                    .uniques(level, &queries[level], &mut uniques[level]);
-            }
-        }
-        let mut next = [0_usize; 2];
-        plan.windows
-            .iter()
-            .zip(starts)
-            .map(|(w, (current_start, previous_start))| {
-                let series = &self.series[w.level];
-                let i = next[w.level];
-                next[w.level] += 2;
-                let current = period(&series.fold(current_start, i64::MAX), uniques[w.level][i]);
-                let previous = period(
-                    &series.fold(previous_start, current_start),
-                    uniques[w.level][i + 1],
-                );
-                let change_pct = ChangePct::between(&current, &previous);
-                (
-                    w.spec.name.clone(),
-                    WindowStats {
-                        current,
-                        previous,
-                        change_pct,
-                    },
-                )
+    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> Vec<(Arc<str>, WindowStats)> {
+        let n = 2 * plan.windows.len();
+        with_scratch(n, |queries: &mut [UniqueQuery]| {
+            with_scratch(n, |uniques: &mut [UniqueCounts]| {
+                // Each window's (current, previous) pair at `plan.pair_at`: one
+                // level's pairs are contiguous, so a pass over that level's
+                // wallets answers all of them.
+                for (w, &at) in plan.windows.iter().zip(&plan.pair_at) {
+                    let (current, previous) = w.key_ranges(now_ms);
+                    queries[at] = UniqueQuery {
+                        start: current,
+                        end: i64::MAX,
+                        lane: 0,
+                    };
+                    queries[at + 1] = UniqueQuery {
+                        start: previous,
+                        end: current,
+                        lane: w.lane,
+                    };
+                }
+                let (second, minute) = plan.level_pairs;
+                for (level, range) in [
+                    (SECOND, 0..2 * second),
+                    (MINUTE, 2 * second..2 * (second + minute)),
+                ] {
+                    if !range.is_empty() {
+                        self.activity
+                            .uniques(level, &queries[range.clone()], &mut uniques[range]);
+                    }
+                }
+                plan.windows
+                    .iter()
+                    .zip(&plan.pair_at)
+                    .map(|(w, &at)| {
+                        let (current_start, previous_start) =
+                            (queries[at].start, queries[at + 1].start);
+                        (
+                            w.name.clone(),
+                            self.window_from(
+                                w,
+                                current_start,
+                                previous_start,
+                                [uniques[at], uniques[at + 1]],
+                            ),
+                        )
+                    })
+                    .collect()
             })
-            .collect()
+        })
     }
 
     /// Stats of one window at `now_ms`.
@@ -260,6 +291,17 @@ impl TokenState {
         ];
         let mut uniques = [[0; 3]; 2];
         self.activity.uniques(w.level, &queries, &mut uniques);
+        self.window_from(w, current_start, previous_start, uniques)
+    }
+
+    /// A window's stats from its range starts and unique counts.
+    fn window_from(
+        &self,
+        w: &WindowPlan,
+        current_start: i64,
+        previous_start: i64,
+        uniques: [UniqueCounts; 2],
+    ) -> WindowStats {
         let series = &self.series[w.level];
         let current = period(&series.fold(current_start, i64::MAX), uniques[0]);
         let previous = period(&series.fold(previous_start, current_start), uniques[1]);
@@ -363,5 +405,63 @@ mod tests {
         }
         assert_eq!(plan.lens[SECOND], vec![1, 90, 300, 3600]);
         assert_eq!(plan.lens[MINUTE], vec![61, 120, 360, 1440]);
+    }
+
+    #[test]
+    fn all_windows_at_once_match_one_at_a_time() {
+        use crate::swap::{Side, Swap};
+        let limits = ShapeLimits {
+            tier_min_buckets: 4,
+            marks: MarkLimits {
+                flat_max: 2,
+                counters_min_wallets: 1000,
+            },
+        };
+        let now_ms = 1_700_000_040_000_i64;
+        // Levels interleaved; 9 windows need more scratch than the stack holds.
+        for names in [
+            &["24h", "5m", "6h", "1h"][..],
+            &["1s", "24h", "90s", "2h", "5m", "61m", "1h", "6h", "12h"][..],
+        ] {
+            let specs: Vec<WindowSpec> = names
+                .iter()
+                .map(|s| WindowSpec::parse(s).unwrap())
+                .collect();
+            let plan = Plan::new(&specs);
+            let mut token = TokenState::new(Arc::from("T"));
+            for i in 0..400_i64 {
+                let at_ms = now_ms - (i * i * 541) % (30 * 3_600_000);
+                let swap = Swap {
+                    event_id: format!("e{i}"),
+                    token: "T".into(),
+                    wallet: None,
+                    side: if i % 3 == 0 { Side::Sell } else { Side::Buy },
+                    amount: 1.0 + i as f64,
+                    usd: 2.0 + i as f64,
+                    rate: 1.0 + (i % 7) as f64,
+                    created_at_ms: None,
+                    executed_at_ms: at_ms,
+                };
+                let bucket = Bucket::of_swap(&swap, i as u64);
+                let sides = if i % 3 == 0 { 2 } else { 1 };
+                for (level, key) in [
+                    (SECOND, at_ms.div_euclid(1000)),
+                    (MINUTE, at_ms.div_euclid(60_000)),
+                ] {
+                    if level == SECOND && at_ms < now_ms - SECOND_SPAN_S * 1000 {
+                        continue;
+                    }
+                    token.merge(level, key, &bucket, limits);
+                    token.add_mark(level, (i % 37) as u32, key, sides, &plan, limits);
+                }
+            }
+            let all = token.window_stats(&plan, now_ms);
+            assert_eq!(all.len(), plan.windows.len());
+            for ((name, stats), w) in all.iter().zip(&plan.windows) {
+                assert_eq!(&**name, w.spec.name.as_str());
+                assert_eq!(*stats, token.one_window(w, now_ms), "window {name}");
+                assert!(stats.current.txns > 0, "window {name} sees swaps");
+            }
+        }
     }
 }
