@@ -60,7 +60,7 @@ pub(crate) struct Plan {
     pub(crate) windows: Vec<WindowPlan>,
     pub(crate) lens: [Vec<i64>; 2],
     /// Windows per level (second, minute).
-    pub(crate) level_pairs: (usize, usize),
+    pub(crate) windows_per_level: (usize, usize),
     /// Per window: where its (current, previous) unique queries go when the
     /// second level's pairs come first, then the minute level's.
     pub(crate) pair_at: Vec<usize>,
@@ -103,7 +103,7 @@ impl Plan {
         Self {
             windows,
             lens,
-            level_pairs: (seconds, specs.len() - seconds),
+            windows_per_level: (seconds, specs.len() - seconds),
             pair_at,
         }
     }
@@ -243,7 +243,7 @@ impl TokenState {
                         lane: w.lane,
                     };
                 }
-                let (second, minute) = plan.level_pairs;
+                let (second, minute) = plan.windows_per_level;
                 for (level, range) in [
                     (SECOND, 0..2 * second),
                     (MINUTE, 2 * second..2 * (second + minute)),
