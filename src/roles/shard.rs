@@ -101,6 +101,11 @@ async fn run_with_store<S: Store>(
         engine_config(&settings),
         feed.clone(),
     ));
+    let kafka = &settings.kafka;
+    // Connected before the restore, so the partition's end is known by the
+    // time the restore is done.
+    let source =
+        KafkaPartitionSource::connect(&kafka.brokers, &kafka.topic, partition, stop.clone())?;
     let started = std::time::Instant::now();
     // Restored part by part while reading; a failed read starts over.
     let applied_offset = loop {
@@ -129,9 +134,7 @@ async fn run_with_store<S: Store>(
             .store(applied, std::sync::atomic::Ordering::Relaxed);
     }
 
-    let kafka = &settings.kafka;
-    let source =
-        KafkaPartitionSource::assign(&kafka.brokers, &kafka.topic, partition, start, stop.clone())?;
+    source.start_at(start)?;
     let dead_letters = KafkaDeadLetters::new(&kafka.brokers, &kafka.dlq_topic)?;
     let pipeline_core = core.clone();
     let (config, pipeline_stop) = (PipelineConfig::from_settings(&settings), stop.clone());

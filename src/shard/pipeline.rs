@@ -149,7 +149,9 @@ async fn fill_batch<R: RecordSource>(
     config: &PipelineConfig,
     stop: &StopFlag,
 ) -> Result<bool, SourceError> {
-    let idle_poll = Duration::from_millis(200);
+    // How long an idle partition waits for a first record before the loop
+    // goes round (and updates readiness, e.g. once the lag becomes known).
+    let idle_poll = Duration::from_millis(50);
     let first_deadline = Instant::now() + idle_poll;
     let mut deadline = first_deadline;
     while records.len() < config.batch_max_swaps {

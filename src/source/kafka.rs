@@ -54,6 +54,20 @@ impl KafkaPartitionSource {
         start: Option<i64>,
         stop: StopFlag,
     ) -> Result<Self, KafkaError> {
+        let source = Self::connect(brokers, topic, partition, stop)?;
+        source.start_at(start)?;
+        Ok(source)
+    }
+
+    /// Creates the consumer and starts watching the partition's end, without
+    /// reading yet: a restarting shard connects while it restores, so it knows
+    /// its lag (and can turn ready) as soon as it knows where to resume.
+    pub fn connect(
+        brokers: &str,
+        topic: &str,
+        partition: u32,
+        stop: StopFlag,
+    ) -> Result<Self, KafkaError> {
         let consumer: StreamConsumer = client_config(brokers)
             .set("group.id", GROUP_ID)
             .set("enable.auto.commit", "false")
@@ -62,23 +76,30 @@ impl KafkaPartitionSource {
             .set("fetch.wait.max.ms", "10")
             .set("enable.partition.eof", "false")
             .create()?;
-        let partition = partition as i32;
+        let source = Self {
+            consumer: Arc::new(consumer),
+            topic: topic.to_string(),
+            partition: partition as i32,
+            next_offset: Arc::new(AtomicI64::new(0)),
+            high_watermark: Arc::new(AtomicI64::new(-1)),
+        };
+        source.watch_watermark(stop);
+        Ok(source)
+    }
+
+    /// Starts reading at `start` (the offset after the last applied one;
+    /// `None` = from the beginning).
+    pub fn start_at(&self, start: Option<i64>) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
         let offset = match start {
             Some(o) => Offset::Offset(o),
             None => Offset::Beginning,
         };
-        assignment.add_partition_offset(topic, partition, offset)?;
-        consumer.assign(&assignment)?;
-        let source = Self {
-            consumer: Arc::new(consumer),
-            topic: topic.to_string(),
-            partition,
-            next_offset: Arc::new(AtomicI64::new(start.unwrap_or(0))),
-            high_watermark: Arc::new(AtomicI64::new(-1)),
-        };
-        source.watch_watermark(stop);
-        Ok(source)
+        assignment.add_partition_offset(&self.topic, self.partition, offset)?;
+        self.consumer.assign(&assignment)?;
+        self.next_offset
+            .store(start.unwrap_or(0), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Refreshes the partition's high watermark every 500 ms (a blocking call,
