@@ -542,8 +542,10 @@ async fn cluster_every_key_has_a_ttl() {
     let now = now_ms();
     let mut effect = Gen::new(3, now).effect(50, TOKENS);
     let mut gen = Gen::new(4, now);
-    // Beyond retention (default 48 h): dropped by the script.
-    let old_minute = now / 60_000 - 3 * 24 * 60;
+    // Beyond retention (default 48 h) even for a day key, which lives until
+    // its day's end + retention + margin: 4 days back, not 3 (3 days back is
+    // still in a live key for the first minutes after midnight UTC).
+    let old_minute = now / 60_000 - 4 * 24 * 60;
     effect.buckets.push(BucketDelta {
         token: "ancient".into(),
         level: Level::Minute,
