@@ -563,8 +563,6 @@ impl WindowEngine {
         (newest_minute >= self.minute_cut(now_ms)).then_some(state)
     }
 
-    /// The slot of `token`, created when absent.
-    #[inline]
     /// [`Self::slot_for`], skipping the lookup when `token` is `last`'s.
     fn cached_slot<'t>(&mut self, last: &mut Option<(&'t str, u32)>, token: &'t str) -> u32 {
         match *last {
@@ -577,6 +575,8 @@ impl WindowEngine {
         }
     }
 
+    /// The slot of `token`, created when absent.
+    #[inline]
     fn slot_for(&mut self, token: &str) -> u32 {
         if let Some(&slot) = self.index.get(token) {
             return slot;
