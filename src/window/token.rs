@@ -59,8 +59,8 @@ impl WindowPlan {
 pub(crate) struct Plan {
     pub(crate) windows: Vec<WindowPlan>,
     pub(crate) lens: [Vec<i64>; 2],
-    /// Windows per level (second, minute).
-    pub(crate) windows_per_level: (usize, usize),
+    /// Windows at the second level (the rest are at the minute level).
+    pub(crate) second_windows: usize,
     /// Per window: where its (current, previous) unique queries go when the
     /// second level's pairs come first, then the minute level's.
     pub(crate) pair_at: Vec<usize>,
@@ -103,7 +103,7 @@ impl Plan {
         Self {
             windows,
             lens,
-            windows_per_level: (seconds, specs.len() - seconds),
+            second_windows: seconds,
             pair_at,
         }
     }
@@ -243,11 +243,9 @@ impl TokenState {
                         lane: w.lane,
                     };
                 }
-                let (second, minute) = plan.windows_per_level;
-                for (level, range) in [
-                    (SECOND, 0..2 * second),
-                    (MINUTE, 2 * second..2 * (second + minute)),
-                ] {
+                // The second level's queries, then the minute level's.
+                let split = 2 * plan.second_windows;
+                for (level, range) in [(SECOND, 0..split), (MINUTE, split..n)] {
                     if !range.is_empty() {
                         self.activity
                             .uniques(level, &queries[range.clone()], &mut uniques[range]);
