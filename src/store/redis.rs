@@ -392,7 +392,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         if per_key.len() != tk.kinds.len() {
             return Err(StoreError::Corrupt(format!(
-                "read_token: {} replies for {} keys",
+                "token read: {} replies for {} keys",
                 per_key.len(),
                 tk.kinds.len()
             )));
