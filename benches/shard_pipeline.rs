@@ -468,7 +468,11 @@ fn offline_split(settings: &Settings, payloads: &[Vec<u8>], batch: usize) -> Off
     let started = Instant::now();
     let bytes: usize = effects
         .iter()
-        .map(|e| encode_batch(0, e, now, &lifetimes).expect("encode").len())
+        .map(|e| {
+            encode_batch(0, 0, e, now, &lifetimes)
+                .expect("encode")
+                .byte_len()
+        })
         .sum();
     let encode_ns = started.elapsed().as_nanos() as f64 / swaps.len() as f64;
     let n = effects.len().max(1) as f64;
@@ -503,7 +507,7 @@ impl Offline {
             self.batch, self.decode_ns, self.engine_ns, self.encode_ns
         );
         println!(
-            "  per batch: persist payload {:.0} KiB; effect = {:.0} bucket deltas, {:.0} wallet marks, {:.0} events",
+            "  per batch: persist arguments {:.0} KiB; effect = {:.0} bucket deltas, {:.0} wallet marks, {:.0} events",
             self.payload_bytes / 1024.0,
             self.buckets,
             self.wallets,

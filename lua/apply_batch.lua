@@ -10,12 +10,15 @@
 -- ARGV[4]  ms a token stays in the token index after its last swap (the
 --          payload carries every other key's absolute expiry)
 -- ARGV[5]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
--- ARGV[6]  the batch payload (binary)
+-- ARGV[6..] the batch, one item per argument (counts and expiries decimal):
+--          hash_count, hash_count x {key, expire_at_ms, n, n x {field, value}},
+--          event_key_count, event_key_count x {key, expire_at_ms, records},
+--          token_count, token_count x {last_ms, token}
 --
 -- Returns {1, last_offset, replicas} when applied, or {0, stored_offset, replicas}
 -- when fenced (first_offset <= stored applied offset; nothing changed). `replicas`
 -- is the number of connected replicas, so the caller knows whether to WAIT.
--- All writes happen after the payload parsed completely: a malformed payload
+-- All writes happen after the arguments' shape was checked: a malformed batch
 -- fails before touching anything.
 
 local applied_key = KEYS[1]
@@ -37,86 +40,72 @@ end
 
 local now = tonumber(ARGV[3])
 local index_keep = tonumber(ARGV[4])
-local blob = ARGV[6]
 
-local BUCKET_LEN = 108
--- Fields per HSET call.
+-- Fields per HSET call, members per ZADD call (unpack's limit is ~8000).
 local CHUNK = 512
--- The hash field holding this batch's wallet mark records.
-local marks_field = 'w' .. ARGV[1]
 
--- Phase 1: parse the whole payload (a malformed one fails here, before any
--- write). Keys, fields and expiries come computed from Rust (src/store/codec.rs),
--- already without data whose key would be expired. Buckets carry their new
--- value: the shard's memory is what this store holds plus the batch, so the
--- script overwrites instead of reading and merging.
-local hashes, events, tokens = {}, {}, {}
-local pos = 1
-local n
-n, pos = struct.unpack('<I4', blob, pos)
-for h = 1, n do
-  local key, expire_at, nb, marks
-  key, expire_at, nb, pos = struct.unpack('<I2c0i8I4', blob, pos)
-  local args = {}
-  for i = 1, nb do
-    args[2 * i - 1], pos = struct.unpack('<I2c0', blob, pos)
-    if pos + BUCKET_LEN - 1 > #blob then
-      return redis.error_reply('ERR swapstats: truncated batch payload')
-    end
-    args[2 * i] = string.sub(blob, pos, pos + BUCKET_LEN - 1)
-    pos = pos + BUCKET_LEN
+-- Phase 1: check the shape (every count and expiry a number, the sections
+-- ending exactly at the last argument) before any write, so a malformed batch
+-- fails here and changes nothing. Values are passed through as they are:
+-- Redis already split them while reading the command.
+local function count(i)
+  local n = tonumber(ARGV[i])
+  if n and n >= 0 and n % 1 == 0 then
+    return n
   end
-  marks, pos = struct.unpack('<I4c0', blob, pos)
-  if #marks > 0 then
-    args[#args + 1] = marks_field
-    args[#args + 1] = marks
-  end
-  hashes[h] = {key, expire_at, args}
 end
-n, pos = struct.unpack('<I4', blob, pos)
-for e = 1, n do
-  local key, expire_at, records
-  key, expire_at, records, pos = struct.unpack('<I2c0i8I4c0', blob, pos)
-  events[e] = {key, expire_at, records}
+local bad = redis.error_reply('ERR swapstats: malformed batch arguments')
+local hashes_at = 6
+local nh = count(hashes_at)
+if not nh then return bad end
+local i = hashes_at + 1
+for _ = 1, nh do
+  local nf = count(i + 2)
+  if not nf or not tonumber(ARGV[i + 1]) then return bad end
+  i = i + 3 + 2 * nf
 end
-n, pos = struct.unpack('<I4', blob, pos)
-for t = 1, n do
-  local token, last_ms
-  token, last_ms, pos = struct.unpack('<I2c0i8', blob, pos)
-  tokens[t] = {token, last_ms}
+local events_at = i
+local ne = count(events_at)
+if not ne then return bad end
+for e = 0, ne - 1 do
+  if not tonumber(ARGV[events_at + 2 + 3 * e]) then return bad end
 end
-if pos ~= #blob + 1 then
-  return redis.error_reply('ERR swapstats: malformed batch payload')
+local tokens_at = events_at + 1 + 3 * ne
+local nt = count(tokens_at)
+if not nt or tokens_at + 2 * nt ~= #ARGV then return bad end
+for t = 0, nt - 1 do
+  if not tonumber(ARGV[tokens_at + 1 + 2 * t]) then return bad end
 end
 
 -- Phase 2: write. redis.call and the replicated commands dominate the script's
 -- time, so a hash costs one HSET per CHUNK fields, and its expiry (absolute,
 -- fixed by the period it covers) is set only when every field was new: the
 -- key may have just been created.
-for _, h in ipairs(hashes) do
-  local args = h[3]
+i = hashes_at + 1
+for _ = 1, nh do
+  local key, expire_at, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local first, last = i + 3, i + 2 + 2 * nf
   local added = 0
-  for first = 1, #args, 2 * CHUNK do
-    added = added + redis.call('HSET', h[1], unpack(args, first, math.min(first + 2 * CHUNK - 1, #args)))
+  for from = first, last, 2 * CHUNK do
+    added = added + redis.call('HSET', key, unpack(ARGV, from, math.min(from + 2 * CHUNK - 1, last)))
   end
-  if 2 * added == #args then
-    redis.call('PEXPIREAT', h[1], string.format('%d', h[2]))
+  if nf > 0 and added == nf then
+    redis.call('PEXPIREAT', key, expire_at)
   end
+  i = last + 1
 end
-for _, e in ipairs(events) do
-  if redis.call('APPEND', e[1], e[3]) == #e[3] then
-    redis.call('PEXPIREAT', e[1], string.format('%d', e[2]))
+for e = 0, ne - 1 do
+  local at = events_at + 1 + 3 * e
+  local key, expire_at, records = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  if redis.call('APPEND', key, records) == #records then
+    redis.call('PEXPIREAT', key, expire_at)
   end
 end
 
 local tokens_key = prefix .. 'tokens'
-for first = 1, #tokens, CHUNK do
-  local args = {'GT'}
-  for i = first, math.min(first + CHUNK - 1, #tokens) do
-    args[#args + 1] = string.format('%d', tokens[i][2])
-    args[#args + 1] = tokens[i][1]
-  end
-  redis.call('ZADD', tokens_key, unpack(args))
+local tokens_last = tokens_at + 2 * nt
+for from = tokens_at + 1, tokens_last, 2 * CHUNK do
+  redis.call('ZADD', tokens_key, 'GT', unpack(ARGV, from, math.min(from + 2 * CHUNK - 1, tokens_last)))
 end
 redis.call('ZREMRANGEBYSCORE', tokens_key, '-inf', '(' .. string.format('%d', now - index_keep))
 if redis.call('EXISTS', tokens_key) == 1 then

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use support::redis_cluster::{query, RedisCluster, RedisServer};
 use swapstats::config::{StoreKind, StoreSettings};
+use swapstats::store::codec::encode_batch;
 use swapstats::store::{
     keys, sort_effect, PersistBatch, PersistOutcome, RedisStore, Store, StoreError,
 };
@@ -379,6 +380,56 @@ fn dump(port: u16, partition: u32, cluster: bool) -> BTreeMap<Vec<u8>, (Vec<u8>,
         .collect()
 }
 
+/// `apply_batch.lua` called directly with `effect`'s arguments (batch 300..=300)
+/// broken in different ways: each call fails and the partition is unchanged.
+fn malformed_batches_change_nothing(
+    store: &RedisStore,
+    partition: u32,
+    effect: &BatchEffect,
+    port: u16,
+    cluster: bool,
+) {
+    let now = now_ms();
+    let lifetimes = store.options().lifetimes();
+    let args: Vec<Vec<u8>> = encode_batch(partition, 300, effect, now, &lifetimes)
+        .expect("encode")
+        .iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let n = args.len();
+    assert!(n > 10, "the batch writes a hash and tokens");
+    let before = dump(port, partition, cluster);
+    let replaced = |i: usize, arg: &[u8]| {
+        let mut args = args.clone();
+        args[i] = arg.to_vec();
+        args
+    };
+    let broken = [
+        ("one argument short", args[..n - 1].to_vec()),
+        ("one argument extra", [&args[..], &[b"x".to_vec()]].concat()),
+        ("hash count not a number", replaced(0, b"many")),
+        ("first expiry not a number", replaced(2, b"soon")),
+        ("last token's time not a number", replaced(n - 2, b"later")),
+    ];
+    for (what, args) in broken {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(include_str!("../lua/apply_batch.lua"))
+            .arg(1)
+            .arg(keys::applied(partition))
+            .arg(300)
+            .arg(300)
+            .arg(now)
+            .arg(lifetimes.index_keep_ms())
+            .arg(86_400_000);
+        for arg in &args {
+            cmd.arg(arg.as_slice());
+        }
+        let err = query::<redis::Value>(port, &cmd).expect_err(what);
+        assert!(err.to_string().contains("malformed batch"), "{what}: {err}");
+        assert_eq!(dump(port, partition, cluster), before, "{what}");
+    }
+}
+
 /// A replayed or overlapping batch is refused and changes nothing.
 async fn fencing(
     store: &RedisStore,
@@ -417,8 +468,9 @@ async fn fencing(
     );
     let restored = store.load(partition, now_ms()).await.expect("load");
     assert_effect_eq(&restored.effect, &merge_all(&[a.clone(), b.clone()]));
-    // The next batch goes through.
     let c = gen.effect(10, TOKENS);
+    malformed_batches_change_nothing(store, partition, &c, port_of_partition(), cluster);
+    // The next batch goes through.
     assert_eq!(
         persist_retrying(store, partition, 300, 300, &c).await,
         PersistOutcome::Applied

@@ -1,9 +1,10 @@
 //! Binary encodings shared with the Lua scripts. All integers and floats are
 //! little-endian; floats travel as their IEEE-754 bits, so nothing is rounded on
-//! the way to Redis and back. Lua reads and writes them with `struct`.
+//! the way to Redis and back. The Lua scripts store and return them as they
+//! are: only Rust encodes and decodes them.
 //!
-//! **Bucket** (stored hash value and batch payload), 108 bytes, Lua format
-//! `<I4I4I4ddddi8I4I4di8I4I4ddd`: txns, buys, sells (u32); volume_usd,
+//! **Bucket** (stored hash value and batch argument), 108 bytes, in Lua
+//! `struct` notation `<I4I4I4ddddi8I4I4di8I4I4ddd`: txns, buys, sells (u32); volume_usd,
 //! buy_volume_usd, sell_volume_usd, volume_token (f64); open at_ms (i64), open
 //! tie high and low 32 bits (u32, u32: Lua numbers are doubles, a u64 would lose
 //! bits), open price (f64); close likewise; high, low (f64).
@@ -17,23 +18,24 @@
 //! bits it added as one hash field, `w<first offset of the batch>`; a
 //! (wallet, bucket) has at most one record per side, and a reader ors them.
 //!
-//! **Batch payload** (ARGV of `apply_batch.lua`). Key names, fields and
-//! absolute expiries are computed here, and data whose key would already be
-//! expired is left out, so the script only writes: buckets carry their new
-//! value (`HSET`, no read), wallet marks and event ids are new data.
+//! **Batch arguments** (`ARGV[6..]` of `apply_batch.lua`, [`BatchArgs`]). Key
+//! names, fields and absolute expiries are computed here, and data whose key
+//! would already be expired is left out, so the script only writes: buckets
+//! carry their new value (`HSET`, no read), wallet marks and event ids are new
+//! data. Every item is its own argument, so Redis splits the batch while it
+//! reads the command and the script parses nothing (counts are decimal):
 //! ```text
-//! u32 hash_count
-//!   hash_count × { u16 len, key, i64 expire_at_ms,
-//!                  u32 n, n × { u16 len, field, bucket },
-//!                  u32 len, wallet mark records }
-//! u32 event_key_count
-//!   event_key_count × { u16 len, key, i64 expire_at_ms, u32 len, event records }
-//! u32 token_count
-//!   token_count × { u16 len, token, i64 last_ms }
+//! hash_count
+//!   hash_count × { key, expire_at_ms, n, n × { field, value } }
+//!                  (bucket fields `<offset>` → bucket; `w<first offset>` → marks)
+//! event_key_count
+//!   event_key_count × { key, expire_at_ms, event records }
+//! token_count
+//!   token_count × { last_ms, token }
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
@@ -269,20 +271,63 @@ fn bucket_start_ms(level: Level, at: i64) -> i64 {
     }
 }
 
-/// Appends `s` with its u16 length (too long → an invalid batch, naming `what`).
-fn put_str(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
-    let len = u16::try_from(s.len()).map_err(|_| {
-        StoreError::InvalidBatch(format!("{what} of {} bytes is too long", s.len()))
-    })?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
+/// The script arguments of one batch after the five fixed ones (see the module
+/// doc), in one buffer: argument `i` is `bytes[ends[i - 1]..ends[i]]`. One
+/// buffer instead of a `Vec` per argument: a batch has tens of thousands.
+#[derive(Debug, Default)]
+pub struct BatchArgs {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-fn put_count(out: &mut Vec<u8>, n: usize) -> Result<(), StoreError> {
-    let n = u32::try_from(n).map_err(|_| StoreError::InvalidBatch(format!("{n} items")))?;
-    out.extend_from_slice(&n.to_le_bytes());
-    Ok(())
+impl BatchArgs {
+    fn with_capacity(bytes: usize, args: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(args),
+        }
+    }
+
+    /// Ends the argument whose bytes were appended since the last one.
+    fn end(&mut self) {
+        self.ends.push(self.bytes.len());
+    }
+
+    fn push(&mut self, arg: &[u8]) {
+        self.bytes.extend_from_slice(arg);
+        self.end();
+    }
+
+    /// A number (decimal, as Lua's `tonumber` and Redis read it) or a name.
+    fn push_display(&mut self, n: impl std::fmt::Display) {
+        // Writing into a Vec<u8> cannot fail.
+        let _ = write!(self.bytes, "{n}");
+        self.end();
+    }
+
+    /// The arguments, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
+
+    /// Number of arguments.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when there are no arguments (never, for an encoded batch: its
+    /// three counts are always there).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Total bytes of all arguments.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Appends one wallet mark record.
@@ -321,14 +366,15 @@ pub fn decode_marks(
     Ok(())
 }
 
-/// Encodes partition `partition`'s batch `effect`, as of `now_ms`, as the
-/// payload of `apply_batch.lua`.
+/// Encodes partition `partition`'s batch `effect` (starting at source offset
+/// `first_offset`), as of `now_ms`, as the arguments of `apply_batch.lua`.
 pub fn encode_batch<'e>(
     partition: u32,
+    first_offset: i64,
     effect: &'e BatchEffect,
     now_ms: i64,
     lifetimes: &KeyLifetimes,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<BatchArgs, StoreError> {
     // Grouped by token and period first; each key name is formatted once.
     let mut periods = PeriodWrites::default();
     let mut tokens: FastMap<&str, i64> = FastMap::default();
@@ -382,52 +428,52 @@ pub fn encode_batch<'e>(
         .filter(|(_, expire_at, records)| *expire_at > now_ms && !records.is_empty())
         .collect();
 
-    let mut out = Vec::with_capacity(
-        16 + effect.buckets.len() * (BUCKET_LEN + 8)
+    let mut args = BatchArgs::with_capacity(
+        64 + effect.buckets.len() * (BUCKET_LEN + 4)
             + effect.wallets.len() * 24
             + effect.events.len() * EVENT_LEN
-            + live.len() * 48,
+            + live.len() * 64,
+        4 + 2 * effect.buckets.len() + 5 * live.len() + 3 * expiring.len() + 2 * tokens.len(),
     );
-    // Field names are written through one reused buffer.
-    let mut field_name = String::new();
-    put_count(&mut out, live.len())?;
+    args.push_display(live.len());
     for (key, expire_at, period) in &live {
-        put_str(&mut out, key, "key")?;
-        out.extend_from_slice(&expire_at.to_le_bytes());
-        put_count(&mut out, period.buckets.len())?;
+        let has_marks = !period.marks.is_empty();
+        args.push(key.as_bytes());
+        args.push_display(expire_at);
+        args.push_display(period.buckets.len() + usize::from(has_marks));
         for &(offset, bucket) in &period.buckets {
-            field_name.clear();
-            let _ = write!(field_name, "{offset}");
-            put_str(&mut out, &field_name, "field")?;
-            encode_bucket(bucket, &mut out);
+            args.push_display(offset);
+            encode_bucket(bucket, &mut args.bytes);
+            args.end();
         }
-        put_count(&mut out, period.marks.len())?;
-        out.extend_from_slice(&period.marks);
+        if has_marks {
+            args.push_display(format_args!("w{first_offset}"));
+            args.push(&period.marks);
+        }
     }
-    put_count(&mut out, expiring.len())?;
+    args.push_display(expiring.len());
     for (hour, expire_at, records) in expiring {
-        put_str(&mut out, &keys::events(partition, hour), "key")?;
-        out.extend_from_slice(&expire_at.to_le_bytes());
-        put_count(&mut out, records.len())?;
-        out.extend_from_slice(records);
+        args.push(keys::events(partition, hour).as_bytes());
+        args.push_display(expire_at);
+        args.push(records);
     }
     let index_keep = lifetimes.index_keep_ms();
     let live: Vec<(&str, i64)> = tokens
         .into_iter()
         .filter(|(_, last_ms)| last_ms + index_keep > now_ms)
         .collect();
-    put_count(&mut out, live.len())?;
+    args.push_display(live.len());
     for (token, last_ms) in live {
-        put_str(&mut out, token, "token")?;
-        out.extend_from_slice(&last_ms.to_le_bytes());
+        args.push_display(last_ms);
+        args.push(token.as_bytes());
     }
-    Ok(out)
+    Ok(args)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::BucketDelta;
+    use crate::window::{BucketDelta, WalletMark};
 
     fn sample() -> Bucket {
         Bucket {
@@ -511,17 +557,43 @@ mod tests {
         assert!(put_mark(&mut bytes, 70_000, 1, "x").is_err());
     }
 
+    /// The arguments walked the way `apply_batch.lua` walks them: every count
+    /// lines up with what follows, marks ride as `w<first offset>`, and data
+    /// whose key is already expired is left out.
     #[test]
-    fn long_tokens_are_rejected() {
+    fn batch_args_follow_the_script_layout() {
+        let now_ms = 1_700_000_000_000;
+        let second = now_ms / 1000;
+        let minute = now_ms / 60_000;
+        let delta = |token: &str, level, at| BucketDelta {
+            token: token.into(),
+            level,
+            at,
+            delta: sample(),
+            total: sample(),
+        };
+        // Three days old: its day key would already be expired.
+        let mut old = delta("C", Level::Minute, minute - 3 * 1440);
+        old.total.close.at_ms = (minute - 3 * 1440) * 60_000;
         let effect = BatchEffect {
-            buckets: vec![BucketDelta {
-                token: "x".repeat(70_000).into(),
+            buckets: vec![
+                delta("A", Level::Second, second),
+                delta("A", Level::Second, second - 1),
+                delta("A", Level::Minute, minute),
+                delta("B:{x}", Level::Minute, minute),
+                old,
+            ],
+            wallets: vec![WalletMark {
+                token: "A".into(),
+                wallet: "w1".into(),
                 level: Level::Second,
-                at: 1,
-                delta: sample(),
-                total: sample(),
+                at: second,
+                sides: 1,
             }],
-            ..BatchEffect::default()
+            events: vec![AppliedEvent {
+                key: 9,
+                executed_at_ms: now_ms,
+            }],
         };
         let lifetimes = KeyLifetimes {
             second_keep_ms: 7_200_000,
@@ -529,9 +601,64 @@ mod tests {
             dedup_ms: 86_400_000,
             margin_ms: 600_000,
         };
-        assert!(matches!(
-            encode_batch(0, &effect, 0, &lifetimes),
-            Err(StoreError::InvalidBatch(_))
-        ));
+        let args = encode_batch(3, 42, &effect, now_ms, &lifetimes).unwrap();
+        let args: Vec<&[u8]> = args.iter().collect();
+        let text = |a: &[u8]| String::from_utf8(a.to_vec()).unwrap();
+        let mut at = 0;
+        let mut next = || {
+            at += 1;
+            args[at - 1]
+        };
+        let mut hashes = BTreeMap::new();
+        for _ in 0..text(next()).parse::<usize>().unwrap() {
+            let key = text(next());
+            let expire_at: i64 = text(next()).parse().unwrap();
+            assert!(expire_at > now_ms);
+            let fields: Vec<String> = (0..text(next()).parse::<usize>().unwrap())
+                .map(|_| {
+                    let (field, value) = (text(next()), next());
+                    if field.starts_with('w') {
+                        assert_eq!(field, "w42");
+                        let offset = (second.rem_euclid(3600) as u16).to_le_bytes();
+                        assert_eq!(value, [&offset[..], &[1, 2], b"w1"].concat());
+                    } else {
+                        assert_eq!(value.len(), BUCKET_LEN, "{field}");
+                    }
+                    field
+                })
+                .collect();
+            hashes.insert(key, fields);
+        }
+        let hour = second.div_euclid(3600);
+        let day = minute.div_euclid(1440);
+        let s_off = second - hour * 3600;
+        let m_off = (minute - day * 1440).to_string();
+        assert_eq!(
+            hashes,
+            BTreeMap::from([
+                (
+                    keys::seconds(3, "A", hour),
+                    vec![s_off.to_string(), (s_off - 1).to_string(), "w42".into()]
+                ),
+                (keys::minutes(3, "A", day), vec![m_off.clone()]),
+                (keys::minutes(3, "B:{x}", day), vec![m_off]),
+            ])
+        );
+        assert_eq!(text(next()), "1");
+        assert_eq!(text(next()), keys::events(3, hour));
+        assert!(text(next()).parse::<i64>().unwrap() > now_ms);
+        assert_eq!(next().len(), EVENT_LEN);
+        let tokens: BTreeMap<String, i64> = (0..text(next()).parse::<usize>().unwrap())
+            .map(|_| {
+                let last_ms = text(next()).parse().unwrap();
+                (text(next()), last_ms)
+            })
+            .collect();
+        assert_eq!(
+            tokens.keys().collect::<Vec<_>>(),
+            ["A", "B:{x}"],
+            "C's only bucket is beyond retention"
+        );
+        assert_eq!(at, args.len());
     }
 }

@@ -4,7 +4,7 @@
 //! of a partition's keys in one Redis Cluster slot, so one Lua call can update
 //! them atomically. Key names are built here (the script derives only
 //! `ss:{p}:tokens` from `KEYS[1]`):
-//! `lua/apply_batch.lua` gets them in the batch payload.
+//! `lua/apply_batch.lua` gets them in the batch arguments.
 
 /// Milliseconds per hour: second buckets and event ids are grouped per hour.
 pub const HOUR_MS: i64 = 3_600_000;

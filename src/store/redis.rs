@@ -113,7 +113,7 @@ impl RedisStoreOptions {
     fn index_keep_ms(&self) -> i64 {
         self.lifetimes().index_keep_ms()
     }
-    /// The TTL rules the batch payload is encoded with.
+    /// The TTL rules the batch arguments are encoded with.
     pub fn lifetimes(&self) -> KeyLifetimes {
         KeyLifetimes {
             second_keep_ms: self.second_keep_ms(),
@@ -635,8 +635,9 @@ impl Store for RedisStore {
                 batch.first_offset, batch.last_offset
             )));
         }
-        let payload = encode_batch(
+        let args = encode_batch(
             batch.partition,
+            batch.first_offset,
             batch.effect,
             batch.now_ms,
             &self.options.lifetimes(),
@@ -652,8 +653,10 @@ impl Store for RedisStore {
                 .arg(batch.last_offset)
                 .arg(batch.now_ms)
                 .arg(o.index_keep_ms())
-                .arg(ms(o.applied_keep))
-                .arg(&payload);
+                .arg(ms(o.applied_keep));
+            for arg in args.iter() {
+                cmd.arg(arg);
+            }
             cmd
         };
         // The script and WAIT travel in one pipeline, so WAIT runs on the very
