@@ -26,7 +26,8 @@
 //! interleave; the bare consumers in every round show the drift.)
 //!
 //! Knobs (env): `BENCH_ROUNDS` (per phase, default 6), `BENCH_CHUNK` (swaps per
-//! round, default: calibrated, at most 120000).
+//! round, default: calibrated, at most 120000), `BENCH_BATCH_MAX`
+//! (`shard.batch_max_swaps`, default: the setting's default).
 //!
 //! Run: `cargo bench --bench shard_pipeline`
 
@@ -663,7 +664,10 @@ fn main() {
     let cluster = redis_cluster::RedisCluster::start();
     let mock = kafka::MockKafka::start(1);
     let bootstrap = mock.bootstrap.clone();
-    let settings = Settings::defaults();
+    let mut settings = Settings::defaults();
+    if let Some(max) = env_usize("BENCH_BATCH_MAX") {
+        settings.shard.batch_max_swaps = max;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -136,7 +136,12 @@ pub struct ShardSettings {
     pub partition: Option<u32>,
     /// Number of partitions P of the topic (and of in-process shards in standalone mode).
     pub partitions: u32,
+    /// Largest batch persisted in one store call. A busy partition fills
+    /// batches to this size (a backlog after a restart, or a rate the store
+    /// only keeps up with in large batches: hot tokens' buckets then merge);
+    /// a quiet one sends what `batch_max_delay` collected.
     pub batch_max_swaps: usize,
+    /// Longest a batch waits for more swaps after its first one.
     #[serde(with = "humantime_serde")]
     pub batch_max_delay: Duration,
     /// `/readyz` stays false while the consumer lag is above this many messages.
@@ -148,7 +153,7 @@ impl Default for ShardSettings {
         Self {
             partition: None,
             partitions: 1,
-            batch_max_swaps: 5000,
+            batch_max_swaps: 20_000,
             batch_max_delay: Duration::from_millis(50),
             ready_max_lag: 1000,
         }
