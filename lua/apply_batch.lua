@@ -8,7 +8,7 @@
 -- ARGV[2]  last source offset of the batch (decimal)
 -- ARGV[3]  batch clock, unix ms (TTLs are absolute: PEXPIREAT)
 -- ARGV[4]  ms a token stays in the token index after its last swap (the
---          payload carries every other key's absolute expiry)
+--          batch arguments carry every other key's absolute expiry)
 -- ARGV[5]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
 -- ARGV[6..] the batch, one item per argument (counts and expiries decimal):
 --          hash_count, hash_count x {key, expire_at_ms, n, n x {field, value}},
