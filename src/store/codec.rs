@@ -313,17 +313,6 @@ impl BatchArgs {
             .map(|(start, &end)| &self.bytes[start..end])
     }
 
-    /// Number of arguments.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// True when there are no arguments (never, for an encoded batch: its
-    /// three counts are always there).
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// Total bytes of all arguments.
     pub fn byte_len(&self) -> usize {
         self.bytes.len()
