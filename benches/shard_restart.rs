@@ -253,8 +253,10 @@ fn main() {
             partition: 0,
             first_offset: batches,
             last_offset: batches,
+            follows: batches - 1,
             effect: &effect,
             now_ms: batch_now,
+            lane: batches as usize,
         };
         let t = Instant::now();
         let outcome = runtime

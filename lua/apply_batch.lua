@@ -10,14 +10,19 @@
 -- ARGV[4]  ms a token stays in the token index after its last swap (the
 --          batch arguments carry every other key's absolute expiry)
 -- ARGV[5]  ms the applied offset lives after this batch (TTL, refreshed by every batch)
--- ARGV[6..] the batch, one item per argument (counts and expiries decimal):
+-- ARGV[6]  the applied offset this batch follows: the last offset of the batch
+--          before it, -1 when it is the partition's first (decimal)
+-- ARGV[7..] the batch, one item per argument (counts and expiries decimal):
 --          hash_count, hash_count x {key, expire_at_ms, n, n x {field, value}},
 --          event_key_count, event_key_count x {key, expire_at_ms, records},
 --          token_count, token_count x {last_ms, token}
 --
--- Returns {1, last_offset, replicas} when applied, or {0, stored_offset, replicas}
--- when fenced (first_offset <= stored applied offset; nothing changed). `replicas`
--- is the number of connected replicas, so the caller knows whether to WAIT.
+-- Returns {1, last_offset, replicas} when applied; {0, stored_offset, replicas}
+-- when fenced (first_offset <= stored applied offset: a replay); {2,
+-- stored_offset or -1, replicas} when the stored offset is not the one the batch
+-- follows (the batch before it has not landed, or another writer moved the
+-- partition). Nothing is changed unless applied. `replicas` is the number of
+-- connected replicas, so the caller knows whether to WAIT.
 -- All writes happen after the arguments' shape was checked: a malformed batch
 -- fails before touching anything.
 
@@ -37,6 +42,12 @@ if stored and tonumber(ARGV[1]) <= tonumber(stored) then
   redis.call('SET', applied_key, stored, 'KEEPTTL')
   return {0, stored, replicas()}
 end
+-- Compare-and-set: a batch lands only right after the one it follows, so a
+-- batch sent while its predecessor is still in flight (or retried out of
+-- order after a failover) can never skip it.
+if tonumber(stored or '-1') ~= tonumber(ARGV[6]) then
+  return {2, stored or '-1', replicas()}
+end
 
 local now = tonumber(ARGV[3])
 local index_keep = tonumber(ARGV[4])
@@ -55,7 +66,7 @@ local function count(i)
   end
 end
 local bad = redis.error_reply('ERR swapstats: malformed batch arguments')
-local hashes_at = 6
+local hashes_at = 7
 local nh = count(hashes_at)
 if not nh then return bad end
 local i = hashes_at + 1

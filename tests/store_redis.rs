@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,8 +264,10 @@ fn token_part(effect: &BatchEffect, token: &str) -> BatchEffect {
     }
 }
 
-/// Persists `effect` as offsets `first..=last`, retrying errors (as a shard does);
-/// returns the outcome of the attempt that succeeded.
+/// Persists `effect` as offsets `first..=last`, following offset `first - 1`
+/// (contiguous batches), retrying errors (as a shard does); returns the outcome
+/// of the attempt that succeeded. Each call takes the next write lane, as a
+/// shard's consecutive batches do.
 async fn persist_retrying(
     store: &RedisStore,
     partition: u32,
@@ -274,12 +277,15 @@ async fn persist_retrying(
 ) -> PersistOutcome {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
+        static LANE: AtomicUsize = AtomicUsize::new(0);
         let batch = PersistBatch {
             partition,
             first_offset: first,
             last_offset: last,
+            follows: first - 1,
             effect,
             now_ms: now_ms(),
+            lane: LANE.fetch_add(1, Ordering::Relaxed),
         };
         match store.persist(&batch).await {
             Ok(outcome) => return outcome,
@@ -420,7 +426,8 @@ fn malformed_batches_change_nothing(
             .arg(300)
             .arg(now)
             .arg(lifetimes.index_keep_ms())
-            .arg(86_400_000);
+            .arg(86_400_000)
+            .arg(299);
         for arg in &args {
             cmd.arg(arg.as_slice());
         }
@@ -430,7 +437,8 @@ fn malformed_batches_change_nothing(
     }
 }
 
-/// A replayed or overlapping batch is refused and changes nothing.
+/// A replayed or overlapping batch is refused and changes nothing; so is a
+/// batch that does not follow the stored applied offset.
 async fn fencing(
     store: &RedisStore,
     partition: u32,
@@ -442,7 +450,7 @@ async fn fencing(
     let a = gen.effect(40, TOKENS);
     let b = gen.effect(40, TOKENS);
     assert_eq!(
-        persist_retrying(store, partition, 100, 199, &a).await,
+        persist_retrying(store, partition, 0, 199, &a).await,
         PersistOutcome::Applied
     );
     assert_eq!(
@@ -451,7 +459,7 @@ async fn fencing(
     );
     let before = dump(port_of_partition(), partition, cluster);
     assert!(before.len() > 5, "partition has keys");
-    for (first, last) in [(200, 299), (100, 199), (299, 350), (250, 400), (0, 0)] {
+    for (first, last) in [(200, 299), (0, 199), (299, 350), (250, 400), (0, 0)] {
         let outcome = persist_retrying(store, partition, first, last, &b).await;
         assert_eq!(
             outcome,
@@ -461,11 +469,51 @@ async fn fencing(
             "{first}..={last}"
         );
     }
+    // Out of order: the batch follows another offset than the stored 299
+    // (its predecessor has not landed, or another writer moved on).
+    for (follows, first, last) in [(250, 300, 310), (399, 400, 410), (-1, 300, 300)] {
+        let batch = PersistBatch {
+            partition,
+            first_offset: first,
+            last_offset: last,
+            follows,
+            effect: &b,
+            now_ms: now_ms(),
+            lane: 0,
+        };
+        assert_eq!(
+            store.persist(&batch).await.expect("persist"),
+            PersistOutcome::OutOfOrder {
+                applied_offset: Some(299)
+            },
+            "{first}..={last} after {follows}"
+        );
+    }
     assert_eq!(
         dump(port_of_partition(), partition, cluster),
         before,
-        "a fenced batch changed the partition"
+        "a fenced or out-of-order batch changed the partition"
     );
+    // A partition with nothing applied takes only a batch that follows -1.
+    let empty_partition = partition + 500;
+    let orphan = PersistBatch {
+        partition: empty_partition,
+        first_offset: 10,
+        last_offset: 19,
+        follows: 9,
+        effect: &b,
+        now_ms: now_ms(),
+        lane: 1,
+    };
+    assert_eq!(
+        store.persist(&orphan).await.expect("persist"),
+        PersistOutcome::OutOfOrder {
+            applied_offset: None
+        }
+    );
+    let nothing = store.load(empty_partition, now_ms()).await.expect("load");
+    assert_eq!(nothing.applied_offset, None);
+    assert!(nothing.effect.is_empty());
     let restored = store.load(partition, now_ms()).await.expect("load");
     assert_effect_eq(&restored.effect, &merge_all(&[a.clone(), b.clone()]));
     let c = gen.effect(10, TOKENS);
@@ -483,8 +531,10 @@ async fn fencing(
         partition,
         first_offset: 500,
         last_offset: 499,
+        follows: 300,
         effect: &BatchEffect::default(),
         now_ms: now,
+        lane: 0,
     };
     assert!(matches!(
         store.persist(&bad).await,
@@ -735,6 +785,9 @@ async fn cluster_failover_applies_every_batch_exactly_once() {
                     "batch {i} fenced by a later offset"
                 );
                 fenced += 1;
+            }
+            PersistOutcome::OutOfOrder { applied_offset } => {
+                panic!("batch {i} out of order after {applied_offset:?}")
             }
         }
         if old_master.is_none() {

@@ -138,23 +138,41 @@ async fn run_with_store<S: Store>(
     let dead_letters = KafkaDeadLetters::new(&kafka.brokers, &kafka.dlq_topic)?;
     let pipeline_core = core.clone();
     let (config, pipeline_stop) = (PipelineConfig::from_settings(&settings), stop.clone());
-    tokio::spawn(async move {
-        if let Err(e) = run_pipeline(
-            pipeline_core,
-            source,
-            store,
-            dead_letters,
-            config,
-            pipeline_stop,
-        )
-        .await
-        {
-            tracing::error!(partition, error = %e, "pipeline stopped");
-        }
-    });
+    let pipeline = tokio::spawn(run_pipeline(
+        pipeline_core,
+        source,
+        store,
+        dead_letters,
+        config,
+        pipeline_stop,
+    ));
 
-    let shards = Arc::new(LocalShards::new(settings.shard.partitions, vec![core]));
-    serve_shards(&settings, shards, feed, stop).await
+    let shards = Arc::new(LocalShards::new(
+        settings.shard.partitions,
+        vec![core.clone()],
+    ));
+    let serving = serve_shards(&settings, shards, feed, stop.clone());
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => served,
+        // The pipeline only returns on its own when it cannot go on (e.g. the
+        // store diverged from this shard's state): the process exits, and its
+        // restart restores from the store.
+        stopped = pipeline => {
+            let error = match stopped {
+                // Shutting down (SIGTERM): the server is draining too.
+                Ok(Ok(())) if stop.is_set() => return serving.await,
+                Ok(Ok(())) => anyhow::anyhow!("partition {partition}: pipeline ended"),
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Err(e) => anyhow::Error::new(e).context("pipeline task"),
+            };
+            core.set_ready(false);
+            core.set_error(Some(error.to_string()));
+            stop.set();
+            tracing::error!(partition, error = %error, "pipeline stopped; exiting");
+            Err(error)
+        }
+    }
 }
 
 #[cfg(test)]

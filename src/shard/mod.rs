@@ -11,8 +11,8 @@ use std::sync::Arc;
 pub use self::core::{engine_config, ChangeFeed, ShardCore, ShardCounters};
 pub use local::{merge_top, LocalShards};
 pub use pipeline::{
-    run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, RecordSource, SourceError,
-    SourceRecord,
+    run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, PipelineError, RecordSource,
+    SourceError, SourceRecord,
 };
 
 /// A shared "please stop" flag for pipeline loops (set on SIGINT/SIGTERM).

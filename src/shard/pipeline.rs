@@ -1,14 +1,16 @@
 //! The batch loop of one partition: read records, decode (bad ones to the dead
 //! letter sink), apply to the engine, persist the batch's effect in one store
 //! call, and only then commit the source offset and announce the changed tokens.
-//! Persisting batch N overlaps reading and applying batch N+1.
+//! Persisting batches N and N+1 overlaps reading and applying batch N+2.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::StopFlag;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
@@ -90,7 +92,42 @@ impl PipelineConfig {
     }
 }
 
+/// Why the pipeline stopped before its source ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The store holds another applied offset than the one this shard's batches
+    /// follow: another writer moved the partition, or the store lost state the
+    /// shard had persisted. The in-memory state no longer matches the store's;
+    /// the shard must restart and restore.
+    #[error("partition {partition}: the store holds applied offset {stored:?}, this shard's next batch follows {follows}; restart to restore")]
+    Diverged {
+        partition: u32,
+        follows: i64,
+        stored: Option<i64>,
+    },
+}
+
+/// Batches handed to the store at once. With two, one batch waits for its
+/// replica's acknowledgement while the next one runs its script on the master
+/// (over another connection); the store applies them in order regardless
+/// ([`PersistBatch::follows`]).
+const PERSISTS_IN_FLIGHT: usize = 2;
+
+/// A batch the store is persisting, in its own task.
+struct InFlight {
+    last_offset: i64,
+    /// True once the store accepted the batch; false when the pipeline stopped first.
+    task: tokio::task::JoinHandle<Result<bool, PipelineError>>,
+}
+
 /// Runs the pipeline until the source ends or `stop` is set.
+///
+/// Batches are read, decoded and applied here, one after another, and each is
+/// persisted in a task of its own while the next ones are read: up to
+/// [`PERSISTS_IN_FLIGHT`] persist at once. Source offsets are committed in
+/// order, each once its batch and every batch before it are persisted.
 pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     core: Arc<ShardCore>,
     mut source: R,
@@ -98,46 +135,110 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     mut dead_letters: D,
     config: PipelineConfig,
     stop: StopFlag,
-) -> Result<(), SourceError> {
+) -> Result<(), PipelineError> {
     let mut records = Vec::with_capacity(config.batch_max_swaps);
-    // Applied to the engine, not yet persisted: at most one batch.
-    let mut pending: Option<AppliedBatch> = None;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // What the next batch follows: the restored applied offset, then each
+    // batch's last offset.
+    let mut follows = core.counters.applied_offset.load(Ordering::Relaxed);
+    // Completion of the latest batch handed to the store, for the one after it.
+    let mut previous_done: Option<oneshot::Receiver<bool>> = None;
+    let mut lane = 0;
     let mut ended = false;
-    loop {
-        let reading = !ended && !stop.is_set();
-        if !reading && pending.is_none() {
-            return Ok(());
+    // False when a batch was not persisted because the pipeline is stopping
+    // during a store outage: nothing after it can land, so nothing is drained.
+    let mut drain = true;
+    let mut result = 'run: loop {
+        if ended || stop.is_set() {
+            break Ok(());
         }
-        // The previous batch is persisted while the next one is read, decoded
-        // and applied, so the source and the engine work while Redis does.
-        // Batches still reach the store one at a time and in order.
-        let persist = async {
-            match &pending {
-                Some(batch) => persist_applied(&core, store.as_ref(), batch, &stop).await,
-                None => true,
-            }
+        records.clear();
+        ended = match fill_batch(&mut source, &mut records, &config, &stop).await {
+            Ok(ended) => ended,
+            Err(e) => break Err(e.into()),
         };
-        let read = async {
-            if !reading {
-                return Ok((ended, None));
-            }
-            records.clear();
-            let source_ended = fill_batch(&mut source, &mut records, &config, &stop).await?;
-            update_readiness(&core, &source, &config);
-            let next = apply_records(&core, &records, &mut dead_letters, &config).await;
-            Ok::<_, SourceError>((source_ended, next))
-        };
-        let (persisted, read) = tokio::join!(persist, read);
-        if let Some(batch) = pending.take() {
-            if !persisted {
-                // Stopping during a store outage: the batch is not in Redis, so
-                // its offsets are not committed; the restart resumes before it.
-                return read.map(|_| ());
-            }
-            source.commit(batch.last_offset)?;
-        }
-        (ended, pending) = read?;
         update_readiness(&core, &source, &config);
+        let applied = apply_records(&core, &records, &mut dead_letters, &config).await;
+        // Commit what has been persisted, in order; wait for the oldest batch
+        // while the new one would be one too many in flight.
+        while let Some(oldest) = in_flight.front() {
+            let full = applied.is_some() && in_flight.len() >= PERSISTS_IN_FLIGHT;
+            if !full && !oldest.task.is_finished() {
+                break;
+            }
+            let Some(oldest) = in_flight.pop_front() else {
+                break;
+            };
+            match settle(oldest, &mut source).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    drain = false;
+                    break 'run Ok(());
+                }
+                Err(e) => break 'run Err(e),
+            }
+        }
+        if let Some(batch) = applied {
+            let (done, done_rx) = oneshot::channel();
+            let last_offset = batch.last_offset;
+            let order = PersistOrder {
+                follows,
+                lane,
+                previous_done: previous_done.replace(done_rx),
+                done,
+            };
+            let task = tokio::spawn(persist_applied(
+                core.clone(),
+                store.clone(),
+                batch,
+                order,
+                stop.clone(),
+            ));
+            in_flight.push_back(InFlight { last_offset, task });
+            follows = last_offset;
+            lane += 1;
+        }
+        update_readiness(&core, &source, &config);
+    };
+    // Every batch handed to the store is persisted before returning (unless
+    // the pipeline is stopping during an outage).
+    if drain && result.is_ok() {
+        while let Some(oldest) = in_flight.pop_front() {
+            match settle(oldest, &mut source).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    abort_all(&mut in_flight);
+    result
+}
+
+/// Waits for a persist task; commits its batch's offset when the store took
+/// it. False when the pipeline stopped before the store accepted the batch:
+/// its offsets are not committed and the restart resumes before it.
+async fn settle<R: RecordSource>(batch: InFlight, source: &mut R) -> Result<bool, PipelineError> {
+    let persisted = match batch.task.await {
+        Ok(result) => result?,
+        // The task was cancelled or panicked: treat the batch as not persisted.
+        Err(e) => {
+            tracing::error!(error = %e, "persist task failed");
+            false
+        }
+    };
+    if persisted {
+        source.commit(batch.last_offset)?;
+    }
+    Ok(persisted)
+}
+
+fn abort_all(in_flight: &mut VecDeque<InFlight>) {
+    for batch in in_flight.drain(..) {
+        batch.task.abort();
     }
 }
 
@@ -258,32 +359,56 @@ async fn apply_records<D: DeadLetterSink>(
     })
 }
 
+/// Where a batch stands among the batches persisting at once.
+struct PersistOrder {
+    /// The applied offset the batch follows ([`PersistBatch::follows`]).
+    follows: i64,
+    /// Write lane ([`PersistBatch::lane`]).
+    lane: usize,
+    /// Says whether the batch before this one was persisted; `None` once known.
+    previous_done: Option<oneshot::Receiver<bool>>,
+    /// Tells the batch after this one whether this one was persisted.
+    done: oneshot::Sender<bool>,
+}
+
 /// Persists an applied batch, then publishes it: the applied offset, and the
 /// changed tokens for WS updates. False when the pipeline stopped before the
 /// store accepted it.
 async fn persist_applied<S: Store>(
-    core: &ShardCore,
-    store: &S,
-    batch: &AppliedBatch,
-    stop: &StopFlag,
-) -> bool {
+    core: Arc<ShardCore>,
+    store: Arc<S>,
+    batch: AppliedBatch,
+    mut order: PersistOrder,
+    stop: StopFlag,
+) -> Result<bool, PipelineError> {
     let persist = PersistBatch {
         partition: core.partition,
         first_offset: batch.first_offset,
         last_offset: batch.last_offset,
+        follows: order.follows,
         effect: &batch.effect,
         now_ms: batch.now_ms,
+        lane: order.lane,
     };
-    if !persist_with_retry(core, store, &persist, stop)
-        .instrument(batch.span.clone())
-        .await
-    {
-        return false;
+    let persisted = persist_with_retry(
+        &core,
+        store.as_ref(),
+        &persist,
+        &mut order.previous_done,
+        &stop,
+    )
+    .instrument(batch.span.clone())
+    .await;
+    // The next batch may be waiting to know (a receiver gone is no error).
+    let _ = order.done.send(matches!(persisted, Ok(true)));
+    if !persisted? {
+        return Ok(false);
     }
     core.counters.batches.fetch_add(1, Ordering::Relaxed);
+    // Batches' replicas may acknowledge out of order; the offset only grows.
     core.counters
         .applied_offset
-        .store(batch.last_offset, Ordering::Relaxed);
+        .fetch_max(batch.last_offset, Ordering::Relaxed);
     // The WS pushes of these tokens continue the batch's trace.
     core.changes.mark_traced(
         batch.effect.tokens(),
@@ -293,18 +418,21 @@ async fn persist_applied<S: Store>(
         .batch_apply_seconds
         .with_label_values(&[core.partition.to_string().as_str()])
         .observe(batch.started.elapsed().as_secs_f64());
-    true
+    Ok(true)
 }
 
 /// Persists until the store accepts (or fences) the batch: an outage pauses
-/// the partition, it never drops or skips a batch. False only when `stop` was
-/// set while the store kept failing.
+/// the partition, it never drops or skips a batch. A batch that reached the
+/// store before the one it follows waits for that one and tries again. False
+/// only when `stop` was set while the store kept failing (or the batch before
+/// was never persisted).
 async fn persist_with_retry<S: Store>(
     core: &ShardCore,
     store: &S,
     batch: &PersistBatch<'_>,
+    previous_done: &mut Option<oneshot::Receiver<bool>>,
     stop: &StopFlag,
-) -> bool {
+) -> Result<bool, PipelineError> {
     let mut backoff = Duration::from_millis(50);
     let traced = crate::telemetry::tracing_enabled();
     let mut attempt: u32 = 0;
@@ -321,6 +449,7 @@ async fn persist_with_retry<S: Store>(
         match &result {
             Ok(PersistOutcome::Applied) => span.record("outcome", "applied"),
             Ok(PersistOutcome::Fenced { .. }) => span.record("outcome", "fenced"),
+            Ok(PersistOutcome::OutOfOrder { .. }) => span.record("outcome", "out_of_order"),
             Err(_) => span
                 .record("outcome", "error")
                 .record("otel.status_code", "error"),
@@ -344,13 +473,32 @@ async fn persist_with_retry<S: Store>(
                 );
                 break;
             }
+            Ok(PersistOutcome::OutOfOrder { applied_offset }) => {
+                // Either the batch before this one has not landed yet (wait for
+                // it, then try again at once), or the store moved on without
+                // this shard.
+                match previous_done.take() {
+                    Some(previous) => {
+                        if previous.await != Ok(true) {
+                            return Ok(false);
+                        }
+                    }
+                    None => {
+                        return Err(PipelineError::Diverged {
+                            partition: batch.partition,
+                            follows: batch.follows,
+                            stored: applied_offset,
+                        })
+                    }
+                }
+            }
             Err(e) => {
                 core.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 core.set_ready(false);
                 core.set_error(Some(format!("store: {e}")));
                 tracing::warn!(partition = batch.partition, error = %e, "persist failed; retrying");
                 if stop.is_set() {
-                    return false;
+                    return Ok(false);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -358,7 +506,7 @@ async fn persist_with_retry<S: Store>(
         }
     }
     core.set_error(None);
-    true
+    Ok(true)
 }
 
 /// One store write attempt, child of the batch span.
@@ -395,7 +543,7 @@ mod tests {
     use crate::config::GeneratorSettings;
     use crate::shard::ChangeFeed;
     use crate::source::SwapGenerator;
-    use crate::store::{Restored, StoreError};
+    use crate::store::{MemoryStore, Restored, StoreError};
     use crate::swap::encode_swap;
     use crate::window::EngineConfig;
 
@@ -442,10 +590,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn stopping_during_a_store_outage_commits_nothing() {
+    /// `n` generated swap records at offsets `first..first + n`, and a source
+    /// that serves them.
+    fn list_source(first: i64, n: i64) -> (ListSource, Arc<AtomicI64>) {
         let mut generator = SwapGenerator::new(&GeneratorSettings::default());
-        let records: Vec<SourceRecord> = (0..20)
+        let records: Vec<SourceRecord> = (first..first + n)
             .map(|offset| SourceRecord {
                 offset,
                 payload: encode_swap(&generator.next_swap(crate::now_ms())),
@@ -457,25 +606,38 @@ mod tests {
             records: records.into_iter(),
             committed: committed.clone(),
         };
+        (source, committed)
+    }
+
+    fn test_core() -> Arc<ShardCore> {
         let engine = EngineConfig {
             windows: vec![crate::window::WindowSpec::parse("5m").expect("window")],
             dedup_horizon_ms: 86_400_000,
             retention_ms: 2 * 86_400_000,
         };
-        let core = Arc::new(ShardCore::new(0, engine, Arc::new(ChangeFeed::default())));
-        let config = PipelineConfig {
-            batch_max_swaps: 100,
+        Arc::new(ShardCore::new(0, engine, Arc::new(ChangeFeed::default())))
+    }
+
+    fn test_config(batch_max_swaps: usize) -> PipelineConfig {
+        PipelineConfig {
+            batch_max_swaps,
             batch_max_delay: Duration::from_millis(5),
             ready_max_lag: 0,
             limits: SwapLimits::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_during_a_store_outage_commits_nothing() {
+        let (source, committed) = list_source(0, 20);
+        let core = test_core();
         let stop = StopFlag::default();
         let pipeline = tokio::spawn(run_pipeline(
             core.clone(),
             source,
             Arc::new(DownStore),
             LogDeadLetters,
-            config,
+            test_config(100),
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -486,5 +648,114 @@ mod tests {
         assert_eq!(committed.load(Ordering::Relaxed), -1, "nothing committed");
         assert_eq!(core.counters.batches.load(Ordering::Relaxed), 0);
         assert_eq!(core.counters.applied_offset.load(Ordering::Relaxed), -1);
+    }
+
+    /// A memory store whose first persist call is slow, so the batch after it
+    /// reaches the store first.
+    #[derive(Default)]
+    struct SlowFirstStore {
+        inner: MemoryStore,
+        calls: std::sync::atomic::AtomicU64,
+    }
+
+    impl Store for SlowFirstStore {
+        async fn persist(&self, batch: &PersistBatch<'_>) -> Result<PersistOutcome, StoreError> {
+            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.inner.persist(batch).await
+        }
+        async fn load(&self, partition: u32, now_ms: i64) -> Result<Restored, StoreError> {
+            self.inner.load(partition, now_ms).await
+        }
+        async fn load_token(
+            &self,
+            partition: u32,
+            token: &str,
+            now_ms: i64,
+        ) -> Result<Option<BatchEffect>, StoreError> {
+            self.inner.load_token(partition, token, now_ms).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_overtakes_its_predecessor_waits_for_it() {
+        let (source, committed) = list_source(0, 30);
+        let core = test_core();
+        let store = Arc::new(SlowFirstStore::default());
+        let stop = StopFlag::default();
+        let pipeline = tokio::spawn(run_pipeline(
+            core.clone(),
+            source,
+            store.clone(),
+            LogDeadLetters,
+            test_config(10),
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while committed.load(Ordering::Relaxed) < 29 {
+            assert!(Instant::now() < deadline, "not every batch was committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.set();
+        let result = tokio::time::timeout(Duration::from_secs(5), pipeline).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "the pipeline stops");
+        let c = &core.counters;
+        assert_eq!(c.batches.load(Ordering::Relaxed), 3);
+        assert_eq!(c.applied_offset.load(Ordering::Relaxed), 29);
+        // The second batch was refused once (out of order), then applied.
+        assert!(
+            c.store_calls.load(Ordering::Relaxed) > 3,
+            "no batch overtook the slow one"
+        );
+        let stored = store.load(0, crate::now_ms()).await.expect("load");
+        assert_eq!(stored.applied_offset, Some(29));
+    }
+
+    #[tokio::test]
+    async fn a_store_moved_on_by_another_writer_stops_the_pipeline() {
+        // Another writer already applied offsets up to 150; this shard starts
+        // as if nothing had been applied, at offset 200.
+        let store = Arc::new(MemoryStore::default());
+        let other = PersistBatch {
+            partition: 0,
+            first_offset: 0,
+            last_offset: 150,
+            follows: -1,
+            effect: &BatchEffect::default(),
+            now_ms: crate::now_ms(),
+            lane: 0,
+        };
+        assert_eq!(
+            store.persist(&other).await.expect("persist"),
+            PersistOutcome::Applied
+        );
+        let (source, committed) = list_source(200, 10);
+        let core = test_core();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            run_pipeline(
+                core.clone(),
+                source,
+                store,
+                LogDeadLetters,
+                test_config(100),
+                StopFlag::default(),
+            ),
+        )
+        .await
+        .expect("the pipeline stops on its own");
+        assert!(
+            matches!(
+                result,
+                Err(PipelineError::Diverged {
+                    partition: 0,
+                    follows: -1,
+                    stored: Some(150)
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(committed.load(Ordering::Relaxed), -1, "nothing committed");
     }
 }

@@ -18,7 +18,7 @@
 //! bits it added as one hash field, `w<first offset of the batch>`; a
 //! (wallet, bucket) has at most one record per side, and a reader ors them.
 //!
-//! **Batch arguments** (`ARGV[6..]` of `apply_batch.lua`, [`BatchArgs`]). Key
+//! **Batch arguments** (`ARGV[7..]` of `apply_batch.lua`, [`BatchArgs`]). Key
 //! names, fields and absolute expiries are computed here, and data whose key
 //! would already be expired is left out, so the script only writes: buckets
 //! carry their new value (`HSET`, no read), wallet marks and event ids are new

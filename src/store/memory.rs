@@ -1,5 +1,6 @@
 //! In-memory store for standalone mode: keeps the applied offset per partition
-//! so fencing behaves as with Redis, but keeps no history (the engine has it).
+//! so fencing and ordering behave as with Redis, but keeps no history (the
+//! engine has it).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,14 +20,20 @@ impl Store for MemoryStore {
             .applied
             .lock()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let entry = applied.entry(batch.partition).or_insert(-1);
-        if batch.first_offset <= *entry {
-            return Ok(PersistOutcome::Fenced {
-                applied_offset: *entry,
-            });
-        }
-        *entry = batch.last_offset;
-        Ok(PersistOutcome::Applied)
+        let stored = applied.get(&batch.partition).copied();
+        let outcome = match stored {
+            Some(offset) if batch.first_offset <= offset => PersistOutcome::Fenced {
+                applied_offset: offset,
+            },
+            _ if stored.unwrap_or(-1) != batch.follows => PersistOutcome::OutOfOrder {
+                applied_offset: stored,
+            },
+            _ => {
+                applied.insert(batch.partition, batch.last_offset);
+                PersistOutcome::Applied
+            }
+        };
+        Ok(outcome)
     }
 
     async fn load(&self, partition: u32, _now_ms: i64) -> Result<Restored, StoreError> {

@@ -42,9 +42,18 @@ pub struct PersistBatch<'a> {
     /// First and last source offset the batch covers (inclusive).
     pub first_offset: i64,
     pub last_offset: i64,
+    /// The applied offset this batch follows: the previous batch's last offset,
+    /// -1 for the partition's first. The store applies the batch only when it
+    /// holds exactly this offset (compare-and-set), so a batch persisted while
+    /// its predecessor is still in flight can never land before it.
+    pub follows: i64,
     pub effect: &'a BatchEffect,
     /// Clock of the batch, for TTLs.
     pub now_ms: i64,
+    /// Which of the store's write connections carries the batch (taken modulo
+    /// their number). Consecutive batches use different lanes, so one batch can
+    /// wait for its replica while the next one runs on the master.
+    pub lane: usize,
 }
 
 /// Result of a persist call.
@@ -55,6 +64,11 @@ pub enum PersistOutcome {
     /// Refused: the batch starts at or below the stored applied offset, which
     /// is returned (a replay or a zombie writer; nothing was changed).
     Fenced { applied_offset: i64 },
+    /// Refused: the store holds another applied offset than the one the batch
+    /// follows (returned; `None`: nothing applied). Either the previous batch
+    /// has not landed yet, or another writer moved the partition. Nothing was
+    /// changed.
+    OutOfOrder { applied_offset: Option<i64> },
 }
 
 /// A partition's persisted state, as read at start-up.

@@ -1,8 +1,10 @@
 //! [`RedisStore`]: batches persisted to a single Redis or to Redis Cluster.
 //!
-//! * `persist` is one `EVALSHA` of `lua/apply_batch.lua` per batch: fence check,
-//!   every bucket merge, wallet mark, event id, token index update and the new
-//!   applied offset, atomically (invariants 2 and 3). When the partition's
+//! * `persist` is one `EVALSHA` of `lua/apply_batch.lua` per batch: fence and
+//!   order check, every bucket merge, wallet mark, event id, token index update
+//!   and the new applied offset, atomically (invariants 2 and 3). It goes over
+//!   the batch's write lane, so the next batch's script can run while this one
+//!   waits for its replica. When the partition's
 //!   master has replicas, `WAIT 1 <replica_ack_timeout>` follows in the same
 //!   pipeline (same connection, same node), and `persist` only succeeds once a
 //!   replica has the batch: a batch reported as persisted survives a failover
@@ -128,14 +130,21 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
+/// Write connections per node: `persist` of consecutive batches alternates
+/// between them, so one batch's `WAIT` (which holds its connection until a
+/// replica has it) does not hold up the next batch's script.
+const WRITE_LANES: usize = 2;
+
 /// The connection(s) of a [`RedisStore`]. Clones share the underlying
 /// multiplexed connections.
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    /// One connection per write lane; reads use the first.
+    Single([ConnectionManager; WRITE_LANES]),
     Cluster {
-        /// Every command goes to the slot's master.
-        primary: ClusterConnection,
+        /// Every command goes to the slot's master, over one client per write
+        /// lane (reads use the first).
+        primary: [ClusterConnection; WRITE_LANES],
         /// Sends `READONLY` to every node; used for replica reads only.
         replicas: ClusterConnection,
     },
@@ -149,8 +158,11 @@ impl Conn {
     /// Runs `cmd` on the master of `key`'s slot.
     async fn master(&self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
         server_error_to_err(match self {
-            Conn::Single(cm) => cm.clone().req_packed_command(cmd).await,
-            Conn::Cluster { primary, .. } => {
+            Conn::Single([cm, ..]) => cm.clone().req_packed_command(cmd).await,
+            Conn::Cluster {
+                primary: [primary, ..],
+                ..
+            } => {
                 primary
                     .clone()
                     .route_command(cmd.clone(), RoutingInfo::SingleNode(master_route(key)))
@@ -159,18 +171,28 @@ impl Conn {
         })
     }
 
-    /// Runs `pipe` on the master of `key`'s slot; per-command errors come back
-    /// as [`Value::ServerError`] items or as the call's error.
+    /// Runs `pipe` on the master of `key`'s slot over write lane `lane`;
+    /// per-command errors come back as [`Value::ServerError`] items or as the
+    /// call's error.
     ///
     /// All commands of a pipeline go to one node over one connection, in order
     /// (`WAIT` after a write relies on that). A redirection inside a pipeline is
     /// not followed by the client, so on one this sends a harmless keyed command
     /// the normal way, which makes the client refresh its slot map; the caller
     /// sees the error and retries.
-    async fn master_pipe(&self, key: &str, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+    async fn master_pipe(
+        &self,
+        key: &str,
+        pipe: &Pipeline,
+        lane: usize,
+    ) -> RedisResult<Vec<Value>> {
         match self {
-            Conn::Single(cm) => cm.clone().req_packed_commands(pipe, 0, pipe.len()).await,
+            Conn::Single(lanes) => {
+                let cm = &lanes[lane % WRITE_LANES];
+                cm.clone().req_packed_commands(pipe, 0, pipe.len()).await
+            }
             Conn::Cluster { primary, .. } => {
+                let primary = &primary[lane % WRITE_LANES];
                 let replies = primary
                     .clone()
                     .route_pipeline(pipe.clone(), 0, pipe.len(), master_route(key))
@@ -275,8 +297,13 @@ impl RedisStore {
             .set_number_of_retries(options.retries as usize)
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout));
-        let cm = client.get_connection_manager_with_config(config).await?;
-        Ok(Self::new(Conn::Single(cm), options))
+        let lanes = [
+            client
+                .get_connection_manager_with_config(config.clone())
+                .await?,
+            client.get_connection_manager_with_config(config).await?,
+        ];
+        Ok(Self::new(Conn::Single(lanes), options))
     }
 
     /// Connects to Redis Cluster through `seeds` (any reachable nodes).
@@ -295,7 +322,10 @@ impl RedisStore {
                 .connection_timeout(options.timeout)
                 .response_timeout(options.timeout)
         };
-        let primary = builder().build()?.get_async_connection().await?;
+        let primary = [
+            builder().build()?.get_async_connection().await?,
+            builder().build()?.get_async_connection().await?,
+        ];
         let replicas = builder()
             .read_routing_strategy(RandomReplicaStrategy)
             .build()?
@@ -467,7 +497,11 @@ impl RedisStore {
             }
             token_keys.push(tk);
         }
-        let mut replies = self.conn.master_pipe(applied_key, &pipe).await?.into_iter();
+        let mut replies = self
+            .conn
+            .master_pipe(applied_key, &pipe, 0)
+            .await?
+            .into_iter();
         let mut out = BatchEffect::default();
         for (token, tk) in chunk.iter().zip(&token_keys) {
             let per_key = (&mut replies)
@@ -484,7 +518,16 @@ impl RedisStore {
 }
 
 /// `{status, offset, replicas}` of `apply_batch.lua` → (applied?, offset, replicas).
-fn parse_apply_reply(reply: Value) -> Result<(bool, i64, i64), StoreError> {
+/// First item of an `apply_batch.lua` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyStatus {
+    Fenced,
+    Applied,
+    OutOfOrder,
+}
+
+/// `{status, offset, replicas}` of an `apply_batch.lua` reply.
+fn parse_apply_reply(reply: Value) -> Result<(ApplyStatus, i64, i64), StoreError> {
     let Value::Array(items) = reply else {
         return Err(StoreError::Corrupt(format!(
             "apply_batch replied {reply:?}"
@@ -495,7 +538,15 @@ fn parse_apply_reply(reply: Value) -> Result<(bool, i64, i64), StoreError> {
         .map(|v| parse_i64(&bulk(v)?))
         .collect::<Result<Vec<i64>, _>>()?;
     match nums[..] {
-        [status, offset, replicas] => Ok((status == 1, offset, replicas)),
+        [status, offset, replicas] => {
+            let status = match status {
+                0 => ApplyStatus::Fenced,
+                1 => ApplyStatus::Applied,
+                2 => ApplyStatus::OutOfOrder,
+                _ => return Err(StoreError::Corrupt(format!("apply_batch status {status}"))),
+            };
+            Ok((status, offset, replicas))
+        }
         _ => Err(StoreError::Corrupt(format!("apply_batch replied {nums:?}"))),
     }
 }
@@ -653,7 +704,8 @@ impl Store for RedisStore {
                 .arg(batch.last_offset)
                 .arg(batch.now_ms)
                 .arg(o.index_keep_ms())
-                .arg(ms(o.applied_keep));
+                .arg(ms(o.applied_keep))
+                .arg(batch.follows);
             for arg in args.iter() {
                 cmd.arg(arg);
             }
@@ -670,14 +722,21 @@ impl Store for RedisStore {
         };
         let mut pipe = redis::pipe();
         pipe.add_command(build("EVALSHA", self.apply.get_hash()));
-        let mut replies = self.conn.master_pipe(&key, &with_wait(pipe)).await?;
+        let lane = batch.lane;
+        let mut replies = self.conn.master_pipe(&key, &with_wait(pipe), lane).await?;
         if matches!(replies.first(), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT") {
             let mut pipe = redis::pipe();
             pipe.add_command(build("EVAL", APPLY_BATCH_LUA));
-            replies = self.conn.master_pipe(&key, &with_wait(pipe)).await?;
+            replies = self.conn.master_pipe(&key, &with_wait(pipe), lane).await?;
         }
         let mut replies = replies.into_iter();
-        let (applied, offset, replicas) = parse_apply_reply(next_reply(&mut replies)?)?;
+        let (status, offset, replicas) = parse_apply_reply(next_reply(&mut replies)?)?;
+        if status == ApplyStatus::OutOfOrder {
+            // Nothing was written, so there is nothing to wait for.
+            return Ok(PersistOutcome::OutOfOrder {
+                applied_offset: (offset >= 0).then_some(offset),
+            });
+        }
         if replicas == 0 {
             // No replica to lose the write to; stop waiting for one.
             self.set_expects_replicas(batch.partition, false);
@@ -700,7 +759,7 @@ impl Store for RedisStore {
                 replicas,
             });
         }
-        Ok(if applied {
+        Ok(if status == ApplyStatus::Applied {
             PersistOutcome::Applied
         } else {
             PersistOutcome::Fenced {
@@ -757,7 +816,7 @@ impl Store for RedisStore {
         }
         let mut replies = self
             .conn
-            .master_pipe(&applied_key, &pipe)
+            .master_pipe(&applied_key, &pipe, 0)
             .await?
             .into_iter();
         let applied = parse_applied(next_reply(&mut replies)?)?;
