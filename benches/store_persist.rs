@@ -1,0 +1,178 @@
+//! Persist-only throughput of the Redis Cluster store: the same batches (the
+//! shard's effects of a generated stream) persisted one at a time, and with
+//! two in flight over two write lanes as the shard pipeline does. Isolates the
+//! Redis side of `shard_pipeline`, whose rounds are too short (the mock
+//! broker's retention) to reach a steady state.
+//!
+//! Setup: a real Redis Cluster (3 masters + 3 replicas); batches of
+//! `shard.batch_max_swaps` swaps from the generator the shard bench uses
+//! (10,000 tokens, 100,000 wallets, 1% duplicates, 2 s disorder), applied by
+//! one engine into effects once, then persisted in rounds that alternate the
+//! two modes, each into a fresh partition (fresh keys; every batch `Applied`).
+//! Each round's partition is chosen so both modes of a pair use the same master.
+//!
+//! Knobs (env): `BENCH_ROUNDS` (pairs, default 4), `BENCH_BATCHES` (batches per
+//! round, default 10), `BENCH_BATCH_MAX` (swaps per batch, default the
+//! setting's).
+//!
+//! Run: `cargo bench --bench store_persist`
+
+#[path = "../tests/support/redis_cluster.rs"]
+#[allow(dead_code)]
+mod redis_cluster;
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::shard::engine_config;
+use swapstats::source::SwapGenerator;
+use swapstats::store::{keys, PersistBatch, PersistOutcome, RedisStore, Store};
+use swapstats::window::{BatchEffect, WindowEngine};
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Persists `effects` as consecutive batches of `batch` offsets into
+/// `partition`, at most `depth` at once; returns swaps/s.
+async fn persist_all(
+    store: &RedisStore,
+    partition: u32,
+    effects: &[BatchEffect],
+    batch: usize,
+    depth: usize,
+    now_ms: i64,
+) -> f64 {
+    let started = Instant::now();
+    let mut in_flight = FuturesOrdered::new();
+    for (i, effect) in effects.iter().enumerate() {
+        let first = (i * batch) as i64;
+        let persist = PersistBatch {
+            partition,
+            first_offset: first,
+            last_offset: first + batch as i64 - 1,
+            follows: first - 1,
+            effect,
+            now_ms,
+            lane: i,
+        };
+        in_flight.push_back(async move {
+            loop {
+                match store.persist(&persist).await.expect("persist") {
+                    PersistOutcome::Applied => return,
+                    // Overtook its predecessor (the shard waits for it too).
+                    PersistOutcome::OutOfOrder { .. } => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    other => panic!("batch {i}: {other:?}"),
+                }
+            }
+        });
+        while in_flight.len() >= depth {
+            in_flight.next().await;
+        }
+    }
+    while in_flight.next().await.is_some() {}
+    (effects.len() * batch) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A partition above `after` whose slot is served by the same master as `like`'s.
+fn partition_like(cluster: &redis_cluster::RedisCluster, like: u32, after: u32) -> u32 {
+    let master = cluster.master_of_slot(keys::slot(like));
+    (after + 1..after + 10_000)
+        .find(|&p| cluster.master_of_slot(keys::slot(p)) == master)
+        .expect("a partition on the same master")
+}
+
+fn main() {
+    let rounds = env_usize("BENCH_ROUNDS").unwrap_or(4);
+    let batches = env_usize("BENCH_BATCHES").unwrap_or(10);
+    let settings = Settings::defaults();
+    let batch = env_usize("BENCH_BATCH_MAX").unwrap_or(settings.shard.batch_max_swaps);
+    eprintln!("starting Redis Cluster (3 masters + 3 replicas) ...");
+    let cluster = redis_cluster::RedisCluster::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = runtime
+        .block_on(RedisStore::connect(&StoreSettings {
+            kind: StoreKind::RedisCluster,
+            redis_urls: cluster.seed_urls(),
+        }))
+        .expect("connect");
+    let mut generator = SwapGenerator::new(&GeneratorSettings {
+        rate: 0,
+        tokens: 10_000,
+        wallets: 100_000,
+        dup_rate: 0.01,
+        disorder: Duration::from_secs(2),
+        seed: 7,
+        count: 0,
+    });
+    let now = swapstats::now_ms();
+    let mut engine = WindowEngine::new(engine_config(&settings));
+    let effects: Vec<BatchEffect> = (0..batches)
+        .map(|_| {
+            let swaps: Vec<_> = (0..batch).map(|_| generator.next_swap(now)).collect();
+            engine.apply_batch(&swaps, now).0
+        })
+        .collect();
+
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    let mut partition = 100;
+    for round in 0..rounds {
+        let first = partition_like(&cluster, partition, partition);
+        let second = partition_like(&cluster, first, first);
+        partition = second;
+        // Alternate which mode goes first.
+        let modes = if round % 2 == 0 { [1, 2] } else { [2, 1] };
+        for (depth, p) in modes.into_iter().zip([first, second]) {
+            let rate = runtime.block_on(persist_all(&store, p, &effects, batch, depth, now));
+            eprintln!(
+                "round {}: {depth} in flight (partition {p}): {rate:.0} swaps/s",
+                round + 1
+            );
+            if depth == 1 { &mut one } else { &mut two }.push(rate);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!();
+    println!(
+        "store_persist — release build, Redis Cluster 3+3 (EVALSHA + WAIT 1 per batch), 2 cores"
+    );
+    println!(
+        "{batches} batches of {batch} swaps per round ({} bucket deltas, {} wallet marks, {} events per batch on average)",
+        effects.iter().map(|e| e.buckets.len()).sum::<usize>() / batches.max(1),
+        effects.iter().map(|e| e.wallets.len()).sum::<usize>() / batches.max(1),
+        effects.iter().map(|e| e.events.len()).sum::<usize>() / batches.max(1),
+    );
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{:.0}k", r / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "one batch at a time   {:>9.0} swaps/s  ({})",
+        mean(&one),
+        show(&one)
+    );
+    println!(
+        "two in flight         {:>9.0} swaps/s  ({})",
+        mean(&two),
+        show(&two)
+    );
+    let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();
+    println!(
+        "two / one per round: {}  mean {:.2}",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        mean(&ratios)
+    );
+}
