@@ -24,7 +24,9 @@
 //! token's newest swap is when the client gets the update (all processes share
 //! this machine's clock). `receipt − stats.updated_at` is the part after the
 //! shard computed the stats (shard WS → router → client). The shard batches up
-//! to `shard.batch_max_delay` (50 ms) and coalesces updates per token to one
+//! to `shard.batch_max_delay` (50 ms) while its store is busy (otherwise a
+//! batch goes as soon as no more swaps are waiting) and coalesces updates per
+//! token to one
 //! per `ws.coalesce` (100 ms; the first change after a quiet period goes at
 //! once): both hold updates back by design.
 //!

@@ -139,9 +139,11 @@ pub struct ShardSettings {
     /// Largest batch persisted in one store call. A busy partition fills
     /// batches to this size (a backlog after a restart, or a rate the store
     /// only keeps up with in large batches: hot tokens' buckets then merge);
-    /// a quiet one sends what `batch_max_delay` collected.
+    /// a quiet one sends what has arrived as soon as the store is free.
     pub batch_max_swaps: usize,
-    /// Longest a batch waits for more swaps after its first one.
+    /// Longest a batch waits for more swaps after its first one, while the
+    /// store is busy with earlier batches. When the store could take the batch
+    /// at once, it goes as soon as no more swaps are waiting (group commit).
     #[serde(with = "humantime_serde")]
     pub batch_max_delay: Duration,
     /// `/readyz` stays false while the consumer lag is above this many messages.

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::StopFlag;
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
-use super::ShardCore;
+use super::{ShardCore, StopFlag};
 use crate::config::Settings;
 use crate::store::{PersistBatch, PersistOutcome, Store};
 use crate::swap::{decode_swap, Rejection, Swap, SwapLimits};
@@ -153,7 +153,11 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
             break Ok(());
         }
         records.clear();
-        ended = match fill_batch(&mut source, &mut records, &config, &stop).await {
+        let store_free = || {
+            let persisting = in_flight.iter().filter(|f| !f.task.is_finished()).count();
+            persisting < PERSISTS_IN_FLIGHT
+        };
+        ended = match fill_batch(&mut source, &mut records, &config, &stop, store_free).await {
             Ok(ended) => ended,
             Err(e) => break Err(e.into()),
         };
@@ -242,13 +246,17 @@ fn abort_all(in_flight: &mut VecDeque<InFlight>) {
     }
 }
 
-/// Reads records until the batch is full or its delay is up. Returns true when
-/// the source ended.
+/// Reads records until the batch is full or its delay is up, or, while
+/// `store_free()` says the store would take the batch at once, until no more
+/// records are waiting (group commit: a quiet partition's swaps are persisted
+/// and announced without waiting out `batch_max_delay`, and a busy one still
+/// fills its batches while the store works). Returns true when the source ended.
 async fn fill_batch<R: RecordSource>(
     source: &mut R,
     records: &mut Vec<SourceRecord>,
     config: &PipelineConfig,
     stop: &StopFlag,
+    store_free: impl Fn() -> bool,
 ) -> Result<bool, SourceError> {
     // How long an idle partition waits for a first record before the loop
     // goes round (and updates readiness, e.g. once the lag becomes known).
@@ -256,17 +264,27 @@ async fn fill_batch<R: RecordSource>(
     let first_deadline = Instant::now() + idle_poll;
     let mut deadline = first_deadline;
     while records.len() < config.batch_max_swaps {
-        let next = tokio::time::timeout_at(deadline, source.next_record()).await;
+        let next = if !records.is_empty() && store_free() {
+            // Only a record that is already here.
+            match source.next_record().now_or_never() {
+                Some(next) => next,
+                None => break,
+            }
+        } else {
+            match tokio::time::timeout_at(deadline, source.next_record()).await {
+                Ok(next) => next,
+                Err(_elapsed) => break,
+            }
+        };
         match next {
-            Err(_elapsed) => break,
-            Ok(Ok(None)) => return Ok(true),
-            Ok(Ok(Some(record))) => {
+            Ok(None) => return Ok(true),
+            Ok(Some(record)) => {
                 if records.is_empty() {
                     deadline = Instant::now() + config.batch_max_delay;
                 }
                 records.push(record);
             }
-            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(e),
         }
         if stop.is_set() {
             break;
@@ -648,6 +666,36 @@ mod tests {
         assert_eq!(committed.load(Ordering::Relaxed), -1, "nothing committed");
         assert_eq!(core.counters.batches.load(Ordering::Relaxed), 0);
         assert_eq!(core.counters.applied_offset.load(Ordering::Relaxed), -1);
+    }
+
+    #[tokio::test]
+    async fn a_free_store_takes_a_batch_without_waiting_out_the_delay() {
+        // Three records, then nothing: with the store free, the batch goes as
+        // soon as no more records are waiting, not after batch_max_delay.
+        let (source, committed) = list_source(0, 3);
+        let core = test_core();
+        let config = PipelineConfig {
+            batch_max_delay: Duration::from_secs(3600),
+            ..test_config(100)
+        };
+        let stop = StopFlag::default();
+        let pipeline = tokio::spawn(run_pipeline(
+            core.clone(),
+            source,
+            Arc::new(MemoryStore::default()),
+            LogDeadLetters,
+            config,
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while committed.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "the batch waited for more records");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.set();
+        let result = tokio::time::timeout(Duration::from_secs(5), pipeline).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "the pipeline stops");
+        assert_eq!(core.counters.batches.load(Ordering::Relaxed), 1);
     }
 
     /// A memory store whose first persist call is slow, so the batch after it
