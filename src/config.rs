@@ -455,6 +455,7 @@ mod tests {
         std::fs::write(&path, "[shard]\npartitions = 4\nbatch_max_swaps = 10\n").unwrap();
         let s = Settings::load_from(Some(&path), env(&[("SWAPSTATS__SHARD__PARTITIONS", "2")]))
             .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(s.shard.partitions, 2);
         assert_eq!(s.shard.batch_max_swaps, 10);
     }
