@@ -31,6 +31,7 @@
 //!
 //! Run: `cargo bench --bench shard_pipeline`
 
+mod common;
 #[path = "../tests/support/kafka.rs"]
 #[allow(dead_code)]
 mod kafka;
@@ -48,7 +49,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::config::{Settings, StoreKind, StoreSettings};
 use swapstats::shard::{
     engine_config, run_pipeline, ChangeFeed, LogDeadLetters, PipelineConfig, ShardCore, StopFlag,
 };
@@ -87,15 +88,7 @@ impl SwapProducer {
             .set("queue.buffering.max.kbytes", "1048576")
             .create()
             .expect("producer");
-        let generator = SwapGenerator::new(&GeneratorSettings {
-            rate: 0,
-            tokens: 10_000,
-            wallets: 100_000,
-            dup_rate: 0.01,
-            disorder: Duration::from_secs(2),
-            seed: 7,
-            count: 0,
-        });
+        let generator = SwapGenerator::new(&common::shard_stream());
         Self {
             producer,
             generator,

@@ -17,6 +17,7 @@
 //!
 //! Run: `cargo bench --bench store_persist`
 
+mod common;
 #[path = "../tests/support/redis_cluster.rs"]
 #[allow(dead_code)]
 mod redis_cluster;
@@ -24,7 +25,7 @@ mod redis_cluster;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use swapstats::config::{GeneratorSettings, Settings, StoreKind, StoreSettings};
+use swapstats::config::{Settings, StoreKind, StoreSettings};
 use swapstats::shard::engine_config;
 use swapstats::source::SwapGenerator;
 use swapstats::store::{keys, PersistBatch, PersistOutcome, RedisStore, Store};
@@ -103,15 +104,7 @@ fn main() {
             redis_urls: cluster.seed_urls(),
         }))
         .expect("connect");
-    let mut generator = SwapGenerator::new(&GeneratorSettings {
-        rate: 0,
-        tokens: 10_000,
-        wallets: 100_000,
-        dup_rate: 0.01,
-        disorder: Duration::from_secs(2),
-        seed: 7,
-        count: 0,
-    });
+    let mut generator = SwapGenerator::new(&common::shard_stream());
     let now = swapstats::now_ms();
     let mut engine = WindowEngine::new(engine_config(&settings));
     let effects: Vec<BatchEffect> = (0..batches)

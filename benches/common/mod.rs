@@ -6,6 +6,7 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use swapstats::config::GeneratorSettings;
 use swapstats::swap::{Side, Swap};
 use swapstats::window::{EngineConfig, WindowSpec};
 
@@ -167,5 +168,19 @@ impl Stream {
             self.recent[i] = swap.clone();
         }
         (swap, block_ms)
+    }
+}
+
+/// The generated stream of the shard and store benches: 10,000 tokens,
+/// 100,000 wallets, 1% duplicates, 2 s of block-time disorder, unpaced.
+pub fn shard_stream() -> GeneratorSettings {
+    GeneratorSettings {
+        rate: 0,
+        tokens: 10_000,
+        wallets: 100_000,
+        dup_rate: 0.01,
+        disorder: std::time::Duration::from_secs(2),
+        seed: 7,
+        count: 0,
     }
 }
