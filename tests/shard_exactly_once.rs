@@ -1,6 +1,7 @@
 //! Shards on the mock Kafka cluster and a real Redis Cluster: exact stats through
 //! duplicates, disorder, `kill -9` of shards, a Redis master failover, a broker
-//! outage, and bad messages sent to the dead-letter topic.
+//! outage, a store that lost the last batch, and bad messages sent to the
+//! dead-letter topic.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::kafka::MockKafka;
-use support::redis_cluster::RedisCluster;
+use support::redis_cluster::{query, RedisCluster};
 use support::service::{get_json, Service};
 use swapstats::partition::partition_for;
 use swapstats::swap::{decode_swap, SwapLimits};
@@ -284,4 +285,89 @@ async fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
         Some((1 + 3 + 5 + 7 + 9 + 100) as f64)
     );
     assert!(shards[p as usize].is_running());
+}
+
+/// Waits until `shard` has applied offset `last`.
+async fn wait_applied(shard: &mut Service, last: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while applied_offset(shard).await != Some(last) {
+        assert!(shard.is_running(), "shard died:\n{}", shard.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "offset {last} not applied:\n{}",
+            shard.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store's applied offset moves back under a running shard (a failover that
+/// lost an acknowledged write, or another writer): its next batch does not
+/// follow the stored offset, so the shard exits instead of writing on top; the
+/// restart restores from the store and the stats stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_exits_when_the_store_is_not_where_it_left_it() {
+    let redis = RedisCluster::start();
+    let kafka = MockKafka::start(PARTITIONS);
+    let p = partition_for("BTC", PARTITIONS as u32) as i32;
+    let mut shard = start_shard(p, &kafka, &redis);
+    shard.wait_ok("/healthz", Duration::from_secs(30)).await;
+    let now = swapstats::now_ms();
+    let swaps = |from: i64, to: i64| -> Vec<(String, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let swap = format!(
+                    r#"{{"event_id":"e{i}","token_id":"BTC","wallet":"w{i}","amount":1,"usd":{i},"side":"buy","rate":1,"executed_at":{}}}"#,
+                    now - i
+                );
+                ("BTC".to_string(), swap.into_bytes())
+            })
+            .collect()
+    };
+    kafka.produce_raw("swaps", p, &swaps(0, 20));
+    let end = kafka.end_offset("swaps", p);
+    wait_applied(&mut shard, end - 1, Duration::from_secs(30)).await;
+
+    // The store forgets the last batch's offset (its data stays).
+    let applied_key = format!("ss:{{{p}}}:applied");
+    let master = redis.master_of_key(&applied_key).expect("master");
+    let _: () = query(
+        master,
+        redis::cmd("SET")
+            .arg(&applied_key)
+            .arg(end - 2)
+            .arg("KEEPTTL"),
+    )
+    .expect("SET applied");
+    kafka.produce_raw("swaps", p, &swaps(20, 30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = shard.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shard kept running:\n{}",
+            shard.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{status}");
+    assert!(
+        shard.log_tail().contains("restart to restore"),
+        "{}",
+        shard.log_tail()
+    );
+
+    shard.restart();
+    let end = kafka.end_offset("swaps", p);
+    wait_applied(&mut shard, end - 1, Duration::from_secs(30)).await;
+    let (_, btc) = get_json(&shard.url("/stats?token=BTC"))
+        .await
+        .expect("stats");
+    assert_eq!(btc["windows"]["5m"]["txns"], 30, "{btc}");
+    assert_eq!(
+        btc["windows"]["5m"]["volume_usd"].as_f64(),
+        Some((0..30).sum::<i64>() as f64)
+    );
 }
