@@ -5,12 +5,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 
@@ -144,6 +144,7 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     // Completion of the latest batch handed to the store, for the one after it.
     let mut previous_done: Option<oneshot::Receiver<bool>> = None;
     let mut lane = 0;
+    let persisting = Arc::new(Persisting::default());
     let mut ended = false;
     // False when a batch was not persisted because the pipeline is stopping
     // during a store outage: nothing after it can land, so nothing is drained.
@@ -153,11 +154,8 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
             break Ok(());
         }
         records.clear();
-        let store_free = || {
-            let persisting = in_flight.iter().filter(|f| !f.task.is_finished()).count();
-            persisting < PERSISTS_IN_FLIGHT
-        };
-        ended = match fill_batch(&mut source, &mut records, &config, &stop, store_free).await {
+        let filled = fill_batch(&mut source, &mut records, &config, &stop, &persisting);
+        ended = match filled.await {
             Ok(ended) => ended,
             Err(e) => break Err(e.into()),
         };
@@ -190,7 +188,9 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
                 lane,
                 previous_done: previous_done.replace(done_rx),
                 done,
+                persisting: persisting.clone(),
             };
+            persisting.started();
             let task = tokio::spawn(persist_applied(
                 core.clone(),
                 store.clone(),
@@ -246,17 +246,18 @@ fn abort_all(in_flight: &mut VecDeque<InFlight>) {
     }
 }
 
-/// Reads records until the batch is full or its delay is up, or, while
-/// `store_free()` says the store would take the batch at once, until no more
-/// records are waiting (group commit: a quiet partition's swaps are persisted
-/// and announced without waiting out `batch_max_delay`, and a busy one still
-/// fills its batches while the store works). Returns true when the source ended.
+/// Reads records until the batch is full or its delay is up, or, once the
+/// store could take the batch at once (fewer than [`PERSISTS_IN_FLIGHT`]
+/// batches `persisting`), until no more records are waiting. This is group
+/// commit: a quiet partition's swaps are persisted and announced without
+/// waiting out `batch_max_delay`, and a busy one fills its batches while the
+/// store works. Returns true when the source ended.
 async fn fill_batch<R: RecordSource>(
     source: &mut R,
     records: &mut Vec<SourceRecord>,
     config: &PipelineConfig,
     stop: &StopFlag,
-    store_free: impl Fn() -> bool,
+    persisting: &Persisting,
 ) -> Result<bool, SourceError> {
     // How long an idle partition waits for a first record before the loop
     // goes round (and updates readiness, e.g. once the lag becomes known).
@@ -264,16 +265,25 @@ async fn fill_batch<R: RecordSource>(
     let first_deadline = Instant::now() + idle_poll;
     let mut deadline = first_deadline;
     while records.len() < config.batch_max_swaps {
-        let next = if !records.is_empty() && store_free() {
+        let next = if records.is_empty() {
+            match tokio::time::timeout_at(deadline, source.next_record()).await {
+                Ok(next) => next,
+                Err(_elapsed) => break,
+            }
+        } else if persisting.count() < PERSISTS_IN_FLIGHT {
             // Only a record that is already here.
             match source.next_record().now_or_never() {
                 Some(next) => next,
                 None => break,
             }
         } else {
-            match tokio::time::timeout_at(deadline, source.next_record()).await {
-                Ok(next) => next,
-                Err(_elapsed) => break,
+            tokio::select! {
+                next = tokio::time::timeout_at(deadline, source.next_record()) => match next {
+                    Ok(next) => next,
+                    Err(_elapsed) => break,
+                },
+                // A persist ended: the store may take this batch now.
+                () = persisting.ended.notified() => continue,
             }
         };
         match next {
@@ -387,6 +397,31 @@ struct PersistOrder {
     previous_done: Option<oneshot::Receiver<bool>>,
     /// Tells the batch after this one whether this one was persisted.
     done: oneshot::Sender<bool>,
+    /// Counts this batch until its store call ended.
+    persisting: Arc<Persisting>,
+}
+
+/// Batches whose store call has not ended yet, and a wake-up for the
+/// pipeline loop when one ends (a batch waiting for more records may go now).
+#[derive(Debug, Default)]
+struct Persisting {
+    count: AtomicUsize,
+    ended: Notify,
+}
+
+impl Persisting {
+    fn started(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn end(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.ended.notify_one();
+    }
 }
 
 /// Persists an applied batch, then publishes it: the applied offset, and the
@@ -419,6 +454,7 @@ async fn persist_applied<S: Store>(
     .await;
     // The next batch may be waiting to know (a receiver gone is no error).
     let _ = order.done.send(matches!(persisted, Ok(true)));
+    order.persisting.end();
     if !persisted? {
         return Ok(false);
     }
@@ -710,17 +746,17 @@ mod tests {
         assert_eq!(core.counters.batches.load(Ordering::Relaxed), 1);
     }
 
-    /// A memory store whose first persist call is slow, so the batch after it
-    /// reaches the store first.
+    /// A memory store whose first `slow_calls` persist calls take 200 ms.
     #[derive(Default)]
-    struct SlowFirstStore {
+    struct SlowStore {
         inner: MemoryStore,
+        slow_calls: u64,
         calls: std::sync::atomic::AtomicU64,
     }
 
-    impl Store for SlowFirstStore {
+    impl Store for SlowStore {
         async fn persist(&self, batch: &PersistBatch<'_>) -> Result<PersistOutcome, StoreError> {
-            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            if self.calls.fetch_add(1, Ordering::Relaxed) < self.slow_calls {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             self.inner.persist(batch).await
@@ -739,10 +775,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_batch_goes_when_the_store_frees_up() {
+        // Two full batches keep the store busy; the third, partial one waits
+        // for more records only until one of them is persisted (the delay is
+        // an hour).
+        let (source, committed) = list_source(0, 25);
+        let core = test_core();
+        let store = Arc::new(SlowStore {
+            slow_calls: u64::MAX,
+            ..SlowStore::default()
+        });
+        let config = PipelineConfig {
+            batch_max_delay: Duration::from_secs(3600),
+            ..test_config(10)
+        };
+        let stop = StopFlag::default();
+        let pipeline = tokio::spawn(run_pipeline(
+            core.clone(),
+            source,
+            store,
+            LogDeadLetters,
+            config,
+            stop.clone(),
+        ));
+        stop_once_committed(&committed, 24, &stop, pipeline).await;
+        assert_eq!(core.counters.batches.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_that_overtakes_its_predecessor_waits_for_it() {
         let (source, committed) = list_source(0, 30);
         let core = test_core();
-        let store = Arc::new(SlowFirstStore::default());
+        // Only the first call is slow: the second batch reaches the store first.
+        let store = Arc::new(SlowStore {
+            slow_calls: 1,
+            ..SlowStore::default()
+        });
         let stop = StopFlag::default();
         let pipeline = tokio::spawn(run_pipeline(
             core.clone(),
