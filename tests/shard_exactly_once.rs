@@ -73,18 +73,22 @@ async fn wait_caught_up(shards: &mut [Service], kafka: &MockKafka, timeout: Dura
     let deadline = Instant::now() + timeout;
     for (p, shard) in shards.iter_mut().enumerate() {
         let end = kafka.end_offset("swaps", p as i32);
-        loop {
-            if applied_offset(shard).await == Some(end - 1) {
-                break;
-            }
-            assert!(shard.is_running(), "shard {p} died:\n{}", shard.log_tail());
-            assert!(
-                Instant::now() < deadline,
-                "shard {p} not caught up to {end}:\n{}",
-                shard.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait_applied(shard, end - 1, left).await;
+    }
+}
+
+/// Waits until `shard` has applied offset `last`.
+async fn wait_applied(shard: &mut Service, last: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while applied_offset(shard).await != Some(last) {
+        assert!(shard.is_running(), "shard died:\n{}", shard.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "offset {last} not applied:\n{}",
+            shard.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -285,20 +289,6 @@ async fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
         Some((1 + 3 + 5 + 7 + 9 + 100) as f64)
     );
     assert!(shards[p as usize].is_running());
-}
-
-/// Waits until `shard` has applied offset `last`.
-async fn wait_applied(shard: &mut Service, last: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while applied_offset(shard).await != Some(last) {
-        assert!(shard.is_running(), "shard died:\n{}", shard.log_tail());
-        assert!(
-            Instant::now() < deadline,
-            "offset {last} not applied:\n{}",
-            shard.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The store's applied offset moves back under a running shard (a failover that
