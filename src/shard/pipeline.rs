@@ -95,6 +95,7 @@ impl PipelineConfig {
 /// Why the pipeline stopped before its source ended.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The source failed in a way it cannot retry.
     #[error(transparent)]
     Source(#[from] SourceError),
     /// The store holds another applied offset than the one this shard's batches
