@@ -129,25 +129,25 @@ impl Drop for Service {
     }
 }
 
-/// GET `url` → (status, JSON body).
-pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
-    let response = reqwest::Client::new()
+/// GET `url` with the tests' timeout.
+async fn get(url: &str) -> Result<reqwest::Response, reqwest::Error> {
+    reqwest::Client::new()
         .get(url)
         .timeout(Duration::from_secs(5))
         .send()
-        .await?;
+        .await
+}
+
+/// GET `url` → (status, JSON body).
+pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let response = get(url).await?;
     let status = response.status().as_u16();
-    let body = response.json::<serde_json::Value>().await?;
-    Ok((status, body))
+    Ok((status, response.json().await?))
 }
 
 /// GET `url` → (status, body text).
 pub async fn get_text(url: &str) -> Result<(u16, String), reqwest::Error> {
-    let response = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?;
+    let response = get(url).await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }
