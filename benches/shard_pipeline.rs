@@ -66,10 +66,6 @@ const PARTITION: i32 = 0;
 /// read is only ~20 ms.
 const BARE_REPS: usize = 3;
 
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 /// Produces swaps to partition 0 (lz4, big batches) and flushes.
 struct SwapProducer {
     producer: ThreadedProducer<DefaultProducerContext>,
@@ -646,13 +642,13 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
 }
 
 fn main() {
-    let rounds = env_usize("BENCH_ROUNDS").unwrap_or(6);
+    let rounds = common::env_usize("BENCH_ROUNDS").unwrap_or(6);
     eprintln!("starting Redis Cluster (3 masters + 3 replicas) and mock Kafka ...");
     let cluster = redis_cluster::RedisCluster::start();
     let mock = kafka::MockKafka::start(1);
     let bootstrap = mock.bootstrap.clone();
     let mut settings = Settings::defaults();
-    if let Some(max) = env_usize("BENCH_BATCH_MAX") {
+    if let Some(max) = common::env_usize("BENCH_BATCH_MAX") {
         settings.shard.batch_max_swaps = max;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -675,7 +671,7 @@ fn main() {
         let mut producer = SwapProducer::new(&bootstrap);
 
         // Calibration: how many swaps does the mock broker retain?
-        let chunk = match env_usize("BENCH_CHUNK") {
+        let chunk = match common::env_usize("BENCH_CHUNK") {
             Some(c) => c,
             None => {
                 let probe = 200_000;

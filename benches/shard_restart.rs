@@ -16,6 +16,7 @@
 //!
 //! Run: `cargo bench --bench shard_restart`
 
+mod common;
 #[path = "../tests/support/kafka.rs"]
 #[allow(dead_code)]
 mod kafka;
@@ -40,10 +41,6 @@ use swapstats::window::WindowEngine;
 const TOKENS: u32 = 10_000;
 const BATCH: usize = 5_000;
 const HOUR_MS: i64 = 3_600_000;
-
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -177,8 +174,8 @@ fn logged_ms(log: &str, marker: &str) -> Option<u64> {
 }
 
 fn main() {
-    let swaps_total = env_usize("BENCH_SWAPS").unwrap_or(2_000_000);
-    let restarts = env_usize("BENCH_RESTARTS").unwrap_or(5);
+    let swaps_total = common::env_usize("BENCH_SWAPS").unwrap_or(2_000_000);
+    let restarts = common::env_usize("BENCH_RESTARTS").unwrap_or(5);
     let binary = env!("CARGO_BIN_EXE_swapstats");
     eprintln!("starting Redis Cluster (3 masters + 3 replicas) and mock Kafka ...");
     let cluster = redis_cluster::RedisCluster::start();

@@ -31,10 +31,6 @@ use swapstats::source::SwapGenerator;
 use swapstats::store::{keys, PersistBatch, PersistOutcome, RedisStore, Store};
 use swapstats::window::{BatchEffect, WindowEngine};
 
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 /// Persists `effects` as consecutive batches of `batch` offsets into
 /// `partition`, at most `depth` at once; returns swaps/s.
 async fn persist_all(
@@ -87,10 +83,10 @@ fn partition_like(cluster: &redis_cluster::RedisCluster, like: u32, after: u32) 
 }
 
 fn main() {
-    let rounds = env_usize("BENCH_ROUNDS").unwrap_or(4);
-    let batches = env_usize("BENCH_BATCHES").unwrap_or(10);
+    let rounds = common::env_usize("BENCH_ROUNDS").unwrap_or(4);
+    let batches = common::env_usize("BENCH_BATCHES").unwrap_or(10);
     let settings = Settings::defaults();
-    let batch = env_usize("BENCH_BATCH_MAX").unwrap_or(settings.shard.batch_max_swaps);
+    let batch = common::env_usize("BENCH_BATCH_MAX").unwrap_or(settings.shard.batch_max_swaps);
     eprintln!("starting Redis Cluster (3 masters + 3 replicas) ...");
     let cluster = redis_cluster::RedisCluster::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -184,3 +184,8 @@ pub fn shard_stream() -> GeneratorSettings {
         count: 0,
     }
 }
+
+/// A bench knob from the environment: `name` parsed as a count, if set.
+pub fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}

@@ -517,7 +517,6 @@ impl RedisStore {
     }
 }
 
-/// `{status, offset, replicas}` of `apply_batch.lua` → (applied?, offset, replicas).
 /// First item of an `apply_batch.lua` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApplyStatus {
