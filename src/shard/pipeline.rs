@@ -682,19 +682,34 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn stopping_during_a_store_outage_commits_nothing() {
-        let (source, committed) = list_source(0, 20);
+    /// Runs the pipeline on a fresh test core in a task; returns the core, the
+    /// stop flag and the task.
+    fn spawn_pipeline<S: Store>(
+        source: ListSource,
+        store: Arc<S>,
+        config: PipelineConfig,
+    ) -> (
+        Arc<ShardCore>,
+        StopFlag,
+        tokio::task::JoinHandle<Result<(), PipelineError>>,
+    ) {
         let core = test_core();
         let stop = StopFlag::default();
         let pipeline = tokio::spawn(run_pipeline(
             core.clone(),
             source,
-            Arc::new(DownStore),
+            store,
             LogDeadLetters,
-            test_config(100),
+            config,
             stop.clone(),
         ));
+        (core, stop, pipeline)
+    }
+
+    #[tokio::test]
+    async fn stopping_during_a_store_outage_commits_nothing() {
+        let (source, committed) = list_source(0, 20);
+        let (core, stop, pipeline) = spawn_pipeline(source, Arc::new(DownStore), test_config(100));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!core.is_ready(), "a failing store makes the shard unready");
         stop.set();
@@ -728,20 +743,12 @@ mod tests {
         // Three records, then nothing: with the store free, the batch goes as
         // soon as no more records are waiting, not after batch_max_delay.
         let (source, committed) = list_source(0, 3);
-        let core = test_core();
         let config = PipelineConfig {
             batch_max_delay: Duration::from_secs(3600),
             ..test_config(100)
         };
-        let stop = StopFlag::default();
-        let pipeline = tokio::spawn(run_pipeline(
-            core.clone(),
-            source,
-            Arc::new(MemoryStore::default()),
-            LogDeadLetters,
-            config,
-            stop.clone(),
-        ));
+        let (core, stop, pipeline) =
+            spawn_pipeline(source, Arc::new(MemoryStore::default()), config);
         // The delay is an hour: only a batch that did not wait gets committed.
         stop_once_committed(&committed, 2, &stop, pipeline).await;
         assert_eq!(core.counters.batches.load(Ordering::Relaxed), 1);
@@ -781,7 +788,6 @@ mod tests {
         // for more records only until one of them is persisted (the delay is
         // an hour).
         let (source, committed) = list_source(0, 25);
-        let core = test_core();
         let store = Arc::new(SlowStore {
             slow_calls: u64::MAX,
             ..SlowStore::default()
@@ -790,15 +796,7 @@ mod tests {
             batch_max_delay: Duration::from_secs(3600),
             ..test_config(10)
         };
-        let stop = StopFlag::default();
-        let pipeline = tokio::spawn(run_pipeline(
-            core.clone(),
-            source,
-            store,
-            LogDeadLetters,
-            config,
-            stop.clone(),
-        ));
+        let (core, stop, pipeline) = spawn_pipeline(source, store, config);
         stop_once_committed(&committed, 24, &stop, pipeline).await;
         assert_eq!(core.counters.batches.load(Ordering::Relaxed), 3);
     }
@@ -806,21 +804,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_that_overtakes_its_predecessor_waits_for_it() {
         let (source, committed) = list_source(0, 30);
-        let core = test_core();
         // Only the first call is slow: the second batch reaches the store first.
         let store = Arc::new(SlowStore {
             slow_calls: 1,
             ..SlowStore::default()
         });
-        let stop = StopFlag::default();
-        let pipeline = tokio::spawn(run_pipeline(
-            core.clone(),
-            source,
-            store.clone(),
-            LogDeadLetters,
-            test_config(10),
-            stop.clone(),
-        ));
+        let (core, stop, pipeline) = spawn_pipeline(source, store.clone(), test_config(10));
         stop_once_committed(&committed, 29, &stop, pipeline).await;
         let c = &core.counters;
         assert_eq!(c.batches.load(Ordering::Relaxed), 3);
