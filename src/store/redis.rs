@@ -480,13 +480,15 @@ impl RedisStore {
 
     /// Reads the tokens of `chunk` with one pipeline of `HGETALL`s. Not atomic
     /// per token, and it need not be: [`Store::load_into`] rereads when the
-    /// applied offset moved meanwhile.
+    /// applied offset moved meanwhile. Chunks alternate `lane`s (connections),
+    /// so the replies of two chunks are parsed at once, on two runtime threads.
     async fn read_chunk(
         &self,
         partition: u32,
         applied_key: &str,
         chunk: &[String],
         now_ms: i64,
+        lane: usize,
     ) -> Result<BatchEffect, StoreError> {
         let mut pipe = redis::pipe();
         let mut token_keys = Vec::with_capacity(chunk.len());
@@ -499,7 +501,7 @@ impl RedisStore {
         }
         let mut replies = self
             .conn
-            .master_pipe(applied_key, &pipe, 0)
+            .master_pipe(applied_key, &pipe, lane)
             .await?
             .into_iter();
         let mut out = BatchEffect::default();
@@ -857,7 +859,8 @@ impl Store for RedisStore {
         }
         let reads: Vec<_> = chunks
             .iter()
-            .map(|chunk| self.read_chunk(partition, &applied_key, chunk, now_ms))
+            .enumerate()
+            .map(|(i, chunk)| self.read_chunk(partition, &applied_key, chunk, now_ms, i))
             .collect();
         let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
         while let Some(part) = parts.next().await {
