@@ -17,8 +17,11 @@
 //!   `core.counters.applied_offset` reaches the chunk's last offset. Every shard
 //!   run uses a fresh `ShardCore` and a fresh store partition (so no batch is
 //!   fenced and the engine starts empty); the Kafka partition is always 0.
+//! - `shard, in-memory store`: the same with `MemoryStore`, which only keeps
+//!   the applied offset: what the shard itself (consume, decode, engine apply
+//!   and its batch effect) reaches when persisting costs nothing.
 //!
-//! The order of the three alternates between rounds. Phase 1 runs with no
+//! The order of the four alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
 //! `telemetry.otlp_endpoint` does); phase 2 installs `swapstats::telemetry::init`
 //! with an OTLP endpoint (a local gRPC receiver in this process) and repeats
@@ -56,7 +59,7 @@ use swapstats::shard::{
 use swapstats::source::kafka::{client_config, KafkaPartitionSource};
 use swapstats::source::SwapGenerator;
 use swapstats::store::codec::encode_batch;
-use swapstats::store::{RedisStore, RedisStoreOptions};
+use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
 use swapstats::swap::{decode_swap, encode_swap, Swap};
 use swapstats::window::WindowEngine;
 
@@ -252,9 +255,9 @@ fn histogram_sum(h: &prometheus::HistogramVec, label: &str) -> f64 {
 }
 
 /// The shard pipeline on offsets `first..=last`, into store partition `store_partition`.
-async fn shard_run(
+async fn shard_run<S: Store + 'static>(
     bootstrap: &str,
-    store: Arc<RedisStore>,
+    store: Arc<S>,
     settings: &Settings,
     store_partition: u32,
     first: i64,
@@ -319,6 +322,8 @@ struct Totals {
     base: Vec<Run>,
     stream: Vec<Run>,
     shard: Vec<ShardRun>,
+    /// The same pipeline with the in-memory store: the shard without Redis.
+    shard_memory: Vec<ShardRun>,
 }
 
 impl Totals {
@@ -334,6 +339,9 @@ impl Totals {
     }
     fn shard_rate(&self) -> f64 {
         Self::rate(self.swaps, self.shard.iter().map(|r| r.total))
+    }
+    fn shard_memory_rate(&self) -> f64 {
+        Self::rate(self.swaps, self.shard_memory.iter().map(|r| r.total))
     }
 }
 
@@ -383,9 +391,9 @@ async fn run_phase(
             "chunk not fully retained: low {low} > start {start} (high {high}); lower BENCH_CHUNK"
         );
         let (first, last) = (start, high - 1);
-        // Three orders, rotating.
-        for step in 0..3 {
-            match (round + step) % 3 {
+        // Four orders, rotating.
+        for step in 0..4 {
+            match (round + step) % 4 {
                 0 => {
                     let b = bootstrap.to_string();
                     let run = tokio::task::spawn_blocking(move || {
@@ -403,6 +411,12 @@ async fn run_phase(
                         runs.push(bare_stream(bootstrap, first, last).await);
                     }
                     totals.stream.push(Run::mean(&runs));
+                }
+                2 => {
+                    let memory = Arc::new(MemoryStore::default());
+                    let run = shard_run(bootstrap, memory, settings, 0, first, last).await;
+                    assert_eq!(run.swaps, chunk as u64, "shard consumed the whole chunk");
+                    totals.shard_memory.push(run);
                 }
                 _ => {
                     let run = shard_run(
@@ -424,11 +438,12 @@ async fn run_phase(
         per_round.push(chunk as u64);
         let s = totals.shard.last().copied().unwrap_or_default();
         eprintln!(
-            "[{name}] round {}/{rounds}: offsets {first}..={last}  base {:.0}/s  stream {:.0}/s  shard {:.0}/s  ({} batches)",
+            "[{name}] round {}/{rounds}: offsets {first}..={last}  base {:.0}/s  stream {:.0}/s  shard {:.0}/s  (memory store {:.0}/s)  ({} batches)",
             round + 1,
             chunk as f64 / totals.base.last().map_or(1.0, |r| r.total.as_secs_f64()),
             chunk as f64 / totals.stream.last().map_or(1.0, |r| r.total.as_secs_f64()),
             chunk as f64 / s.total.as_secs_f64(),
+            chunk as f64 / totals.shard_memory.last().map_or(1.0, |r| r.total.as_secs_f64()),
             s.batches,
         );
         *last_payloads = payloads;
@@ -570,6 +585,7 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
     let shard_totals: Vec<Duration> = t.shard.iter().map(|r| r.total).collect();
     let base_totals: Vec<Duration> = t.base.iter().map(|r| r.total).collect();
     let stream_totals: Vec<Duration> = t.stream.iter().map(|r| r.total).collect();
+    let memory_totals: Vec<Duration> = t.shard_memory.iter().map(|r| r.total).collect();
     let sum = |f: fn(&ShardRun) -> u64| t.shard.iter().map(f).sum::<u64>();
     let (batches, calls) = (sum(|r| r.batches), sum(|r| r.store_calls));
     let (applied, dups, rejected) = (
@@ -617,9 +633,21 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
         per_round_rates(per_round, &shard_totals)
     );
     println!(
+        "{:<44} {:>14.0} {:>9.0}%  {}",
+        "(c) shard pipeline, in-memory store",
+        t.shard_memory_rate(),
+        100.0 * spread(per_round, &memory_totals),
+        per_round_rates(per_round, &memory_totals)
+    );
+    println!(
         "ratio shard / bare(poll): {:.2}   shard / bare(recv): {:.2}   (target ≥ 0.8 and ≥ 500,000 swaps/s)",
         t.shard_rate() / t.base_rate(),
         t.shard_rate() / t.stream_rate()
+    );
+    println!(
+        "without Redis: in-memory store / bare(poll): {:.2}   Redis / in-memory store: {:.2}",
+        t.shard_memory_rate() / t.base_rate(),
+        t.shard_rate() / t.shard_memory_rate()
     );
     println!(
         "batches: {batches}   mean batch: {:.0} swaps   script calls: {calls} = {:.3} per 1,000 swaps (target ≤ 2)",
