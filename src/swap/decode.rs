@@ -1,6 +1,8 @@
 //! Wire format (JSON) → validated [`Swap`], and back. The original service's
 //! fields are accepted as they were; `executed_at` may also be unix milliseconds.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -88,10 +90,11 @@ impl Default for SwapLimits {
     }
 }
 
-/// A timestamp as sent: RFC 3339 text or unix milliseconds.
-enum WireTime {
+/// A timestamp as sent: RFC 3339 text (borrowed from the message unless it has
+/// escapes) or unix milliseconds.
+enum WireTime<'a> {
     Millis(f64),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
 /// An event id as sent: a string, or a number (kept as its JSON text).
@@ -100,7 +103,7 @@ struct WireId(String);
 /// Hand-written so that neither type buffers the value and tries variants in
 /// turn (what `#[serde(untagged)]` does, building an error per failed try):
 /// decoding is on the shard's hot path.
-impl<'de> Deserialize<'de> for WireTime {
+impl<'de: 'a, 'a> Deserialize<'de> for WireTime<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ScalarVisitor("a unix millisecond time or RFC 3339 text"))
             .map(|scalar| match scalar {
@@ -115,58 +118,65 @@ impl<'de> Deserialize<'de> for WireId {
         d.deserialize_any(ScalarVisitor("`event_id` as a string or number"))
             .map(|scalar| match scalar {
                 Scalar::Number(n) => WireId(n.to_string()),
-                Scalar::Text(text) => WireId(text),
+                Scalar::Text(text) => WireId(text.into_owned()),
             })
     }
 }
 
-/// A JSON string or number.
-enum Scalar {
+/// A JSON string (borrowed from the message when it has no escapes) or number.
+enum Scalar<'a> {
     Number(serde_json::Number),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
 /// Accepts a JSON string or number; `.0` says what was expected.
 struct ScalarVisitor(&'static str);
 
-impl serde::de::Visitor<'_> for ScalarVisitor {
-    type Value = Scalar;
+impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(self.0)
     }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar<'de>, E> {
         Ok(Scalar::Number(v.into()))
     }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar<'de>, E> {
         Ok(Scalar::Number(v.into()))
     }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
         serde_json::Number::from_f64(v)
             .map(Scalar::Number)
             .ok_or_else(|| E::custom(format!("{v} is not a JSON number")))
     }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
-        Ok(Scalar::Text(v.to_owned()))
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
     }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar, E> {
-        Ok(Scalar::Text(v))
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar<'de>, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
     }
 }
 
 /// The JSON object as it arrives; everything optional so a missing field is a
-/// [`RejectReason::MissingField`], not a parse error.
+/// [`RejectReason::MissingField`], not a parse error. The side and the times
+/// are borrowed from the message: only what [`Swap`] keeps is allocated.
 #[derive(Deserialize)]
-struct WireSwap {
+struct WireSwap<'a> {
     event_id: Option<WireId>,
     token_id: Option<String>,
     wallet: Option<String>,
-    side: Option<String>,
+    #[serde(borrow)]
+    side: Option<Cow<'a, str>>,
     amount: Option<f64>,
     usd: Option<f64>,
     rate: Option<f64>,
-    created_at: Option<WireTime>,
-    executed_at: Option<WireTime>,
+    #[serde(borrow)]
+    created_at: Option<WireTime<'a>>,
+    #[serde(borrow)]
+    executed_at: Option<WireTime<'a>>,
 }
 
 /// Decodes and validates one swap from its JSON bytes. `now_ms` is the clock used
@@ -184,15 +194,16 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     if let Some(wallet) = &wire.wallet {
         check_string("wallet", wallet, limits)?;
     }
-    let side = match wire
-        .side
-        .ok_or_else(|| missing("side"))?
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "buy" => Side::Buy,
-        "sell" => Side::Sell,
-        other => return Err(Rejection::new(UnknownSide, format!("side `{other}`"))),
+    let side = wire.side.ok_or_else(|| missing("side"))?;
+    let side = if side.eq_ignore_ascii_case("buy") {
+        Side::Buy
+    } else if side.eq_ignore_ascii_case("sell") {
+        Side::Sell
+    } else {
+        return Err(Rejection::new(
+            UnknownSide,
+            format!("side `{}`", side.to_ascii_lowercase()),
+        ));
     };
     let amount = check_number("amount", wire.amount.ok_or_else(|| missing("amount"))?)?;
     let usd = check_number("usd", wire.usd.ok_or_else(|| missing("usd"))?)?;
@@ -323,6 +334,20 @@ mod tests {
         assert_eq!(s.wallet.as_deref(), Some("w1"));
         let again = decode_swap(&encode_swap(&s), &SwapLimits::default(), NOW).unwrap();
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn escaped_side_and_times_decode_like_plain_ones() {
+        // Escapes make serde_json hand over an owned copy instead of a borrow.
+        let s = decode(
+            r#"{"event_id":"e\u0031","token_id":"BTC","amount":2,"usd":100,"side":"B\u0075y",
+            "created_at":"2023-11-14T22:13:20\u005a","executed_at":"2023-11-14T22:13:19.5Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.event_id, "e1");
+        assert_eq!(s.side, Side::Buy);
+        assert_eq!(s.created_at_ms, Some(NOW));
+        assert_eq!(s.executed_at_ms, NOW - 500);
     }
 
     #[test]
