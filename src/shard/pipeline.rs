@@ -1,7 +1,8 @@
 //! The batch loop of one partition: read records, decode (bad ones to the dead
 //! letter sink), apply to the engine, persist the batch's effect in one store
 //! call, and only then commit the source offset and announce the changed tokens.
-//! Persisting batches N and N+1 overlaps reading and applying batch N+2.
+//! Applying batch N overlaps reading batch N+1, and persisting batches N-1 and
+//! N-2 overlaps both.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -123,12 +124,22 @@ struct InFlight {
     task: tokio::task::JoinHandle<Result<bool, PipelineError>>,
 }
 
+/// A batch being applied to the engine in a task of its own, while the loop
+/// reads and decodes the next one.
+struct Applying {
+    task: tokio::task::JoinHandle<AppliedBatch>,
+    /// Woken when the task is done (a loop waiting for a first record goes on).
+    done: Arc<Notify>,
+}
+
 /// Runs the pipeline until the source ends or `stop` is set.
 ///
-/// Batches are read, decoded and applied here, one after another, and each is
-/// persisted in a task of its own while the next ones are read: up to
-/// [`PERSISTS_IN_FLIGHT`] persist at once. Source offsets are committed in
-/// order, each once its batch and every batch before it are persisted.
+/// Batches are read and decoded here; each is applied to the engine in a task
+/// of its own while the next one is read and decoded (batch N+1's apply starts
+/// after batch N's ended, so the engine sees batches in order), then persisted
+/// in a task of its own: up to [`PERSISTS_IN_FLIGHT`] persist at once. Source
+/// offsets are committed in order, each once its batch and every batch before
+/// it are persisted.
 pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     core: Arc<ShardCore>,
     mut source: R,
@@ -138,6 +149,7 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     stop: StopFlag,
 ) -> Result<(), PipelineError> {
     let mut records = Vec::with_capacity(config.batch_max_swaps);
+    let mut applying: Option<Applying> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     // What the next batch follows: the restored applied offset, then each
     // batch's last offset.
@@ -151,17 +163,44 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     // during a store outage: nothing after it can land, so nothing is drained.
     let mut drain = true;
     let mut result = 'run: loop {
-        if ended || stop.is_set() {
+        let stopping = ended || stop.is_set();
+        if stopping && applying.is_none() {
             break Ok(());
         }
         records.clear();
-        let filled = fill_batch(&mut source, &mut records, &config, &stop, &persisting);
-        ended = match filled.await {
-            Ok(ended) => ended,
-            Err(e) => break Err(e.into()),
+        let mut decoded = None;
+        if !stopping {
+            let filled = fill_batch(
+                &mut source,
+                &mut records,
+                &config,
+                &stop,
+                &persisting,
+                applying.as_ref(),
+            );
+            ended = match filled.await {
+                Ok(ended) => ended,
+                Err(e) => break Err(e.into()),
+            };
+            update_readiness(&core, &source, &config);
+            decoded = decode_records(&core, &records, &mut dead_letters, &config).await;
+        }
+        // The batch read last time round has been applied meanwhile.
+        let applied = match applying.take() {
+            Some(stage) => match stage.task.await {
+                Ok(applied) => Some(applied),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => {
+                    drain = false;
+                    break Ok(());
+                }
+            },
+            None => None,
         };
-        update_readiness(&core, &source, &config);
-        let applied = apply_records(&core, &records, &mut dead_letters, &config).await;
+        if let Some(batch) = decoded {
+            applying = Some(spawn_apply(core.clone(), batch));
+        }
         // Commit what has been persisted, in order; wait for the oldest batch
         // while the new one would be one too many in flight.
         while let Some(oldest) = in_flight.front() {
@@ -220,7 +259,27 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
         }
     }
     abort_all(&mut in_flight);
+    if let Some(stage) = applying {
+        // Left only on an error or a stop during an outage: not persisted, so
+        // not committed either; the restart reads it again.
+        stage.task.abort();
+    }
     result
+}
+
+/// Applies a decoded batch to the engine in a task of its own.
+fn spawn_apply(core: Arc<ShardCore>, batch: DecodedBatch) -> Applying {
+    let done = Arc::new(Notify::new());
+    let task = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let span = batch.span.clone();
+            let applied = span.in_scope(|| batch.apply(&core));
+            done.notify_one();
+            applied
+        }
+    });
+    Applying { task, done }
 }
 
 /// Waits for a persist task; commits its batch's offset when the store took
@@ -252,13 +311,16 @@ fn abort_all(in_flight: &mut VecDeque<InFlight>) {
 /// batches `persisting`), until no more records are waiting. This is group
 /// commit: a quiet partition's swaps are persisted and announced without
 /// waiting out `batch_max_delay`, and a busy one fills its batches while the
-/// store works. Returns true when the source ended.
+/// store works. Returns early with no record once the previous batch is
+/// `applying` no more, so it goes to the store without waiting for the next
+/// record. Returns true when the source ended.
 async fn fill_batch<R: RecordSource>(
     source: &mut R,
     records: &mut Vec<SourceRecord>,
     config: &PipelineConfig,
     stop: &StopFlag,
     persisting: &Persisting,
+    applying: Option<&Applying>,
 ) -> Result<bool, SourceError> {
     // How long an idle partition waits for a first record before the loop
     // goes round (and updates readiness, e.g. once the lag becomes known).
@@ -267,9 +329,20 @@ async fn fill_batch<R: RecordSource>(
     let mut deadline = first_deadline;
     while records.len() < config.batch_max_swaps {
         let next = if records.is_empty() {
-            match tokio::time::timeout_at(deadline, source.next_record()).await {
-                Ok(next) => next,
-                Err(_elapsed) => break,
+            let first = tokio::time::timeout_at(deadline, source.next_record());
+            match applying {
+                Some(stage) if stage.task.is_finished() => break,
+                Some(stage) => tokio::select! {
+                    next = first => match next {
+                        Ok(next) => next,
+                        Err(_elapsed) => break,
+                    },
+                    () = stage.done.notified() => break,
+                },
+                None => match first.await {
+                    Ok(next) => next,
+                    Err(_elapsed) => break,
+                },
             }
         } else if persisting.count() < PERSISTS_IN_FLIGHT {
             // Only a record that is already here.
@@ -343,19 +416,43 @@ struct AppliedBatch {
     started: std::time::Instant,
 }
 
-/// Decodes `records` (bad ones to the dead-letter sink) and applies the good
-/// ones to the engine. `None` for an empty batch.
-async fn apply_records<D: DeadLetterSink>(
+/// A batch's good swaps, decoded and waiting for the engine.
+struct DecodedBatch {
+    swaps: Vec<Swap>,
+    first_offset: i64,
+    last_offset: i64,
+    now_ms: i64,
+    /// The batch's `apply_batch` span (disabled unless exporting).
+    span: Span,
+    started: std::time::Instant,
+}
+
+impl DecodedBatch {
+    /// Applies the swaps to the engine.
+    fn apply(self, core: &ShardCore) -> AppliedBatch {
+        AppliedBatch {
+            effect: core.apply_batch(&self.swaps, self.now_ms).0,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            now_ms: self.now_ms,
+            span: self.span,
+            started: self.started,
+        }
+    }
+}
+
+/// Decodes `records`, bad ones to the dead-letter sink. `None` for an empty batch.
+async fn decode_records<D: DeadLetterSink>(
     core: &ShardCore,
     records: &[SourceRecord],
     dead_letters: &mut D,
     config: &PipelineConfig,
-) -> Option<AppliedBatch> {
+) -> Option<DecodedBatch> {
     let (first_offset, last_offset) = (records.first()?.offset, records.last()?.offset);
     let started = std::time::Instant::now();
     let span = batch_span(core.partition, records);
     let now_ms = crate::now_ms();
-    let effect = async {
+    let swaps = async {
         crate::telemetry::metrics()
             .batch_swaps
             .with_label_values(&[core.partition.to_string().as_str()])
@@ -374,12 +471,12 @@ async fn apply_records<D: DeadLetterSink>(
         core.counters
             .consumed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        core.apply_batch(&swaps, now_ms).0
+        swaps
     }
     .instrument(span.clone())
     .await;
-    Some(AppliedBatch {
-        effect,
+    Some(DecodedBatch {
+        swaps,
         first_offset,
         last_offset,
         now_ms,
