@@ -405,9 +405,10 @@ fn batch_span(partition: u32, records: &[SourceRecord]) -> Span {
     span
 }
 
-/// A batch decoded and applied to the engine, waiting to be persisted.
-struct AppliedBatch {
-    effect: BatchEffect,
+/// A batch on its way through the pipeline: what it holds at this stage, and
+/// what every stage needs to know about it.
+struct StagedBatch<T> {
+    content: T,
     first_offset: i64,
     last_offset: i64,
     now_ms: i64,
@@ -417,21 +418,16 @@ struct AppliedBatch {
 }
 
 /// A batch's good swaps, decoded and waiting for the engine.
-struct DecodedBatch {
-    swaps: Vec<Swap>,
-    first_offset: i64,
-    last_offset: i64,
-    now_ms: i64,
-    /// The batch's `apply_batch` span (disabled unless exporting).
-    span: Span,
-    started: std::time::Instant,
-}
+type DecodedBatch = StagedBatch<Vec<Swap>>;
+
+/// A batch decoded and applied to the engine (its effect), waiting to be persisted.
+type AppliedBatch = StagedBatch<BatchEffect>;
 
 impl DecodedBatch {
     /// Applies the swaps to the engine.
     fn apply(self, core: &ShardCore) -> AppliedBatch {
-        AppliedBatch {
-            effect: core.apply_batch(&self.swaps, self.now_ms).0,
+        StagedBatch {
+            content: core.apply_batch(&self.content, self.now_ms).0,
             first_offset: self.first_offset,
             last_offset: self.last_offset,
             now_ms: self.now_ms,
@@ -475,8 +471,8 @@ async fn decode_records<D: DeadLetterSink>(
     }
     .instrument(span.clone())
     .await;
-    Some(DecodedBatch {
-        swaps,
+    Some(StagedBatch {
+        content: swaps,
         first_offset,
         last_offset,
         now_ms,
@@ -537,7 +533,7 @@ async fn persist_applied<S: Store>(
         first_offset: batch.first_offset,
         last_offset: batch.last_offset,
         follows: order.follows,
-        effect: &batch.effect,
+        effect: &batch.content,
         now_ms: batch.now_ms,
         lane: order.lane,
     };
@@ -563,7 +559,7 @@ async fn persist_applied<S: Store>(
         .fetch_max(batch.last_offset, Ordering::Relaxed);
     // The WS pushes of these tokens continue the batch's trace.
     core.changes.mark_traced(
-        batch.effect.tokens(),
+        batch.content.tokens(),
         crate::telemetry::span_context(&batch.span),
     );
     crate::telemetry::metrics()
