@@ -80,16 +80,11 @@ async fn wait_caught_up(shards: &mut [Service], kafka: &MockKafka, timeout: Dura
 
 /// Waits until `shard` has applied offset `last`.
 async fn wait_applied(shard: &mut Service, last: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while applied_offset(shard).await != Some(last) {
-        assert!(shard.is_running(), "shard died:\n{}", shard.log_tail());
-        assert!(
-            Instant::now() < deadline,
-            "offset {last} not applied:\n{}",
-            shard.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shard
+        .wait_until(&format!("offset {last} applied"), timeout, async |shard| {
+            applied_offset(shard).await == Some(last)
+        })
+        .await;
 }
 
 /// Every token's stats from its shard equal a single reference engine fed the

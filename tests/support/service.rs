@@ -106,15 +106,26 @@ impl Service {
 
     /// Waits until `path` answers 200, panicking with the log after `timeout`.
     pub async fn wait_ok(&mut self, path: &str, timeout: Duration) {
+        self.wait_until(&format!("{path} OK"), timeout, async |service| {
+            matches!(get_json(&service.url(path)).await, Ok((200, _)))
+        })
+        .await;
+    }
+
+    /// Polls `done` every 100 ms until it holds; panics with the log if the
+    /// process exits or `timeout` passes first (`what` names the condition).
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl AsyncFnMut(&Service) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok((200, _)) = get_json(&self.url(path)).await {
-                return;
-            }
+        while !done(self).await {
             assert!(self.is_running(), "swapstats exited:\n{}", self.log_tail());
             assert!(
                 Instant::now() < deadline,
-                "{path} not OK after {timeout:?}:\n{}",
+                "not {what} after {timeout:?}:\n{}",
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
