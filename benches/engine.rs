@@ -2,12 +2,17 @@
 //!
 //! - `apply/*`: 1 M pre-decoded arrivals (1000 tokens Zipf(1.0), 10k wallets
 //!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
-//!   up to a minute) into a fresh engine, one swap at a time and in batches of 500.
+//!   up to a minute) into a fresh engine, one swap at a time and in batches of
+//!   500 and of 20,000 (the shard's `batch_max_swaps`).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~100
 //!   wallets in 2 h: unique counts by visiting wallets), the 50th and the busiest
 //!   (unique counts from counters).
+//!
+//! - `decode/*`: the shard's decode step alone (JSON → validated `Swap`) on
+//!   100,000 payloads of the built-in generator as `swapstats produce` sends
+//!   them (RFC 3339 times, string ids).
 //!
 //! Run: `cargo bench --bench engine` (about two minutes, plus ~30 s to build the day).
 
@@ -50,6 +55,21 @@ fn bench_apply(c: &mut Criterion) {
             || WindowEngine::new(default_config()),
             |mut engine| {
                 for (chunk, chunk_clocks) in swaps.chunks(500).zip(clocks.chunks(500)) {
+                    let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+                    black_box(engine.apply_batch(chunk, now));
+                    engine.expire(now);
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The shard's batch size (`shard.batch_max_swaps`) at full rate.
+    group.bench_function("batches_of_20000_with_expire_1M", |b| {
+        b.iter_batched(
+            || WindowEngine::new(default_config()),
+            |mut engine| {
+                for (chunk, chunk_clocks) in swaps.chunks(20_000).zip(clocks.chunks(20_000)) {
                     let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
                     black_box(engine.apply_batch(chunk, now));
                     engine.expire(now);
@@ -237,9 +257,31 @@ fn bench_queries(c: &mut Criterion) {
     group.finish();
 }
 
+const DECODE_SWAPS: usize = 100_000;
+
+fn bench_decode(c: &mut Criterion) {
+    let mut generator = swapstats::source::SwapGenerator::new(&common::shard_stream());
+    let now = swapstats::now_ms();
+    let payloads: Vec<Vec<u8>> = (0..DECODE_SWAPS)
+        .map(|_| swapstats::swap::encode_swap(&generator.next_swap(now)))
+        .collect();
+    let limits = swapstats::swap::SwapLimits::default();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(DECODE_SWAPS as u64));
+    group.sample_size(20);
+    group.bench_function("generator_payloads_100k", |b| {
+        b.iter(|| {
+            for payload in &payloads {
+                let _ = black_box(swapstats::swap::decode_swap(payload, &limits, now));
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().nresamples(10_000).without_plots();
-    targets = bench_apply, bench_queries
+    targets = bench_apply, bench_queries, bench_decode
 }
 criterion_main!(benches);

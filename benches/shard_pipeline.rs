@@ -20,8 +20,13 @@
 //! - `shard, in-memory store`: the same with `MemoryStore`, which only keeps
 //!   the applied offset: what the shard itself (consume, decode, engine apply
 //!   and its batch effect) reaches when persisting costs nothing.
+//! - `shard, long-lived`: one `ShardCore` and one store partition for all the
+//!   rounds of a phase, each round resuming where the last one ended: a shard
+//!   in its steady state, whose tokens' hashes mostly exist already (the fresh
+//!   `shard` row creates, and sets the expiry of, every hash it touches), with
+//!   an engine that holds the earlier rounds.
 //!
-//! The order of the four alternates between rounds. Phase 1 runs with no
+//! The order of the five alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
 //! `telemetry.otlp_endpoint` does); phase 2 installs `swapstats::telemetry::init`
 //! with an OTLP endpoint (a local gRPC receiver in this process) and repeats
@@ -254,23 +259,41 @@ fn histogram_sum(h: &prometheus::HistogramVec, label: &str) -> f64 {
     h.with_label_values(&[label]).get_sample_sum()
 }
 
-/// The shard pipeline on offsets `first..=last`, into store partition `store_partition`.
+/// A fresh shard of store partition `store_partition`: empty engine, nothing applied.
+fn fresh_core(settings: &Settings, store_partition: u32) -> Arc<ShardCore> {
+    Arc::new(ShardCore::new(
+        store_partition,
+        engine_config(settings),
+        Arc::new(ChangeFeed::default()),
+    ))
+}
+
+/// The shard pipeline of `core` on offsets `first..=last` (`core`'s applied
+/// offset is `first - 1`, or nothing for a fresh one); what this run added to
+/// its counters.
 async fn shard_run<S: Store + 'static>(
     bootstrap: &str,
     store: Arc<S>,
     settings: &Settings,
-    store_partition: u32,
+    core: Arc<ShardCore>,
     first: i64,
     last: i64,
 ) -> ShardRun {
     let metrics = swapstats::telemetry::metrics();
+    let store_partition = core.partition;
     let persist_before = histogram_sum(&metrics.store_call_seconds, "persist");
+    let apply_before = histogram_sum(&metrics.batch_apply_seconds, &store_partition.to_string());
+    let c = &core.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let before = [
+        load(&c.consumed),
+        load(&c.applied),
+        load(&c.duplicates),
+        load(&c.dead_lettered),
+        load(&c.batches),
+        load(&c.store_calls),
+    ];
     let stop = StopFlag::default();
-    let core = Arc::new(ShardCore::new(
-        store_partition,
-        engine_config(settings),
-        Arc::new(ChangeFeed::default()),
-    ));
     let started = Instant::now();
     let source = KafkaPartitionSource::assign(
         bootstrap,
@@ -296,20 +319,18 @@ async fn shard_run<S: Store + 'static>(
     let total = started.elapsed();
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
-    let c = &core.counters;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     ShardRun {
         total,
-        swaps: load(&c.consumed),
-        applied: load(&c.applied),
-        duplicates: load(&c.duplicates),
-        rejected: load(&c.dead_lettered),
-        batches: load(&c.batches),
-        store_calls: load(&c.store_calls),
-        apply: Duration::from_secs_f64(histogram_sum(
-            &metrics.batch_apply_seconds,
-            &store_partition.to_string(),
-        )),
+        swaps: load(&c.consumed) - before[0],
+        applied: load(&c.applied) - before[1],
+        duplicates: load(&c.duplicates) - before[2],
+        rejected: load(&c.dead_lettered) - before[3],
+        batches: load(&c.batches) - before[4],
+        store_calls: load(&c.store_calls) - before[5],
+        apply: Duration::from_secs_f64(
+            histogram_sum(&metrics.batch_apply_seconds, &store_partition.to_string())
+                - apply_before,
+        ),
         persist: Duration::from_secs_f64(
             histogram_sum(&metrics.store_call_seconds, "persist") - persist_before,
         ),
@@ -324,6 +345,11 @@ struct Totals {
     shard: Vec<ShardRun>,
     /// The same pipeline with the in-memory store: the shard without Redis.
     shard_memory: Vec<ShardRun>,
+    /// One long-lived shard (same core and store partition every round).
+    shard_warm: Vec<ShardRun>,
+    /// Redis server side of the `shard` runs, and of the `shard_warm` runs.
+    server: ServerStats,
+    server_warm: ServerStats,
 }
 
 impl Totals {
@@ -342,6 +368,9 @@ impl Totals {
     }
     fn shard_memory_rate(&self) -> f64 {
         Self::rate(self.swaps, self.shard_memory.iter().map(|r| r.total))
+    }
+    fn shard_warm_rate(&self) -> f64 {
+        Self::rate(self.swaps, self.shard_warm.iter().map(|r| r.total))
     }
 }
 
@@ -368,11 +397,30 @@ fn spread(swaps_per_round: &[u64], runs: &[Duration]) -> f64 {
     (hi - lo) / mean
 }
 
+/// A shard run on the Redis Cluster store, with the server-side statistics
+/// it caused added to `server`.
+async fn redis_shard_run(
+    cluster: &redis_cluster::RedisCluster,
+    bootstrap: &str,
+    store: &Arc<RedisStore>,
+    settings: &Settings,
+    core: Arc<ShardCore>,
+    (first, last): (i64, i64),
+    server: &mut ServerStats,
+) -> ShardRun {
+    let before = tokio::task::block_in_place(|| server_stats(cluster));
+    let run = shard_run(bootstrap, store.clone(), settings, core, first, last).await;
+    let after = tokio::task::block_in_place(|| server_stats(cluster));
+    server.add_difference(&after, &before);
+    run
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_phase(
     name: &str,
     rounds: usize,
     chunk: usize,
+    cluster: &redis_cluster::RedisCluster,
     bootstrap: &str,
     producer: &mut SwapProducer,
     store: &Arc<RedisStore>,
@@ -382,6 +430,8 @@ async fn run_phase(
 ) -> (Totals, Vec<u64>) {
     let mut totals = Totals::default();
     let mut per_round = Vec::new();
+    let warm_core = fresh_core(settings, *next_store_partition);
+    *next_store_partition += 1;
     for round in 0..rounds {
         let (_, start) = tokio::task::block_in_place(|| watermarks(bootstrap));
         let payloads = tokio::task::block_in_place(|| producer.produce(chunk));
@@ -391,9 +441,9 @@ async fn run_phase(
             "chunk not fully retained: low {low} > start {start} (high {high}); lower BENCH_CHUNK"
         );
         let (first, last) = (start, high - 1);
-        // Four orders, rotating.
-        for step in 0..4 {
-            match (round + step) % 4 {
+        // Five orders, rotating.
+        for step in 0..5 {
+            match (round + step) % 5 {
                 0 => {
                     let b = bootstrap.to_string();
                     let run = tokio::task::spawn_blocking(move || {
@@ -414,23 +464,40 @@ async fn run_phase(
                 }
                 2 => {
                     let memory = Arc::new(MemoryStore::default());
-                    let run = shard_run(bootstrap, memory, settings, 0, first, last).await;
+                    let core = fresh_core(settings, 0);
+                    let run = shard_run(bootstrap, memory, settings, core, first, last).await;
                     assert_eq!(run.swaps, chunk as u64, "shard consumed the whole chunk");
                     totals.shard_memory.push(run);
                 }
-                _ => {
-                    let run = shard_run(
+                3 => {
+                    let core = fresh_core(settings, *next_store_partition);
+                    *next_store_partition += 1;
+                    let run = redis_shard_run(
+                        cluster,
                         bootstrap,
-                        store.clone(),
+                        store,
                         settings,
-                        *next_store_partition,
-                        first,
-                        last,
+                        core,
+                        (first, last),
+                        &mut totals.server,
                     )
                     .await;
-                    *next_store_partition += 1;
                     assert_eq!(run.swaps, chunk as u64, "shard consumed the whole chunk");
                     totals.shard.push(run);
+                }
+                _ => {
+                    let run = redis_shard_run(
+                        cluster,
+                        bootstrap,
+                        store,
+                        settings,
+                        warm_core.clone(),
+                        (first, last),
+                        &mut totals.server_warm,
+                    )
+                    .await;
+                    assert_eq!(run.swaps, chunk as u64, "shard consumed the whole chunk");
+                    totals.shard_warm.push(run);
                 }
             }
         }
@@ -438,11 +505,12 @@ async fn run_phase(
         per_round.push(chunk as u64);
         let s = totals.shard.last().copied().unwrap_or_default();
         eprintln!(
-            "[{name}] round {}/{rounds}: offsets {first}..={last}  base {:.0}/s  stream {:.0}/s  shard {:.0}/s  (memory store {:.0}/s)  ({} batches)",
+            "[{name}] round {}/{rounds}: offsets {first}..={last}  base {:.0}/s  stream {:.0}/s  shard {:.0}/s  long-lived {:.0}/s  (memory store {:.0}/s)  ({} batches)",
             round + 1,
             chunk as f64 / totals.base.last().map_or(1.0, |r| r.total.as_secs_f64()),
             chunk as f64 / totals.stream.last().map_or(1.0, |r| r.total.as_secs_f64()),
             chunk as f64 / s.total.as_secs_f64(),
+            chunk as f64 / totals.shard_warm.last().map_or(1.0, |r| r.total.as_secs_f64()),
             chunk as f64 / totals.shard_memory.last().map_or(1.0, |r| r.total.as_secs_f64()),
             s.batches,
         );
@@ -530,6 +598,16 @@ struct ServerStats {
     wait_usec: u64,
 }
 
+impl ServerStats {
+    /// Adds `after - before` (two readings of the same counters).
+    fn add_difference(&mut self, after: &ServerStats, before: &ServerStats) {
+        self.script_calls += after.script_calls.saturating_sub(before.script_calls);
+        self.script_usec += after.script_usec.saturating_sub(before.script_usec);
+        self.wait_calls += after.wait_calls.saturating_sub(before.wait_calls);
+        self.wait_usec += after.wait_usec.saturating_sub(before.wait_usec);
+    }
+}
+
 fn reset_server_stats(cluster: &redis_cluster::RedisCluster) {
     for port in cluster.live_ports() {
         let _: redis::RedisResult<()> =
@@ -570,9 +648,9 @@ fn server_stats(cluster: &redis_cluster::RedisCluster) -> ServerStats {
     stats
 }
 
-fn print_server_stats(s: &ServerStats, swaps: u64) {
+fn print_server_stats(what: &str, s: &ServerStats, swaps: u64) {
     println!(
-        "redis server side (INFO commandstats, all nodes): {} script calls, {:.1} ms each = {:.1} µs per swap inside Lua; WAIT {} calls, {:.2} ms each",
+        "redis server side of {what} (INFO commandstats, all nodes): {} script calls, {:.1} ms each = {:.1} µs per swap inside Lua; WAIT {} calls, {:.2} ms each",
         s.script_calls,
         s.script_usec as f64 / 1000.0 / s.script_calls.max(1) as f64,
         s.script_usec as f64 / swaps.max(1) as f64,
@@ -586,6 +664,7 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
     let base_totals: Vec<Duration> = t.base.iter().map(|r| r.total).collect();
     let stream_totals: Vec<Duration> = t.stream.iter().map(|r| r.total).collect();
     let memory_totals: Vec<Duration> = t.shard_memory.iter().map(|r| r.total).collect();
+    let warm_totals: Vec<Duration> = t.shard_warm.iter().map(|r| r.total).collect();
     let sum = |f: fn(&ShardRun) -> u64| t.shard.iter().map(f).sum::<u64>();
     let (batches, calls) = (sum(|r| r.batches), sum(|r| r.store_calls));
     let (applied, dups, rejected) = (
@@ -640,9 +719,17 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
         per_round_rates(per_round, &memory_totals)
     );
     println!(
-        "ratio shard / bare(poll): {:.2}   shard / bare(recv): {:.2}   (target ≥ 0.8 and ≥ 500,000 swaps/s)",
+        "{:<44} {:>14.0} {:>9.0}%  {}",
+        "(d) shard pipeline, long-lived (steady state)",
+        t.shard_warm_rate(),
+        100.0 * spread(per_round, &warm_totals),
+        per_round_rates(per_round, &warm_totals)
+    );
+    println!(
+        "ratio shard / bare(poll): {:.2}   shard / bare(recv): {:.2}   long-lived / bare(poll): {:.2}   (target ≥ 0.8 and ≥ 500,000 swaps/s)",
         t.shard_rate() / t.base_rate(),
-        t.shard_rate() / t.stream_rate()
+        t.shard_rate() / t.stream_rate(),
+        t.shard_warm_rate() / t.base_rate()
     );
     println!(
         "without Redis: in-memory store / bare(poll): {:.2}   Redis / in-memory store: {:.2}",
@@ -667,6 +754,8 @@ fn print_phase(title: &str, t: &Totals, per_round: &[u64]) {
         "bare poll: first message after {:.1} ms (connect + fetch) on average",
         1000.0 * first_base
     );
+    print_server_stats("(b)", &t.server, t.swaps);
+    print_server_stats("(d)", &t.server_warm, t.swaps);
 }
 
 fn main() {
@@ -723,6 +812,7 @@ fn main() {
             "no endpoint",
             rounds,
             chunk,
+            &cluster,
             &bootstrap,
             &mut producer,
             &store,
@@ -731,7 +821,6 @@ fn main() {
             &mut payloads,
         )
         .await;
-        let off_server = tokio::task::block_in_place(|| server_stats(&cluster));
         let mean_batch = off.swaps as usize
             / off.shard.iter().map(|r| r.batches).sum::<u64>().max(1) as usize;
         let offline = offline_split(&settings, &payloads, mean_batch);
@@ -753,6 +842,7 @@ fn main() {
             "OTLP export on",
             rounds,
             chunk,
+            &cluster,
             &bootstrap,
             &mut producer,
             &store,
@@ -761,7 +851,6 @@ fn main() {
             &mut payloads,
         )
         .await;
-        let on_server = tokio::task::block_in_place(|| server_stats(&cluster));
         guard.shutdown().await;
         let spans = receiver.spans();
         let batch_spans = spans.iter().filter(|s| s.name == "apply_batch").count();
@@ -775,10 +864,8 @@ fn main() {
             settings.shard.batch_max_swaps, settings.shard.batch_max_delay
         );
         print_phase("phase 1: no tracing subscriber, no OTLP endpoint", &off, &off_rounds);
-        print_server_stats(&off_server, off.swaps);
         offline.print();
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
-        print_server_stats(&on_server, on.swaps);
         println!(
             "spans received: {} ({batch_spans} apply_batch, {persist_spans} store.persist)",
             spans.len()
