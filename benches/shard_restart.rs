@@ -14,6 +14,10 @@
 //! (default 5), timed from spawn until `GET /readyz` answers 200 (polled every
 //! 10 ms), and killed with SIGKILL. `store.load` alone is also timed in-process.
 //!
+//! A/B: `BENCH_BINARIES=/path/a,/path/b` spawns those binaries in turn instead
+//! (restart n runs binary n mod count) against the same data, and reports each
+//! one's times: two builds compared within one run, on the same noise.
+//!
 //! Run: `cargo bench --bench shard_restart`
 
 mod common;
@@ -176,7 +180,10 @@ fn logged_ms(log: &str, marker: &str) -> Option<u64> {
 fn main() {
     let swaps_total = common::env_usize("BENCH_SWAPS").unwrap_or(2_000_000);
     let restarts = common::env_usize("BENCH_RESTARTS").unwrap_or(5);
-    let binary = env!("CARGO_BIN_EXE_swapstats");
+    let binaries: Vec<String> = std::env::var("BENCH_BINARIES")
+        .ok()
+        .map(|list| list.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| vec![env!("CARGO_BIN_EXE_swapstats").to_string()]);
     eprintln!("starting Redis Cluster (3 masters + 3 replicas) and mock Kafka ...");
     let cluster = redis_cluster::RedisCluster::start();
     let mock = kafka::MockKafka::start(1);
@@ -322,6 +329,7 @@ fn main() {
     let mut tokens_restored = Vec::new();
     let mut logged = Vec::new();
     for n in 0..restarts {
+        let binary = &binaries[n % binaries.len()];
         let (elapsed, body, log) = restart_once(binary, &mock.bootstrap, &seeds, &log_path);
         let json: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
         let tokens = json["partitions"][0]["tokens"].as_u64().unwrap_or(0);
@@ -397,6 +405,26 @@ fn main() {
         median(&sorted) * 1000.0,
         sorted[sorted.len() - 1] * 1000.0
     );
+    if binaries.len() > 1 {
+        for (b, binary) in binaries.iter().enumerate() {
+            let mut own: Vec<f64> = times
+                .iter()
+                .skip(b)
+                .step_by(binaries.len())
+                .copied()
+                .collect();
+            own.sort_by(f64::total_cmp);
+            if let (Some(first), Some(last)) = (own.first(), own.last()) {
+                println!(
+                    "  {binary}: {} restarts, min {:.0} ms, median {:.0} ms, max {:.0} ms",
+                    own.len(),
+                    first * 1000.0,
+                    median(&own) * 1000.0,
+                    last * 1000.0
+                );
+            }
+        }
+    }
     drop(store);
     drop(runtime);
     drop(mock);
