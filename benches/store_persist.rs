@@ -13,7 +13,10 @@
 //!
 //! Knobs (env): `BENCH_ROUNDS` (pairs, default 4), `BENCH_BATCHES` (batches per
 //! round, default 10), `BENCH_BATCH_MAX` (swaps per batch, default the
-//! setting's).
+//! setting's), `BENCH_STREAM_RATE` (swaps per second of block time, ending now;
+//! default 0: every swap at the same clock, so later batches mostly rewrite the
+//! same seconds; with a rate, each batch brings new seconds, as a partition's
+//! stream does over time).
 //!
 //! Run: `cargo bench --bench store_persist`
 
@@ -102,14 +105,30 @@ fn main() {
         .expect("connect");
     let mut generator = SwapGenerator::new(&common::shard_stream());
     let now = swapstats::now_ms();
+    let stream_rate = common::env_usize("BENCH_STREAM_RATE").unwrap_or(0);
+    // Clock of swap `i` of the stream: `now`, or spread at `stream_rate`.
+    let total = (batches * batch) as i64;
+    let clock = |i: i64| match stream_rate {
+        0 => now,
+        rate => now - (total - 1 - i) * 1000 / rate as i64,
+    };
     let mut engine = WindowEngine::new(engine_config(&settings));
     let effects: Vec<BatchEffect> = (0..batches)
-        .map(|_| {
-            let swaps: Vec<_> = (0..batch).map(|_| generator.next_swap(now)).collect();
-            engine.apply_batch(&swaps, now).0
+        .map(|b| {
+            let first = (b * batch) as i64;
+            let swaps: Vec<_> = (first..first + batch as i64)
+                .map(|i| generator.next_swap(clock(i)))
+                .collect();
+            engine
+                .apply_batch(&swaps, clock(first + batch as i64 - 1))
+                .0
         })
         .collect();
 
+    for port in cluster.live_ports() {
+        let _: redis::RedisResult<()> =
+            redis_cluster::query(port, redis::cmd("CONFIG").arg("RESETSTAT"));
+    }
     let (mut one, mut two) = (Vec::new(), Vec::new());
     let mut partition = 100;
     for round in 0..rounds {
@@ -133,7 +152,11 @@ fn main() {
         "store_persist — release build, Redis Cluster 3+3 (EVALSHA + WAIT 1 per batch), 2 cores"
     );
     println!(
-        "{batches} batches of {batch} swaps per round ({} bucket deltas, {} wallet marks, {} events per batch on average)",
+        "{batches} batches of {batch} swaps per round, block times {} ({} bucket deltas, {} wallet marks, {} events per batch on average)",
+        match stream_rate {
+            0 => "all at one clock".to_string(),
+            rate => format!("spread at {rate} swaps/s"),
+        },
         effects.iter().map(|e| e.buckets.len()).sum::<usize>() / batches.max(1),
         effects.iter().map(|e| e.wallets.len()).sum::<usize>() / batches.max(1),
         effects.iter().map(|e| e.events.len()).sum::<usize>() / batches.max(1),
@@ -154,6 +177,25 @@ fn main() {
         mean(&two),
         show(&two)
     );
+    let swaps = (2 * rounds * batches * batch) as f64;
+    let commands = command_stats(&cluster);
+    let stat = |name: &str| {
+        commands
+            .iter()
+            .find(|c| c.0 == name)
+            .map_or((0, 0), |c| (c.1, c.2))
+    };
+    let (scripts, script_usec) = stat("evalsha");
+    println!(
+        "redis masters, per 1,000 swaps: script {:.0} µs over {:.2} calls; inside them HSET {:.0} calls ({:.0} µs), PEXPIREAT {:.0} ({:.0} µs), APPEND {:.1}",
+        script_usec as f64 * 1000.0 / swaps,
+        scripts as f64 * 1000.0 / swaps,
+        stat("hset").0 as f64 * 1000.0 / swaps,
+        stat("hset").1 as f64 * 1000.0 / swaps,
+        stat("pexpireat").0 as f64 * 1000.0 / swaps,
+        stat("pexpireat").1 as f64 * 1000.0 / swaps,
+        stat("append").0 as f64 * 1000.0 / swaps,
+    );
     let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();
     println!(
         "two / one per round: {}  mean {:.2}",
@@ -164,4 +206,40 @@ fn main() {
             .join(" "),
         mean(&ratios)
     );
+}
+
+/// `(command, calls, usec)` summed over every live node's `INFO commandstats`
+/// (commands a script runs are counted under their own names too; a replica
+/// does not count what it applies from its master, so this is the masters').
+fn command_stats(cluster: &redis_cluster::RedisCluster) -> Vec<(String, u64, u64)> {
+    let mut totals: Vec<(String, u64, u64)> = Vec::new();
+    for port in cluster.live_ports() {
+        let Ok(info) = redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
+        else {
+            continue;
+        };
+        for line in info.lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |key: &str| -> u64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let (calls, usec) = (field("calls="), field("usec="));
+            match totals.iter_mut().find(|t| t.0 == name) {
+                Some(t) => {
+                    t.1 += calls;
+                    t.2 += usec;
+                }
+                None => totals.push((name.to_string(), calls, usec)),
+            }
+        }
+    }
+    totals
 }
