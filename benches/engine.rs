@@ -50,35 +50,23 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    group.bench_function("batches_of_500_with_expire_1M", |b| {
-        b.iter_batched(
-            || WindowEngine::new(default_config()),
-            |mut engine| {
-                for (chunk, chunk_clocks) in swaps.chunks(500).zip(clocks.chunks(500)) {
-                    let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
-                    black_box(engine.apply_batch(chunk, now));
-                    engine.expire(now);
-                }
-                engine
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    // The shard's batch size (`shard.batch_max_swaps`) at full rate.
-    group.bench_function("batches_of_20000_with_expire_1M", |b| {
-        b.iter_batched(
-            || WindowEngine::new(default_config()),
-            |mut engine| {
-                for (chunk, chunk_clocks) in swaps.chunks(20_000).zip(clocks.chunks(20_000)) {
-                    let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
-                    black_box(engine.apply_batch(chunk, now));
-                    engine.expire(now);
-                }
-                engine
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // 500, and the shard's batch size at full rate (`shard.batch_max_swaps`).
+    for size in [500, 20_000] {
+        group.bench_function(format!("batches_of_{size}_with_expire_1M"), |b| {
+            b.iter_batched(
+                || WindowEngine::new(default_config()),
+                |mut engine| {
+                    for (chunk, chunk_clocks) in swaps.chunks(size).zip(clocks.chunks(size)) {
+                        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+                        black_box(engine.apply_batch(chunk, now));
+                        engine.expire(now);
+                    }
+                    engine
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     // Where the time goes: the same stream without wallets (no unique-count
     // bookkeeping), and re-applied as pure duplicates (hash + dedup probe only).
     let anonymous: Vec<Swap> = swaps

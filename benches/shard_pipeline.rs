@@ -622,24 +622,15 @@ fn server_stats(cluster: &redis_cluster::RedisCluster) -> ServerStats {
         else {
             continue;
         };
-        for line in info.lines() {
-            let Some((name, rest)) = line.split_once(':') else {
-                continue;
-            };
-            let field = |key: &str| -> u64 {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(key))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            match name {
-                "cmdstat_evalsha" | "cmdstat_eval" => {
-                    stats.script_calls += field("calls=");
-                    stats.script_usec += field("usec=");
+        for (name, calls, usec) in common::command_stats(&info) {
+            match name.as_str() {
+                "evalsha" | "eval" => {
+                    stats.script_calls += calls;
+                    stats.script_usec += usec;
                 }
-                "cmdstat_wait" => {
-                    stats.wait_calls += field("calls=");
-                    stats.wait_usec += field("usec=");
+                "wait" => {
+                    stats.wait_calls += calls;
+                    stats.wait_usec += usec;
                 }
                 _ => {}
             }

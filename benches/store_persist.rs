@@ -218,26 +218,13 @@ fn command_stats(cluster: &redis_cluster::RedisCluster) -> Vec<(String, u64, u64
         else {
             continue;
         };
-        for line in info.lines() {
-            let Some((name, rest)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let field = |key: &str| -> u64 {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(key))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            let (calls, usec) = (field("calls="), field("usec="));
+        for (name, calls, usec) in common::command_stats(&info) {
             match totals.iter_mut().find(|t| t.0 == name) {
                 Some(t) => {
                     t.1 += calls;
                     t.2 += usec;
                 }
-                None => totals.push((name.to_string(), calls, usec)),
+                None => totals.push((name, calls, usec)),
             }
         }
     }
