@@ -285,14 +285,19 @@ async fn shard_run<S: Store + 'static>(
     let apply_before = histogram_sum(&metrics.batch_apply_seconds, &store_partition.to_string());
     let c = &core.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let before = [
-        load(&c.consumed),
-        load(&c.applied),
-        load(&c.duplicates),
-        load(&c.dead_lettered),
-        load(&c.batches),
-        load(&c.store_calls),
-    ];
+    // consumed, applied, duplicates, dead-lettered, batches, store calls
+    let counts = || {
+        [
+            &c.consumed,
+            &c.applied,
+            &c.duplicates,
+            &c.dead_lettered,
+            &c.batches,
+            &c.store_calls,
+        ]
+        .map(load)
+    };
+    let before = counts();
     let stop = StopFlag::default();
     let started = Instant::now();
     let source = KafkaPartitionSource::assign(
@@ -319,14 +324,16 @@ async fn shard_run<S: Store + 'static>(
     let total = started.elapsed();
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
+    let after = counts();
+    let added = |i: usize| after[i] - before[i];
     ShardRun {
         total,
-        swaps: load(&c.consumed) - before[0],
-        applied: load(&c.applied) - before[1],
-        duplicates: load(&c.duplicates) - before[2],
-        rejected: load(&c.dead_lettered) - before[3],
-        batches: load(&c.batches) - before[4],
-        store_calls: load(&c.store_calls) - before[5],
+        swaps: added(0),
+        applied: added(1),
+        duplicates: added(2),
+        rejected: added(3),
+        batches: added(4),
+        store_calls: added(5),
         apply: Duration::from_secs_f64(
             histogram_sum(&metrics.batch_apply_seconds, &store_partition.to_string())
                 - apply_before,
@@ -608,32 +615,20 @@ impl ServerStats {
     }
 }
 
-fn reset_server_stats(cluster: &redis_cluster::RedisCluster) {
-    for port in cluster.live_ports() {
-        let _: redis::RedisResult<()> =
-            redis_cluster::query(port, redis::cmd("CONFIG").arg("RESETSTAT"));
-    }
-}
-
+/// The scripts' and WAITs' totals over every node, since each node started.
 fn server_stats(cluster: &redis_cluster::RedisCluster) -> ServerStats {
     let mut stats = ServerStats::default();
-    for port in cluster.live_ports() {
-        let Ok(info) = redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
-        else {
-            continue;
-        };
-        for (name, calls, usec) in common::command_stats(&info) {
-            match name.as_str() {
-                "evalsha" | "eval" => {
-                    stats.script_calls += calls;
-                    stats.script_usec += usec;
-                }
-                "wait" => {
-                    stats.wait_calls += calls;
-                    stats.wait_usec += usec;
-                }
-                _ => {}
+    for (name, calls, usec) in cluster.command_stats() {
+        match name.as_str() {
+            "evalsha" | "eval" => {
+                stats.script_calls += calls;
+                stats.script_usec += usec;
             }
+            "wait" => {
+                stats.wait_calls += calls;
+                stats.wait_usec += usec;
+            }
+            _ => {}
         }
     }
     stats
@@ -798,7 +793,6 @@ fn main() {
 
         let mut store_partition = 1000;
         let mut payloads = Vec::new();
-        tokio::task::block_in_place(|| reset_server_stats(&cluster));
         let (off, off_rounds) = run_phase(
             "no endpoint",
             rounds,
@@ -828,7 +822,6 @@ fn main() {
         )
         .expect("telemetry init");
         assert!(guard.exporting() && swapstats::telemetry::tracing_enabled());
-        tokio::task::block_in_place(|| reset_server_stats(&cluster));
         let (on, on_rounds) = run_phase(
             "OTLP export on",
             rounds,

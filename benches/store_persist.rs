@@ -178,7 +178,7 @@ fn main() {
         show(&two)
     );
     let swaps = (2 * rounds * batches * batch) as f64;
-    let commands = command_stats(&cluster);
+    let commands = cluster.command_stats();
     let stat = |name: &str| {
         commands
             .iter()
@@ -206,27 +206,4 @@ fn main() {
             .join(" "),
         mean(&ratios)
     );
-}
-
-/// `(command, calls, usec)` summed over every live node's `INFO commandstats`
-/// (commands a script runs are counted under their own names too; a replica
-/// does not count what it applies from its master, so this is the masters').
-fn command_stats(cluster: &redis_cluster::RedisCluster) -> Vec<(String, u64, u64)> {
-    let mut totals: Vec<(String, u64, u64)> = Vec::new();
-    for port in cluster.live_ports() {
-        let Ok(info) = redis_cluster::query::<String>(port, redis::cmd("INFO").arg("commandstats"))
-        else {
-            continue;
-        };
-        for (name, calls, usec) in common::command_stats(&info) {
-            match totals.iter_mut().find(|t| t.0 == name) {
-                Some(t) => {
-                    t.1 += calls;
-                    t.2 += usec;
-                }
-                None => totals.push((name, calls, usec)),
-            }
-        }
-    }
-    totals
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use support::redis_cluster::{query, RedisCluster, RedisServer};
+use support::redis_cluster::{command_stats, query, RedisCluster, RedisServer};
 use swapstats::config::{StoreKind, StoreSettings};
 use swapstats::store::codec::encode_batch;
 use swapstats::store::{
@@ -695,13 +695,11 @@ async fn cluster_every_key_has_a_ttl() {
 }
 
 fn command_calls(port: u16, command: &str) -> u64 {
-    let info: String =
-        query(port, redis::cmd("INFO").arg("commandstats")).expect("INFO commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    command_stats(port)
+        .expect("INFO commandstats")
+        .into_iter()
+        .find(|(name, _, _)| name == command)
+        .map_or(0, |(_, calls, _)| calls)
 }
 
 /// The router's fallback read runs on a replica.

@@ -189,20 +189,3 @@ pub fn shard_stream() -> GeneratorSettings {
 pub fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
-
-/// `(command, calls, usec)` of each `cmdstat_<command>` line of an
-/// `INFO commandstats` reply.
-pub fn command_stats(info: &str) -> Vec<(String, u64, u64)> {
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let field = |key: &str| -> u64 {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(key))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            Some((name.to_string(), field("calls="), field("usec=")))
-        })
-        .collect()
-}

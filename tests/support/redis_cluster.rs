@@ -107,6 +107,26 @@ pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::Re
     cmd.query(&mut conn)
 }
 
+/// `(command, calls, usec)` of each command in `INFO commandstats` on `port`
+/// (commands a script runs count under their own names too; a replica does not
+/// count what it applies from its master).
+pub fn command_stats(port: u16) -> redis::RedisResult<Vec<(String, u64, u64)>> {
+    let info: String = query(port, redis::cmd("INFO").arg("commandstats"))?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| -> u64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            Some((name.to_string(), field("calls="), field("usec=")))
+        })
+        .collect())
+}
+
 fn info_field(text: &str, field: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
@@ -320,6 +340,26 @@ impl RedisCluster {
     /// Ports of all nodes (live or killed), in start order.
     pub fn ports(&self) -> Vec<u16> {
         self.lock().iter().map(|n| n.port).collect()
+    }
+
+    /// [`command_stats`] summed over the nodes whose process runs (a node that
+    /// does not answer is left out).
+    pub fn command_stats(&self) -> Vec<(String, u64, u64)> {
+        let mut totals: Vec<(String, u64, u64)> = Vec::new();
+        let per_node = self
+            .live_ports()
+            .into_iter()
+            .filter_map(|p| command_stats(p).ok());
+        for (name, calls, usec) in per_node.flatten() {
+            match totals.iter_mut().find(|t| t.0 == name) {
+                Some(t) => {
+                    t.1 += calls;
+                    t.2 += usec;
+                }
+                None => totals.push((name, calls, usec)),
+            }
+        }
+        totals
     }
 
     /// Ports of the nodes whose process runs.
