@@ -125,13 +125,62 @@ fn median(sorted: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
-/// Spawns the shard and waits for `/readyz` 200: (time to ready, its body, log).
+/// CPU seconds (user + system) the process `pid` has used so far, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s, as on every Linux target here).
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds (user + system, main thread and children) summed over the
+/// cluster's live nodes, from `INFO cpu`.
+fn redis_cpu_s(cluster: &redis_cluster::RedisCluster) -> f64 {
+    cluster
+        .live_ports()
+        .into_iter()
+        .map(|port| {
+            let info: String =
+                redis_cluster::query(port, redis::cmd("INFO").arg("cpu")).unwrap_or_default();
+            info.lines()
+                .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+                .filter_map(|l| {
+                    l.split_once(':')
+                        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// What one restart took: wall time to ready, and the CPU the shard and the
+/// Redis nodes spent meanwhile (on 2 cores the sum bounds how fast it can be,
+/// and it is far less noisy than the wall time).
+struct Restart {
+    ready: Duration,
+    shard_cpu_s: f64,
+    redis_cpu_s: f64,
+    body: String,
+    log: String,
+}
+
+/// Spawns the shard and waits for `/readyz` 200.
 fn restart_once(
     binary: &str,
     bootstrap: &str,
     seeds: &str,
     log_path: &std::path::Path,
-) -> (Duration, String, String) {
+    cluster: &redis_cluster::RedisCluster,
+) -> Restart {
+    let redis_before = redis_cpu_s(cluster);
     let port = free_port();
     let log = std::fs::File::create(log_path).expect("log file");
     let started = Instant::now();
@@ -162,10 +211,18 @@ fn restart_once(
         assert!(Instant::now() < deadline, "shard not ready within 120 s");
         std::thread::sleep(Duration::from_millis(10));
     };
+    let shard_cpu_s = process_cpu_s(child.id());
+    let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
     child.kill().expect("kill -9");
     let _ = child.wait();
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
-    (elapsed, body, log)
+    Restart {
+        ready: elapsed,
+        shard_cpu_s,
+        redis_cpu_s,
+        body,
+        log,
+    }
 }
 
 /// `elapsed_ms=N` of the first log line containing `marker`.
@@ -328,9 +385,16 @@ fn main() {
     let mut times = Vec::new();
     let mut tokens_restored = Vec::new();
     let mut logged = Vec::new();
+    let mut cpu = Vec::new();
     for n in 0..restarts {
         let binary = &binaries[n % binaries.len()];
-        let (elapsed, body, log) = restart_once(binary, &mock.bootstrap, &seeds, &log_path);
+        let Restart {
+            ready: elapsed,
+            shard_cpu_s,
+            redis_cpu_s,
+            body,
+            log,
+        } = restart_once(binary, &mock.bootstrap, &seeds, &log_path, &cluster);
         let json: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
         let tokens = json["partitions"][0]["tokens"].as_u64().unwrap_or(0);
         let loaded_ms = logged_ms(&log, "loaded partition from redis");
@@ -345,6 +409,7 @@ fn main() {
         times.push(elapsed.as_secs_f64());
         tokens_restored.push(tokens);
         logged.push((loaded_ms, restored_ms));
+        cpu.push((shard_cpu_s, redis_cpu_s));
     }
     let _ = std::fs::remove_file(&log_path);
     let mut sorted = times.clone();
@@ -383,22 +448,43 @@ fn main() {
     );
     println!();
     println!(
-        "{:<10} {:>16} {:>16} {:>16} {:>10}",
-        "restart", "ready (ms)", "log: load (ms)", "log: restored", "tokens"
+        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>16} {:>8}",
+        "restart",
+        "ready (ms)",
+        "log: load (ms)",
+        "log: restored",
+        "shard CPU (ms)",
+        "redis CPU (ms)",
+        "tokens"
     );
-    for (n, ((t, tokens), (load, restored))) in
-        times.iter().zip(&tokens_restored).zip(&logged).enumerate()
+    for (n, (((t, tokens), (load, restored)), (shard_cpu, redis_cpu))) in times
+        .iter()
+        .zip(&tokens_restored)
+        .zip(&logged)
+        .zip(&cpu)
+        .enumerate()
     {
         let show = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:<10} {:>16.0} {:>16} {:>16} {:>10}",
+            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>16.0} {:>8}",
             n + 1,
             t * 1000.0,
             show(load),
             show(restored),
+            shard_cpu * 1000.0,
+            redis_cpu * 1000.0,
             tokens
         );
     }
+    let mut shard_cpu: Vec<f64> = cpu.iter().map(|c| c.0).collect();
+    let mut redis_cpu: Vec<f64> = cpu.iter().map(|c| c.1).collect();
+    shard_cpu.sort_by(f64::total_cmp);
+    redis_cpu.sort_by(f64::total_cmp);
+    println!(
+        "CPU to ready (median): shard {:.0} ms, redis nodes {:.0} ms",
+        median(&shard_cpu) * 1000.0,
+        median(&redis_cpu) * 1000.0
+    );
     println!(
         "kill -9 → ready: min {:.0} ms, median {:.0} ms, max {:.0} ms (target < 3000 ms)",
         sorted[0] * 1000.0,
@@ -414,13 +500,21 @@ fn main() {
                 .copied()
                 .collect();
             own.sort_by(f64::total_cmp);
+            let mut own_cpu: Vec<f64> = cpu
+                .iter()
+                .skip(b)
+                .step_by(binaries.len())
+                .map(|c| c.0)
+                .collect();
+            own_cpu.sort_by(f64::total_cmp);
             if let (Some(first), Some(last)) = (own.first(), own.last()) {
                 println!(
-                    "  {binary}: {} restarts, min {:.0} ms, median {:.0} ms, max {:.0} ms",
+                    "  {binary}: {} restarts, min {:.0} ms, median {:.0} ms, max {:.0} ms; shard CPU median {:.0} ms",
                     own.len(),
                     first * 1000.0,
                     median(&own) * 1000.0,
-                    last * 1000.0
+                    last * 1000.0,
+                    median(&own_cpu) * 1000.0
                 );
             }
         }

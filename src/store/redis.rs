@@ -38,7 +38,7 @@ use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, Key
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
-use crate::window::{BatchEffect, BucketDelta, Level, WalletMark};
+use crate::window::{BatchEffect, BucketDelta, FastSet, Level, WalletMark};
 
 const APPLY_BATCH_LUA: &str = include_str!("../../lua/apply_batch.lua");
 const READ_TOKEN_LUA: &str = include_str!("../../lua/read_token.lua");
@@ -379,45 +379,72 @@ impl RedisStore {
         }
     }
 
-    /// Candidate keys of one token for `read_token.lua`, with the level and
-    /// hour (or day) each covers: second hashes, then minute hashes.
-    fn token_keys(&self, partition: u32, token: &str, now_ms: i64) -> TokenKeys {
+    /// Candidate keys of one token for `read_token.lua`, with what each holds:
+    /// bucket hashes (seconds, then minutes), then the same periods' wallet
+    /// mark strings.
+    /// `newest_ms`, the token's newest block time in the token index when
+    /// known, rules out the periods after it: none of them holds data.
+    fn token_keys(
+        &self,
+        partition: u32,
+        token: &str,
+        now_ms: i64,
+        newest_ms: Option<i64>,
+    ) -> TokenKeys {
+        let last_ms = newest_ms.map_or(now_ms + FUTURE_SLACK_MS, |newest| {
+            newest.min(now_ms + FUTURE_SLACK_MS)
+        });
         let hours = (now_ms - self.options.second_keep_ms()).div_euclid(HOUR_MS)
-            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS);
-        let days = (now_ms - self.options.retention_ms()).div_euclid(DAY_MS)
-            ..=(now_ms + FUTURE_SLACK_MS).div_euclid(DAY_MS);
-        let mut keys = Vec::new();
-        let mut kinds = Vec::new();
-        for h in hours {
-            keys.push(keys::seconds(partition, token, h));
-            kinds.push((Level::Second, h));
+            ..=last_ms.div_euclid(HOUR_MS);
+        let days =
+            (now_ms - self.options.retention_ms()).div_euclid(DAY_MS)..=last_ms.div_euclid(DAY_MS);
+        let periods: Vec<(Level, i64)> = hours
+            .map(|h| (Level::Second, h))
+            .chain(days.map(|d| (Level::Minute, d)))
+            .collect();
+        let mut keys = Vec::with_capacity(2 * periods.len());
+        let mut kinds = Vec::with_capacity(2 * periods.len());
+        for &(level, period) in &periods {
+            keys.push(match level {
+                Level::Second => keys::seconds(partition, token, period),
+                Level::Minute => keys::minutes(partition, token, period),
+            });
+            kinds.push((KeyKind::Buckets, level, period));
         }
-        for d in days {
-            keys.push(keys::minutes(partition, token, d));
-            kinds.push((Level::Minute, d));
+        for &(level, period) in &periods {
+            keys.push(match level {
+                Level::Second => keys::second_marks(partition, token, period),
+                Level::Minute => keys::minute_marks(partition, token, period),
+            });
+            kinds.push((KeyKind::Marks, level, period));
         }
-        TokenKeys { keys, kinds }
+        TokenKeys {
+            keys,
+            kinds,
+            hashes: periods.len(),
+        }
     }
 
-    fn read_cmd(&self, verb: &str, keys: &[String]) -> Cmd {
+    fn read_cmd(&self, verb: &str, tk: &TokenKeys) -> Cmd {
         let mut cmd = redis::cmd(verb);
         if verb.starts_with("EVALSHA") {
             cmd.arg(self.read.get_hash());
         } else {
             cmd.arg(READ_TOKEN_LUA);
         }
-        cmd.arg(keys.len()).arg(keys);
+        cmd.arg(tk.keys.len()).arg(&tk.keys).arg(tk.hashes);
         cmd
     }
 
-    /// Decodes the `HGETALL` replies of a token's keys (`per_key`, in `tk`'s
-    /// order) into `out`, keeping what is within retention at `now_ms`.
+    /// Decodes the replies of a token's keys (`per_key`, in `tk`'s order) into
+    /// `out`, keeping what is within retention at `now_ms`.
     fn decode_token(
         &self,
         token: &str,
         tk: &TokenKeys,
         per_key: Vec<Value>,
         now_ms: i64,
+        wallets: &mut WalletNames,
         out: &mut BatchEffect,
     ) -> Result<(), StoreError> {
         if per_key.len() != tk.kinds.len() {
@@ -429,24 +456,35 @@ impl RedisStore {
         }
         let (first_bucket, first_mark) = (out.buckets.len(), out.wallets.len());
         let token: Arc<str> = Arc::from(token);
-        for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
+        for (value, &(kind, level, period)) in per_key.into_iter().zip(&tk.kinds) {
             let base = period * per_period(level);
+            let mut marks = |bytes: &[u8]| {
+                decode_marks(bytes, |offset, sides, wallet| {
+                    let at = base + offset;
+                    if self.within(level, at, now_ms) {
+                        out.wallets.push(WalletMark {
+                            token: token.clone(),
+                            wallet: wallets.name(wallet),
+                            level,
+                            at,
+                            sides,
+                        });
+                    }
+                    Ok(())
+                })
+            };
+            if kind == KeyKind::Marks {
+                match value {
+                    Value::Nil => {}
+                    v => marks(&bulk(v)?)?,
+                }
+                continue;
+            }
             for (field, bytes) in hash_pairs(value)? {
-                // `<offset>` holds a bucket, `w<batch>` wallet mark records.
+                // `<offset>` holds a bucket; `w<batch>` wallet mark records
+                // (written before marks had keys of their own).
                 if field.first() == Some(&b'w') {
-                    decode_marks(&bytes, |offset, sides, wallet| {
-                        let at = base + offset;
-                        if self.within(level, at, now_ms) {
-                            out.wallets.push(WalletMark {
-                                token: token.clone(),
-                                wallet: Arc::from(wallet),
-                                level,
-                                at,
-                                sides,
-                            });
-                        }
-                        Ok(())
-                    })?;
+                    marks(&bytes)?;
                     continue;
                 }
                 let at = base + parse_i64(&field)?;
@@ -478,7 +516,8 @@ impl RedisStore {
         (at + 1) * unit + keep > now_ms
     }
 
-    /// Reads the tokens of `chunk` with one pipeline of `HGETALL`s. Not atomic
+    /// Reads the tokens of `chunk` (with their newest block times) with one
+    /// pipeline of `HGETALL`s and `GET`s. Not atomic
     /// per token, and it need not be: [`Store::load_into`] rereads when the
     /// applied offset moved meanwhile. Chunks alternate `lane`s (connections),
     /// so the replies of two chunks are parsed at once, on two runtime threads.
@@ -486,16 +525,20 @@ impl RedisStore {
         &self,
         partition: u32,
         applied_key: &str,
-        chunk: &[String],
+        chunk: &[(String, i64)],
         now_ms: i64,
         lane: usize,
     ) -> Result<BatchEffect, StoreError> {
         let mut pipe = redis::pipe();
         let mut token_keys = Vec::with_capacity(chunk.len());
-        for token in chunk {
-            let tk = self.token_keys(partition, token, now_ms);
-            for key in &tk.keys {
-                pipe.cmd("HGETALL").arg(key);
+        for (token, newest_ms) in chunk {
+            let tk = self.token_keys(partition, token, now_ms, Some(*newest_ms));
+            for (key, &(kind, _, _)) in tk.keys.iter().zip(&tk.kinds) {
+                pipe.cmd(match kind {
+                    KeyKind::Buckets => "HGETALL",
+                    KeyKind::Marks => "GET",
+                })
+                .arg(key);
             }
             token_keys.push(tk);
         }
@@ -505,7 +548,8 @@ impl RedisStore {
             .await?
             .into_iter();
         let mut out = BatchEffect::default();
-        for (token, tk) in chunk.iter().zip(&token_keys) {
+        let mut wallets = WalletNames::default();
+        for ((token, _), tk) in chunk.iter().zip(&token_keys) {
             let per_key = (&mut replies)
                 .take(tk.keys.len())
                 .map(|v| match v {
@@ -513,7 +557,7 @@ impl RedisStore {
                     v => Ok(v),
                 })
                 .collect::<Result<Vec<Value>, StoreError>>()?;
-            self.decode_token(token, tk, per_key, now_ms, &mut out)?;
+            self.decode_token(token, tk, per_key, now_ms, &mut wallets, &mut out)?;
         }
         Ok(out)
     }
@@ -552,10 +596,37 @@ fn parse_apply_reply(reply: Value) -> Result<(ApplyStatus, i64, i64), StoreError
     }
 }
 
-/// Candidate keys of one token and the (level, hour or day) of each.
+/// Candidate keys of one token and what each holds, for (level, hour or day).
 struct TokenKeys {
     keys: Vec<String>,
-    kinds: Vec<(Level, i64)>,
+    kinds: Vec<(KeyKind, Level, i64)>,
+    /// The first `hashes` keys are bucket hashes, the rest mark strings.
+    hashes: usize,
+}
+
+/// What a token key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// A hash of buckets (`HGETALL`).
+    Buckets,
+    /// A string of wallet mark records (`GET`).
+    Marks,
+}
+
+/// Wallet names of one load, shared: a wallet with many marks is one
+/// allocation, not one per mark.
+#[derive(Default)]
+struct WalletNames(FastSet<Arc<str>>);
+
+impl WalletNames {
+    fn name(&mut self, wallet: &str) -> Arc<str> {
+        if let Some(name) = self.0.get(wallet) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(wallet);
+        self.0.insert(name.clone());
+        name
+    }
 }
 
 /// Bucket units per key period: seconds per hour, minutes per day.
@@ -608,6 +679,45 @@ fn parse_i64(b: &[u8]) -> Result<i64, StoreError> {
         .ok_or_else(|| {
             StoreError::Corrupt(format!("not an integer: {:?}", String::from_utf8_lossy(b)))
         })
+}
+
+/// The token index (`ZRANGEBYSCORE … WITHSCORES`): each token with its newest
+/// block time (RESP2 flat member/score list, or RESP3 pairs).
+fn token_index(v: Value) -> Result<Vec<(String, i64)>, StoreError> {
+    let score = |v: Value| -> Result<i64, StoreError> {
+        let ms = match v {
+            Value::Double(d) => d,
+            v => {
+                let b = bulk(v)?;
+                std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or_else(|| StoreError::Corrupt("token index: bad score".into()))?
+            }
+        };
+        Ok(ms as i64)
+    };
+    let Value::Array(items) = v else {
+        return Err(StoreError::Corrupt(format!("token index replied {v:?}")));
+    };
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let Some(item) = it.next() {
+        let (member, ms) = match item {
+            Value::Array(pair) => {
+                let mut pair = pair.into_iter();
+                (pair.next(), pair.next())
+            }
+            member => (Some(member), it.next()),
+        };
+        let (Some(member), Some(ms)) = (member, ms) else {
+            return Err(StoreError::Corrupt(
+                "token index: member without score".into(),
+            ));
+        };
+        out.push((utf8(bulk(member)?)?, score(ms)?));
+    }
+    Ok(out)
 }
 
 fn parse_applied(v: Value) -> Result<Option<i64>, StoreError> {
@@ -689,7 +799,6 @@ impl Store for RedisStore {
         }
         let args = encode_batch(
             batch.partition,
-            batch.first_offset,
             batch.effect,
             batch.now_ms,
             &self.options.lifetimes(),
@@ -811,7 +920,8 @@ impl Store for RedisStore {
         pipe.cmd("ZRANGEBYSCORE")
             .arg(keys::tokens(partition))
             .arg(now_ms - self.options.index_keep_ms())
-            .arg("+inf");
+            .arg("+inf")
+            .arg("WITHSCORES");
         for &h in &hours {
             pipe.cmd("GET").arg(keys::events(partition, h));
         }
@@ -821,18 +931,7 @@ impl Store for RedisStore {
             .await?
             .into_iter();
         let applied = parse_applied(next_reply(&mut replies)?)?;
-        let tokens: Vec<String> = match next_reply(&mut replies)? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(bulk)
-                .map(|b| b.and_then(utf8))
-                .collect::<Result<_, _>>()?,
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "token index replied {other:?}"
-                )))
-            }
-        };
+        let tokens = token_index(next_reply(&mut replies)?)?;
         let mut events = BatchEffect::default();
         for &h in &hours {
             match next_reply(&mut replies)? {
@@ -897,13 +996,13 @@ impl Store for RedisStore {
         token: &str,
         now_ms: i64,
     ) -> Result<Option<BatchEffect>, StoreError> {
-        let tk = self.token_keys(partition, token, now_ms);
+        let tk = self.token_keys(partition, token, now_ms, None);
         let key = keys::applied(partition);
-        let ro = self.read_cmd("EVALSHA_RO", &tk.keys);
+        let ro = self.read_cmd("EVALSHA_RO", &tk);
         let replica = match self.conn.replica(&key, &ro).await {
             Some(Err(e)) if is_noscript(&e) => {
                 self.conn
-                    .replica(&key, &self.read_cmd("EVAL_RO", &tk.keys))
+                    .replica(&key, &self.read_cmd("EVAL_RO", &tk))
                     .await
             }
             other => other,
@@ -914,7 +1013,7 @@ impl Store for RedisStore {
                 if let Some(Err(e)) = other {
                     tracing::warn!(partition, error = %e, "replica read failed; reading the master");
                 }
-                self.eval_master(&key, &ro, || self.read_cmd("EVAL_RO", &tk.keys))
+                self.eval_master(&key, &ro, || self.read_cmd("EVAL_RO", &tk))
                     .await?
             }
         };
@@ -922,7 +1021,8 @@ impl Store for RedisStore {
             return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
         };
         let mut effect = BatchEffect::default();
-        self.decode_token(token, &tk, per_key, now_ms, &mut effect)?;
+        let mut wallets = WalletNames::default();
+        self.decode_token(token, &tk, per_key, now_ms, &mut wallets, &mut effect)?;
         if effect.buckets.is_empty() && effect.wallets.is_empty() {
             return Ok(None);
         }

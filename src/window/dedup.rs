@@ -52,6 +52,12 @@ impl Dedup {
         true
     }
 
+    /// Makes room for `additional` more keys at once (a restore knows how many
+    /// come), instead of rehashing the set each time it doubles.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.keys.reserve(additional);
+    }
+
     /// Forgets every key whose block time is before `cutoff_ms`.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
         let cut_minute = cutoff_ms.div_euclid(MINUTE_MS);

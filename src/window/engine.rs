@@ -388,6 +388,7 @@ impl WindowEngine {
             keys[level] = Some(mark.at);
             self.schedule_keys(slot, keys);
         }
+        self.dedup.reserve(effect.events.len());
         for event in &effect.events {
             self.dedup.insert(event.key, event.executed_at_ms);
         }
