@@ -14,8 +14,7 @@
 --          before it, -1 when it is the partition's first (decimal)
 -- ARGV[7..] the batch, one item per argument (counts and expiries decimal):
 --          hash_count, hash_count x {key, expire_at_ms, n, n x {field, value}},
---          append_count, append_count x {key, expire_at_ms, records}
---          (wallet mark strings and event id strings),
+--          event_key_count, event_key_count x {key, expire_at_ms, records},
 --          token_count, token_count x {last_ms, token}
 --
 -- Returns {1, last_offset, replicas} when applied; {0, stored_offset, replicas}
@@ -76,13 +75,13 @@ for _ = 1, nh do
   if not nf or not tonumber(ARGV[i + 1]) then return bad end
   i = i + 3 + 2 * nf
 end
-local appends_at = i
-local na = count(appends_at)
-if not na then return bad end
-for a = 0, na - 1 do
-  if not tonumber(ARGV[appends_at + 2 + 3 * a]) then return bad end
+local events_at = i
+local ne = count(events_at)
+if not ne then return bad end
+for e = 0, ne - 1 do
+  if not tonumber(ARGV[events_at + 2 + 3 * e]) then return bad end
 end
-local tokens_at = appends_at + 1 + 3 * na
+local tokens_at = events_at + 1 + 3 * ne
 local nt = count(tokens_at)
 if not nt or tokens_at + 2 * nt ~= #ARGV then return bad end
 for t = 0, nt - 1 do
@@ -106,10 +105,8 @@ for _ = 1, nh do
   end
   i = last + 1
 end
--- Appended records (wallet marks, event ids) are new data: a key's expiry is
--- set when this append created it.
-for a = 0, na - 1 do
-  local at = appends_at + 1 + 3 * a
+for e = 0, ne - 1 do
+  local at = events_at + 1 + 3 * e
   local key, expire_at, records = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   if redis.call('APPEND', key, records) == #records then
     redis.call('PEXPIREAT', key, expire_at)

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use support::redis_cluster::{command_stats, query, RedisCluster, RedisServer};
 use swapstats::config::{StoreKind, StoreSettings};
-use swapstats::store::codec::{encode_batch, encode_bucket};
+use swapstats::store::codec::encode_batch;
 use swapstats::store::{
     keys, sort_effect, PersistBatch, PersistOutcome, RedisStore, Store, StoreError,
 };
@@ -397,7 +397,7 @@ fn malformed_batches_change_nothing(
 ) {
     let now = now_ms();
     let lifetimes = store.options().lifetimes();
-    let args: Vec<Vec<u8>> = encode_batch(partition, effect, now, &lifetimes)
+    let args: Vec<Vec<u8>> = encode_batch(partition, 300, effect, now, &lifetimes)
         .expect("encode")
         .iter()
         .map(<[u8]>::to_vec)
@@ -558,88 +558,6 @@ async fn single_round_trip_and_fencing() {
     round_trip(&store, 1, &[server.port()]).await;
     let port = server.port();
     fencing(&store, 2, || port, false).await;
-}
-
-/// Data written before wallet marks had keys of their own holds them as hash
-/// fields `w<offset>` next to the buckets: a load and a single-token read still
-/// see them, merged with marks of the current layout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_mark_fields_still_load() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .expect("start redis");
-    let store = single_store(&server).await;
-    let (partition, now) = (3, now_ms());
-    let minute = now / 60_000 - 5;
-    let (day, offset) = (minute.div_euclid(1440), minute.rem_euclid(1440));
-    let mut gen = Gen::new(9, now);
-    let bucket = gen.bucket(Level::Minute, minute);
-    let mut value = Vec::new();
-    encode_bucket(&bucket, &mut value);
-    // Two legacy records (buy by 0xaaa, sell by 0xbbb) as one batch's field.
-    let mut legacy = Vec::new();
-    for (sides, wallet) in [(1u8, "0xaaa"), (2, "0xbbb")] {
-        legacy.extend_from_slice(&(offset as u16).to_le_bytes());
-        legacy.extend_from_slice(&[sides, wallet.len() as u8]);
-        legacy.extend_from_slice(wallet.as_bytes());
-    }
-    let port = server.port();
-    let hash = keys::minutes(partition, "BTC", day);
-    let _: () = query(
-        port,
-        redis::cmd("HSET")
-            .arg(&hash)
-            .arg(offset.to_string())
-            .arg(&value)
-            .arg("w7")
-            .arg(&legacy),
-    )
-    .expect("HSET legacy hash");
-    let _: () = query(
-        port,
-        redis::cmd("ZADD")
-            .arg(keys::tokens(partition))
-            .arg(now - 300_000)
-            .arg("BTC"),
-    )
-    .expect("ZADD token");
-    let _: () =
-        query(port, redis::cmd("SET").arg(keys::applied(partition)).arg(7)).expect("SET applied");
-    // Then a batch of today's layout: a buy by 0xbbb in the same minute.
-    let mark = |wallet: &str, sides| WalletMark {
-        token: "BTC".into(),
-        wallet: wallet.into(),
-        level: Level::Minute,
-        at: minute,
-        sides,
-    };
-    let effect = BatchEffect {
-        buckets: vec![BucketDelta {
-            token: "BTC".into(),
-            level: Level::Minute,
-            at: minute,
-            delta: bucket,
-            total: bucket,
-        }],
-        wallets: vec![mark("0xbbb", 1)],
-        events: Vec::new(),
-    };
-    assert_eq!(
-        persist_retrying(&store, partition, 8, 8, &effect).await,
-        PersistOutcome::Applied
-    );
-    let want = vec![mark("0xaaa", 1), mark("0xbbb", 3)];
-    let restored = store.load(partition, now_ms()).await.expect("load");
-    let mut got = restored.effect;
-    sort_effect(&mut got);
-    assert_eq!(got.wallets, want, "load");
-    assert_eq!(got.buckets.len(), 1);
-    let one = store
-        .load_token(partition, "BTC", now_ms())
-        .await
-        .expect("load_token")
-        .expect("BTC has data");
-    assert_eq!(one.wallets, want, "load_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,24 +14,22 @@
 //!
 //! **Wallet mark records**, 4 bytes plus the wallet each: the bucket's offset
 //! in the period (u16: second within the hour, minute within the day), side
-//! bits (u8), wallet length (u8), wallet. A batch appends the records of the
-//! bits it added to the period's mark string (`ss:{p}:sw:…` / `ss:{p}:mw:…`);
-//! a (wallet, bucket) has at most one record per side, and a reader ors them.
-//! (Data written before those keys existed holds them as hash fields
-//! `w<first offset of the batch>`; readers still decode them.)
+//! bits (u8), wallet length (u8), wallet. A batch writes the records of the
+//! bits it added as one hash field, `w<first offset of the batch>`; a
+//! (wallet, bucket) has at most one record per side, and a reader ors them.
 //!
 //! **Batch arguments** (`ARGV[7..]` of `apply_batch.lua`, [`BatchArgs`]). Key
 //! names, fields and absolute expiries are computed here, and data whose key
 //! would already be expired is left out, so the script only writes: buckets
 //! carry their new value (`HSET`, no read), wallet marks and event ids are new
-//! data, appended. Every item is its own argument, so Redis splits the batch
-//! while it reads the command and the script parses nothing (counts are decimal):
+//! data. Every item is its own argument, so Redis splits the batch while it
+//! reads the command and the script parses nothing (counts are decimal):
 //! ```text
 //! hash_count
-//!   hash_count × { key, expire_at_ms, n, n × { field `<offset>`, bucket } }
-//! append_count
-//!   append_count × { key, expire_at_ms, records }
-//!                  (wallet mark records of a token's period, then event records)
+//!   hash_count × { key, expire_at_ms, n, n × { field, value } }
+//!                  (bucket fields `<offset>` → bucket; `w<first offset>` → marks)
+//! event_key_count
+//!   event_key_count × { key, expire_at_ms, event records }
 //! token_count
 //!   token_count × { last_ms, token }
 //! ```
@@ -222,19 +220,11 @@ impl HashId {
         (Self { level, period }, at - period * span)
     }
 
-    /// Name of `token`'s bucket hash of this period.
+    /// Name of `token`'s hash of this period.
     fn key(self, partition: u32, token: &str) -> String {
         match self.level {
             Level::Second => keys::seconds(partition, token, self.period),
             Level::Minute => keys::minutes(partition, token, self.period),
-        }
-    }
-
-    /// Name of `token`'s wallet mark string of this period.
-    fn marks_key(self, partition: u32, token: &str) -> String {
-        match self.level {
-            Level::Second => keys::second_marks(partition, token, self.period),
-            Level::Minute => keys::minute_marks(partition, token, self.period),
         }
     }
 }
@@ -365,10 +355,11 @@ pub fn decode_marks(
     Ok(())
 }
 
-/// Encodes partition `partition`'s batch `effect`, as of `now_ms`, as the
-/// arguments of `apply_batch.lua`.
+/// Encodes partition `partition`'s batch `effect` (starting at source offset
+/// `first_offset`), as of `now_ms`, as the arguments of `apply_batch.lua`.
 pub fn encode_batch<'e>(
     partition: u32,
+    first_offset: i64,
     effect: &'e BatchEffect,
     now_ms: i64,
     lifetimes: &KeyLifetimes,
@@ -402,13 +393,12 @@ pub fn encode_batch<'e>(
             &w.wallet,
         )?;
     }
-    let live: Vec<(i64, &PeriodWrite)> = periods
+    let live: Vec<(String, i64, &PeriodWrite)> = periods
         .periods
         .iter()
-        .map(|p| (lifetimes.expire_at(p.id), p))
-        .filter(|(expire_at, _)| *expire_at > now_ms)
+        .map(|p| (p.id.key(partition, p.token), lifetimes.expire_at(p.id), p))
+        .filter(|(_, expire_at, _)| *expire_at > now_ms)
         .collect();
-    let with_marks = live.iter().filter(|(_, p)| !p.marks.is_empty()).count();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for e in &effect.events {
         encode_event(
@@ -432,29 +422,25 @@ pub fn encode_batch<'e>(
             + effect.wallets.len() * 24
             + effect.events.len() * EVENT_LEN
             + live.len() * 64,
-        4 + 2 * effect.buckets.len()
-            + 3 * live.len()
-            + 3 * (with_marks + expiring.len())
-            + 2 * tokens.len(),
+        4 + 2 * effect.buckets.len() + 5 * live.len() + 3 * expiring.len() + 2 * tokens.len(),
     );
-    let hashes = live.iter().filter(|(_, p)| !p.buckets.is_empty());
-    args.push_display(hashes.clone().count());
-    for (expire_at, period) in hashes {
-        args.push(period.id.key(partition, period.token).as_bytes());
+    args.push_display(live.len());
+    for (key, expire_at, period) in &live {
+        let has_marks = !period.marks.is_empty();
+        args.push(key.as_bytes());
         args.push_display(expire_at);
-        args.push_display(period.buckets.len());
+        args.push_display(period.buckets.len() + usize::from(has_marks));
         for &(offset, bucket) in &period.buckets {
             args.push_display(offset);
             encode_bucket(bucket, &mut args.bytes);
             args.end();
         }
+        if has_marks {
+            args.push_display(format_args!("w{first_offset}"));
+            args.push(&period.marks);
+        }
     }
-    args.push_display(with_marks + expiring.len());
-    for (expire_at, period) in live.iter().filter(|(_, p)| !p.marks.is_empty()) {
-        args.push(period.id.marks_key(partition, period.token).as_bytes());
-        args.push_display(expire_at);
-        args.push(&period.marks);
-    }
+    args.push_display(expiring.len());
     for (hour, expire_at, records) in expiring {
         args.push(keys::events(partition, hour).as_bytes());
         args.push_display(expire_at);
@@ -561,8 +547,8 @@ mod tests {
     }
 
     /// The arguments walked the way `apply_batch.lua` walks them: every count
-    /// lines up with what follows, marks are appended to their period's mark
-    /// string, and data whose key is already expired is left out.
+    /// lines up with what follows, marks ride as `w<first offset>`, and data
+    /// whose key is already expired is left out.
     #[test]
     fn batch_args_follow_the_script_layout() {
         let now_ms = 1_700_000_000_000;
@@ -604,7 +590,7 @@ mod tests {
             dedup_ms: 86_400_000,
             margin_ms: 600_000,
         };
-        let args = encode_batch(3, &effect, now_ms, &lifetimes).unwrap();
+        let args = encode_batch(3, 42, &effect, now_ms, &lifetimes).unwrap();
         let args: Vec<&[u8]> = args.iter().collect();
         let text = |a: &[u8]| String::from_utf8(a.to_vec()).unwrap();
         let mut at = 0;
@@ -620,7 +606,13 @@ mod tests {
             let fields: Vec<String> = (0..text(next()).parse::<usize>().unwrap())
                 .map(|_| {
                     let (field, value) = (text(next()), next());
-                    assert_eq!(value.len(), BUCKET_LEN, "{field}");
+                    if field.starts_with('w') {
+                        assert_eq!(field, "w42");
+                        let offset = (second.rem_euclid(3600) as u16).to_le_bytes();
+                        assert_eq!(value, [&offset[..], &[1, 2], b"w1"].concat());
+                    } else {
+                        assert_eq!(value.len(), BUCKET_LEN, "{field}");
+                    }
                     field
                 })
                 .collect();
@@ -635,17 +627,13 @@ mod tests {
             BTreeMap::from([
                 (
                     keys::seconds(3, "A", hour),
-                    vec![s_off.to_string(), (s_off - 1).to_string()]
+                    vec![s_off.to_string(), (s_off - 1).to_string(), "w42".into()]
                 ),
                 (keys::minutes(3, "A", day), vec![m_off.clone()]),
                 (keys::minutes(3, "B:{x}", day), vec![m_off]),
             ])
         );
-        assert_eq!(text(next()), "2", "one mark string and one event string");
-        assert_eq!(text(next()), keys::second_marks(3, "A", hour));
-        assert!(text(next()).parse::<i64>().unwrap() > now_ms);
-        let offset = (s_off as u16).to_le_bytes();
-        assert_eq!(next(), [&offset[..], &[1, 2], b"w1"].concat());
+        assert_eq!(text(next()), "1");
         assert_eq!(text(next()), keys::events(3, hour));
         assert!(text(next()).parse::<i64>().unwrap() > now_ms);
         assert_eq!(next().len(), EVENT_LEN);

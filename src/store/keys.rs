@@ -26,32 +26,20 @@ pub fn tokens(partition: u32) -> String {
     format!("ss:{{{partition}}}:tokens")
 }
 
-/// `ss:{p}:s:<token>:<hour>` — hash of the token's second buckets in unix hour
-/// `hour`: field `<second within the hour>` (0..3599) → encoded bucket. (Data
-/// written before wallet marks had keys of their own also holds fields
-/// `w<offset>`: the mark records of the batch starting at source offset `offset`.)
+/// `ss:{p}:s:<token>:<hour>` — hash of the token's second buckets and
+/// second-level wallet marks in unix hour `hour`: field `<second within the
+/// hour>` (0..3599) → encoded bucket; field `w<offset>` → the wallet mark
+/// records written by the batch starting at source offset `offset`.
 pub fn seconds(partition: u32, token: &str, hour: i64) -> String {
     format!("ss:{{{partition}}}:s:{token}:{hour}")
 }
 
-/// `ss:{p}:m:<token>:<day>` — hash of the token's minute buckets in unix day
-/// `day`: field `<minute within the day>` (0..1439) → encoded bucket (and legacy
-/// `w<offset>` fields, as in [`seconds`]).
+/// `ss:{p}:m:<token>:<day>` — hash of the token's minute buckets and
+/// minute-level wallet marks in unix day `day`: field `<minute within the day>`
+/// (0..1439) → encoded bucket; field `w<offset>` → wallet mark records, as in
+/// [`seconds`].
 pub fn minutes(partition: u32, token: &str, day: i64) -> String {
     format!("ss:{{{partition}}}:m:{token}:{day}")
-}
-
-/// `ss:{p}:sw:<token>:<hour>` — string of the token's second-level wallet mark
-/// records in unix hour `hour`, appended (`APPEND`) by each batch: one key read
-/// returns them all, where a field per batch cost the load one reply each.
-pub fn second_marks(partition: u32, token: &str, hour: i64) -> String {
-    format!("ss:{{{partition}}}:sw:{token}:{hour}")
-}
-
-/// `ss:{p}:mw:<token>:<day>` — string of the token's minute-level wallet mark
-/// records in unix day `day`, appended as in [`second_marks`].
-pub fn minute_marks(partition: u32, token: &str, day: i64) -> String {
-    format!("ss:{{{partition}}}:mw:{token}:{day}")
 }
 
 /// `ss:{p}:e:<hour>` — string of applied event ids whose block time falls in
@@ -112,8 +100,6 @@ mod tests {
                 minutes(p, "BTC", 19_676),
                 seconds(p, "}{", 1),
                 minutes(p, "", -1),
-                second_marks(p, "tok{x}:1", 472_222),
-                minute_marks(p, "{", 19_676),
                 events(p, 472_222),
             ] {
                 assert_eq!(key_slot(key.as_bytes()), s, "{key}");

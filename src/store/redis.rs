@@ -379,9 +379,8 @@ impl RedisStore {
         }
     }
 
-    /// Candidate keys of one token for `read_token.lua`, with what each holds:
-    /// bucket hashes (seconds, then minutes), then the same periods' wallet
-    /// mark strings.
+    /// Candidate keys of one token for `read_token.lua`, with the level and
+    /// hour (or day) each covers: second hashes, then minute hashes.
     /// `newest_ms`, the token's newest block time in the token index when
     /// known, rules out the periods after it: none of them holds data.
     fn token_keys(
@@ -398,46 +397,32 @@ impl RedisStore {
             ..=last_ms.div_euclid(HOUR_MS);
         let days =
             (now_ms - self.options.retention_ms()).div_euclid(DAY_MS)..=last_ms.div_euclid(DAY_MS);
-        let periods: Vec<(Level, i64)> = hours
-            .map(|h| (Level::Second, h))
-            .chain(days.map(|d| (Level::Minute, d)))
-            .collect();
-        let mut keys = Vec::with_capacity(2 * periods.len());
-        let mut kinds = Vec::with_capacity(2 * periods.len());
-        for &(level, period) in &periods {
-            keys.push(match level {
-                Level::Second => keys::seconds(partition, token, period),
-                Level::Minute => keys::minutes(partition, token, period),
-            });
-            kinds.push((KeyKind::Buckets, level, period));
+        let mut keys = Vec::new();
+        let mut kinds = Vec::new();
+        for h in hours {
+            keys.push(keys::seconds(partition, token, h));
+            kinds.push((Level::Second, h));
         }
-        for &(level, period) in &periods {
-            keys.push(match level {
-                Level::Second => keys::second_marks(partition, token, period),
-                Level::Minute => keys::minute_marks(partition, token, period),
-            });
-            kinds.push((KeyKind::Marks, level, period));
+        for d in days {
+            keys.push(keys::minutes(partition, token, d));
+            kinds.push((Level::Minute, d));
         }
-        TokenKeys {
-            keys,
-            kinds,
-            hashes: periods.len(),
-        }
+        TokenKeys { keys, kinds }
     }
 
-    fn read_cmd(&self, verb: &str, tk: &TokenKeys) -> Cmd {
+    fn read_cmd(&self, verb: &str, keys: &[String]) -> Cmd {
         let mut cmd = redis::cmd(verb);
         if verb.starts_with("EVALSHA") {
             cmd.arg(self.read.get_hash());
         } else {
             cmd.arg(READ_TOKEN_LUA);
         }
-        cmd.arg(tk.keys.len()).arg(&tk.keys).arg(tk.hashes);
+        cmd.arg(keys.len()).arg(keys);
         cmd
     }
 
-    /// Decodes the replies of a token's keys (`per_key`, in `tk`'s order) into
-    /// `out`, keeping what is within retention at `now_ms`.
+    /// Decodes the `HGETALL` replies of a token's keys (`per_key`, in `tk`'s
+    /// order) into `out`, keeping what is within retention at `now_ms`.
     fn decode_token(
         &self,
         token: &str,
@@ -456,35 +441,24 @@ impl RedisStore {
         }
         let (first_bucket, first_mark) = (out.buckets.len(), out.wallets.len());
         let token: Arc<str> = Arc::from(token);
-        for (value, &(kind, level, period)) in per_key.into_iter().zip(&tk.kinds) {
+        for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
             let base = period * per_period(level);
-            let mut marks = |bytes: &[u8]| {
-                decode_marks(bytes, |offset, sides, wallet| {
-                    let at = base + offset;
-                    if self.within(level, at, now_ms) {
-                        out.wallets.push(WalletMark {
-                            token: token.clone(),
-                            wallet: wallets.name(wallet),
-                            level,
-                            at,
-                            sides,
-                        });
-                    }
-                    Ok(())
-                })
-            };
-            if kind == KeyKind::Marks {
-                match value {
-                    Value::Nil => {}
-                    v => marks(&bulk(v)?)?,
-                }
-                continue;
-            }
             for (field, bytes) in hash_pairs(value)? {
-                // `<offset>` holds a bucket; `w<batch>` wallet mark records
-                // (written before marks had keys of their own).
+                // `<offset>` holds a bucket, `w<batch>` wallet mark records.
                 if field.first() == Some(&b'w') {
-                    marks(&bytes)?;
+                    decode_marks(&bytes, |offset, sides, wallet| {
+                        let at = base + offset;
+                        if self.within(level, at, now_ms) {
+                            out.wallets.push(WalletMark {
+                                token: token.clone(),
+                                wallet: wallets.name(wallet),
+                                level,
+                                at,
+                                sides,
+                            });
+                        }
+                        Ok(())
+                    })?;
                     continue;
                 }
                 let at = base + parse_i64(&field)?;
@@ -517,7 +491,7 @@ impl RedisStore {
     }
 
     /// Reads the tokens of `chunk` (with their newest block times) with one
-    /// pipeline of `HGETALL`s and `GET`s. Not atomic
+    /// pipeline of `HGETALL`s. Not atomic
     /// per token, and it need not be: [`Store::load_into`] rereads when the
     /// applied offset moved meanwhile. Chunks alternate `lane`s (connections),
     /// so the replies of two chunks are parsed at once, on two runtime threads.
@@ -533,12 +507,8 @@ impl RedisStore {
         let mut token_keys = Vec::with_capacity(chunk.len());
         for (token, newest_ms) in chunk {
             let tk = self.token_keys(partition, token, now_ms, Some(*newest_ms));
-            for (key, &(kind, _, _)) in tk.keys.iter().zip(&tk.kinds) {
-                pipe.cmd(match kind {
-                    KeyKind::Buckets => "HGETALL",
-                    KeyKind::Marks => "GET",
-                })
-                .arg(key);
+            for key in &tk.keys {
+                pipe.cmd("HGETALL").arg(key);
             }
             token_keys.push(tk);
         }
@@ -596,21 +566,10 @@ fn parse_apply_reply(reply: Value) -> Result<(ApplyStatus, i64, i64), StoreError
     }
 }
 
-/// Candidate keys of one token and what each holds, for (level, hour or day).
+/// Candidate keys of one token and the (level, hour or day) of each.
 struct TokenKeys {
     keys: Vec<String>,
-    kinds: Vec<(KeyKind, Level, i64)>,
-    /// The first `hashes` keys are bucket hashes, the rest mark strings.
-    hashes: usize,
-}
-
-/// What a token key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    /// A hash of buckets (`HGETALL`).
-    Buckets,
-    /// A string of wallet mark records (`GET`).
-    Marks,
+    kinds: Vec<(Level, i64)>,
 }
 
 /// Wallet names of one load, shared: a wallet with many marks is one
@@ -799,6 +758,7 @@ impl Store for RedisStore {
         }
         let args = encode_batch(
             batch.partition,
+            batch.first_offset,
             batch.effect,
             batch.now_ms,
             &self.options.lifetimes(),
@@ -998,11 +958,11 @@ impl Store for RedisStore {
     ) -> Result<Option<BatchEffect>, StoreError> {
         let tk = self.token_keys(partition, token, now_ms, None);
         let key = keys::applied(partition);
-        let ro = self.read_cmd("EVALSHA_RO", &tk);
+        let ro = self.read_cmd("EVALSHA_RO", &tk.keys);
         let replica = match self.conn.replica(&key, &ro).await {
             Some(Err(e)) if is_noscript(&e) => {
                 self.conn
-                    .replica(&key, &self.read_cmd("EVAL_RO", &tk))
+                    .replica(&key, &self.read_cmd("EVAL_RO", &tk.keys))
                     .await
             }
             other => other,
@@ -1013,7 +973,7 @@ impl Store for RedisStore {
                 if let Some(Err(e)) = other {
                     tracing::warn!(partition, error = %e, "replica read failed; reading the master");
                 }
-                self.eval_master(&key, &ro, || self.read_cmd("EVAL_RO", &tk))
+                self.eval_master(&key, &ro, || self.read_cmd("EVAL_RO", &tk.keys))
                     .await?
             }
         };
