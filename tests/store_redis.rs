@@ -560,6 +560,62 @@ async fn single_round_trip_and_fencing() {
     fencing(&store, 2, || port, false).await;
 }
 
+/// A load reads a token's periods only up to its newest block time in the token
+/// index: tokens whose last swap is 30 h, 100 min and 0 s old all come back
+/// whole, from either end of their range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_finds_quiet_tokens_whole() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("start redis");
+    let store = single_store(&server).await;
+    let now = now_ms();
+    let (now_s, now_m) = (now / 1000, now / 60_000);
+    let mut gen = Gen::new(5, now);
+    let mut effect = BatchEffect::default();
+    for (token, level, at) in [
+        ("OLD", Level::Minute, now_m - 30 * 60),
+        ("OLD", Level::Minute, now_m - 40 * 60),
+        ("MID", Level::Second, now_s - 100 * 60),
+        ("MID", Level::Minute, now_m - 100),
+        ("MID", Level::Minute, now_m - 46 * 60),
+        ("NEW", Level::Second, now_s),
+        ("NEW", Level::Second, now_s - 7000),
+        ("NEW", Level::Minute, now_m),
+    ] {
+        let total = gen.bucket(level, at);
+        effect.buckets.push(BucketDelta {
+            token: token.into(),
+            level,
+            at,
+            delta: total,
+            total,
+        });
+        effect.wallets.push(WalletMark {
+            token: token.into(),
+            wallet: "0xaaa".into(),
+            level,
+            at,
+            sides: 1,
+        });
+    }
+    assert_eq!(
+        persist_retrying(&store, 4, 0, 0, &effect).await,
+        PersistOutcome::Applied
+    );
+    let expected = merge_all(std::slice::from_ref(&effect));
+    let restored = store.load(4, now_ms()).await.expect("load");
+    assert_effect_eq(&restored.effect, &expected);
+    for token in ["OLD", "MID", "NEW"] {
+        let got = store
+            .load_token(4, token, now_ms())
+            .await
+            .expect("load_token")
+            .expect("token has data");
+        assert_effect_eq(&got, &token_part(&expected, token));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_fencing_changes_nothing() {
     let cluster = RedisCluster::shared();
