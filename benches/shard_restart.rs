@@ -12,7 +12,9 @@
 //!
 //! Then the release `swapstats shard` binary is spawned `BENCH_RESTARTS` times
 //! (default 5), timed from spawn until `GET /readyz` answers 200 (polled every
-//! 10 ms), and killed with SIGKILL. `store.load` alone is also timed in-process.
+//! 10 ms), and killed with SIGKILL. Each restart also reports the CPU the shard
+//! (`/proc/<pid>/stat`) and the Redis nodes (`INFO cpu`) spent until ready, and
+//! the shard's RSS then. `store.load` alone is also timed in-process.
 //!
 //! A/B: `BENCH_BINARIES=/path/a,/path/b` spawns those binaries in turn instead
 //! (restart n runs binary n mod count) against the same data, and reports each
@@ -168,6 +170,8 @@ struct Restart {
     ready: Duration,
     shard_cpu_s: f64,
     redis_cpu_s: f64,
+    /// The shard's resident memory when ready.
+    rss_mib: f64,
     body: String,
     log: String,
 }
@@ -212,6 +216,12 @@ fn restart_once(
         std::thread::sleep(Duration::from_millis(10));
     };
     let shard_cpu_s = process_cpu_s(child.id());
+    let rss_mib = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0);
     let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
     child.kill().expect("kill -9");
     let _ = child.wait();
@@ -220,6 +230,7 @@ fn restart_once(
         ready: elapsed,
         shard_cpu_s,
         redis_cpu_s,
+        rss_mib,
         body,
         log,
     }
@@ -392,6 +403,7 @@ fn main() {
             ready: elapsed,
             shard_cpu_s,
             redis_cpu_s,
+            rss_mib,
             body,
             log,
         } = restart_once(binary, &mock.bootstrap, &seeds, &log_path, &cluster);
@@ -409,7 +421,7 @@ fn main() {
         times.push(elapsed.as_secs_f64());
         tokens_restored.push(tokens);
         logged.push((loaded_ms, restored_ms));
-        cpu.push((shard_cpu_s, redis_cpu_s));
+        cpu.push((shard_cpu_s, redis_cpu_s, rss_mib));
     }
     let _ = std::fs::remove_file(&log_path);
     let mut sorted = times.clone();
@@ -448,16 +460,17 @@ fn main() {
     );
     println!();
     println!(
-        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>16} {:>8}",
+        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>16} {:>10} {:>8}",
         "restart",
         "ready (ms)",
         "log: load (ms)",
         "log: restored",
         "shard CPU (ms)",
         "redis CPU (ms)",
+        "RSS (MiB)",
         "tokens"
     );
-    for (n, (((t, tokens), (load, restored)), (shard_cpu, redis_cpu))) in times
+    for (n, (((t, tokens), (load, restored)), (shard_cpu, redis_cpu, rss))) in times
         .iter()
         .zip(&tokens_restored)
         .zip(&logged)
@@ -466,13 +479,14 @@ fn main() {
     {
         let show = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>16.0} {:>8}",
+            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>16.0} {:>10.0} {:>8}",
             n + 1,
             t * 1000.0,
             show(load),
             show(restored),
             shard_cpu * 1000.0,
             redis_cpu * 1000.0,
+            rss,
             tokens
         );
     }
