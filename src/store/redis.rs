@@ -38,7 +38,7 @@ use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, Key
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
-use crate::window::{BatchEffect, BucketDelta, FastSet, Level, WalletMark};
+use crate::window::{BatchEffect, BucketDelta, Level, WalletMark};
 
 const APPLY_BATCH_LUA: &str = include_str!("../../lua/apply_batch.lua");
 const READ_TOKEN_LUA: &str = include_str!("../../lua/read_token.lua");
@@ -429,7 +429,6 @@ impl RedisStore {
         tk: &TokenKeys,
         per_key: Vec<Value>,
         now_ms: i64,
-        wallets: &mut WalletNames,
         out: &mut BatchEffect,
     ) -> Result<(), StoreError> {
         if per_key.len() != tk.kinds.len() {
@@ -451,7 +450,7 @@ impl RedisStore {
                         if self.within(level, at, now_ms) {
                             out.wallets.push(WalletMark {
                                 token: token.clone(),
-                                wallet: wallets.name(wallet),
+                                wallet: Arc::from(wallet),
                                 level,
                                 at,
                                 sides,
@@ -518,7 +517,6 @@ impl RedisStore {
             .await?
             .into_iter();
         let mut out = BatchEffect::default();
-        let mut wallets = WalletNames::default();
         for ((token, _), tk) in chunk.iter().zip(&token_keys) {
             let per_key = (&mut replies)
                 .take(tk.keys.len())
@@ -527,7 +525,7 @@ impl RedisStore {
                     v => Ok(v),
                 })
                 .collect::<Result<Vec<Value>, StoreError>>()?;
-            self.decode_token(token, tk, per_key, now_ms, &mut wallets, &mut out)?;
+            self.decode_token(token, tk, per_key, now_ms, &mut out)?;
         }
         Ok(out)
     }
@@ -570,22 +568,6 @@ fn parse_apply_reply(reply: Value) -> Result<(ApplyStatus, i64, i64), StoreError
 struct TokenKeys {
     keys: Vec<String>,
     kinds: Vec<(Level, i64)>,
-}
-
-/// Wallet names of one load, shared: a wallet with many marks is one
-/// allocation, not one per mark.
-#[derive(Default)]
-struct WalletNames(FastSet<Arc<str>>);
-
-impl WalletNames {
-    fn name(&mut self, wallet: &str) -> Arc<str> {
-        if let Some(name) = self.0.get(wallet) {
-            return name.clone();
-        }
-        let name: Arc<str> = Arc::from(wallet);
-        self.0.insert(name.clone());
-        name
-    }
 }
 
 /// Bucket units per key period: seconds per hour, minutes per day.
@@ -981,8 +963,7 @@ impl Store for RedisStore {
             return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
         };
         let mut effect = BatchEffect::default();
-        let mut wallets = WalletNames::default();
-        self.decode_token(token, &tk, per_key, now_ms, &mut wallets, &mut effect)?;
+        self.decode_token(token, &tk, per_key, now_ms, &mut effect)?;
         if effect.buckets.is_empty() && effect.wallets.is_empty() {
             return Ok(None);
         }

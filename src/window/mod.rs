@@ -19,6 +19,6 @@ pub use effect::{
     WalletMark, SIDE_BUY, SIDE_SELL,
 };
 pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, WindowEngine};
-pub(crate) use hash::{FastMap, FastSet};
+pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
 pub use stats::{ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowStats, Windows};
