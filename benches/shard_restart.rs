@@ -127,20 +127,26 @@ fn median(sorted: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
-/// CPU seconds (user + system) the process `pid` has used so far, from
-/// `/proc/<pid>/stat` (clock ticks of 1/100 s, as on every Linux target here).
-fn process_cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+/// Resident memory of the process `pid`, from `/proc/<pid>/status`.
+fn process_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `pick` of each restart, sorted.
+fn sorted_by(rows: &[&Restart], pick: impl Fn(&Restart) -> f64) -> Vec<f64> {
+    let mut values: Vec<f64> = rows.iter().map(|r| pick(r)).collect();
+    values.sort_by(f64::total_cmp);
+    values
+}
+
+/// Median of `pick` over the restarts.
+fn median_of(rows: &[&Restart], pick: impl Fn(&Restart) -> f64) -> f64 {
+    median(&sorted_by(rows, pick))
 }
 
 /// CPU seconds (user + system, main thread and children) summed over the
@@ -163,17 +169,22 @@ fn redis_cpu_s(cluster: &redis_cluster::RedisCluster) -> f64 {
         .sum()
 }
 
-/// What one restart took: wall time to ready, and the CPU the shard and the
-/// Redis nodes spent meanwhile (on 2 cores the sum bounds how fast it can be,
-/// and it is far less noisy than the wall time).
+/// What one restart took: wall time to ready, the CPU the shard and the Redis
+/// nodes spent meanwhile (on 2 cores the sum bounds how fast it can be, and it
+/// is far less noisy than the wall time), and what `/readyz` and the log said.
 struct Restart {
-    ready: Duration,
+    ready_s: f64,
     shard_cpu_s: f64,
     redis_cpu_s: f64,
     /// The shard's resident memory when ready.
     rss_mib: f64,
-    body: String,
-    log: String,
+    tokens: u64,
+    lag: serde_json::Value,
+    applied_offset: serde_json::Value,
+    /// `elapsed_ms` of the shard's "loaded partition from redis" log line.
+    loaded_ms: Option<u64>,
+    /// `elapsed_ms` of its "restored" log line.
+    restored_ms: Option<u64>,
 }
 
 /// Spawns the shard and waits for `/readyz` 200.
@@ -215,24 +226,24 @@ fn restart_once(
         assert!(Instant::now() < deadline, "shard not ready within 120 s");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let shard_cpu_s = process_cpu_s(child.id());
-    let rss_mib = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0);
+    let shard_cpu_s = common::cpu_ticks(child.id()) as f64 / 100.0;
+    let rss_mib = process_rss_mib(child.id());
     let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
     child.kill().expect("kill -9");
     let _ = child.wait();
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+    let partition = &json["partitions"][0];
     Restart {
-        ready: elapsed,
+        ready_s: elapsed.as_secs_f64(),
         shard_cpu_s,
         redis_cpu_s,
         rss_mib,
-        body,
-        log,
+        tokens: partition["tokens"].as_u64().unwrap_or(0),
+        lag: partition["lag"].clone(),
+        applied_offset: partition["applied_offset"].clone(),
+        loaded_ms: logged_ms(&log, "loaded partition from redis"),
+        restored_ms: logged_ms(&log, "restored"),
     }
 }
 
@@ -393,39 +404,23 @@ fn main() {
     // Restarts of the real binary.
     let log_path =
         std::env::temp_dir().join(format!("swapstats-restart-{}.log", std::process::id()));
-    let mut times = Vec::new();
-    let mut tokens_restored = Vec::new();
-    let mut logged = Vec::new();
-    let mut cpu = Vec::new();
+    let mut rows: Vec<Restart> = Vec::with_capacity(restarts);
     for n in 0..restarts {
         let binary = &binaries[n % binaries.len()];
-        let Restart {
-            ready: elapsed,
-            shard_cpu_s,
-            redis_cpu_s,
-            rss_mib,
-            body,
-            log,
-        } = restart_once(binary, &mock.bootstrap, &seeds, &log_path, &cluster);
-        let json: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
-        let tokens = json["partitions"][0]["tokens"].as_u64().unwrap_or(0);
-        let loaded_ms = logged_ms(&log, "loaded partition from redis");
-        let restored_ms = logged_ms(&log, "restored");
+        let row = restart_once(binary, &mock.bootstrap, &seeds, &log_path, &cluster);
         eprintln!(
-            "restart {}/{restarts}: ready after {:.0} ms, tokens {tokens}, lag {}, applied {} (log: load {loaded_ms:?} ms, restore done {restored_ms:?} ms)",
+            "restart {}/{restarts}: ready after {:.0} ms, tokens {}, lag {}, applied {} (log: load {:?} ms, restore done {:?} ms)",
             n + 1,
-            elapsed.as_secs_f64() * 1000.0,
-            json["partitions"][0]["lag"],
-            json["partitions"][0]["applied_offset"],
+            row.ready_s * 1000.0,
+            row.tokens,
+            row.lag,
+            row.applied_offset,
+            row.loaded_ms,
+            row.restored_ms,
         );
-        times.push(elapsed.as_secs_f64());
-        tokens_restored.push(tokens);
-        logged.push((loaded_ms, restored_ms));
-        cpu.push((shard_cpu_s, redis_cpu_s, rss_mib));
+        rows.push(row);
     }
     let _ = std::fs::remove_file(&log_path);
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
 
     println!();
     println!("shard_restart — release `swapstats shard`, Redis Cluster 3 masters + 3 replicas, mock Kafka, 2 cores");
@@ -470,65 +465,45 @@ fn main() {
         "RSS (MiB)",
         "tokens"
     );
-    for (n, (((t, tokens), (load, restored)), (shard_cpu, redis_cpu, rss))) in times
-        .iter()
-        .zip(&tokens_restored)
-        .zip(&logged)
-        .zip(&cpu)
-        .enumerate()
-    {
-        let show = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for (n, row) in rows.iter().enumerate() {
+        let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
             "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>16.0} {:>10.0} {:>8}",
             n + 1,
-            t * 1000.0,
-            show(load),
-            show(restored),
-            shard_cpu * 1000.0,
-            redis_cpu * 1000.0,
-            rss,
-            tokens
+            row.ready_s * 1000.0,
+            show(row.loaded_ms),
+            show(row.restored_ms),
+            row.shard_cpu_s * 1000.0,
+            row.redis_cpu_s * 1000.0,
+            row.rss_mib,
+            row.tokens
         );
     }
-    let mut shard_cpu: Vec<f64> = cpu.iter().map(|c| c.0).collect();
-    let mut redis_cpu: Vec<f64> = cpu.iter().map(|c| c.1).collect();
-    shard_cpu.sort_by(f64::total_cmp);
-    redis_cpu.sort_by(f64::total_cmp);
+    let all: Vec<&Restart> = rows.iter().collect();
     println!(
         "CPU to ready (median): shard {:.0} ms, redis nodes {:.0} ms",
-        median(&shard_cpu) * 1000.0,
-        median(&redis_cpu) * 1000.0
+        median_of(&all, |r| r.shard_cpu_s) * 1000.0,
+        median_of(&all, |r| r.redis_cpu_s) * 1000.0
     );
+    let ready = sorted_by(&all, |r| r.ready_s);
     println!(
         "kill -9 → ready: min {:.0} ms, median {:.0} ms, max {:.0} ms (target < 3000 ms)",
-        sorted[0] * 1000.0,
-        median(&sorted) * 1000.0,
-        sorted[sorted.len() - 1] * 1000.0
+        ready[0] * 1000.0,
+        median(&ready) * 1000.0,
+        ready[ready.len() - 1] * 1000.0
     );
     if binaries.len() > 1 {
         for (b, binary) in binaries.iter().enumerate() {
-            let mut own: Vec<f64> = times
-                .iter()
-                .skip(b)
-                .step_by(binaries.len())
-                .copied()
-                .collect();
-            own.sort_by(f64::total_cmp);
-            let mut own_cpu: Vec<f64> = cpu
-                .iter()
-                .skip(b)
-                .step_by(binaries.len())
-                .map(|c| c.0)
-                .collect();
-            own_cpu.sort_by(f64::total_cmp);
-            if let (Some(first), Some(last)) = (own.first(), own.last()) {
+            let own: Vec<&Restart> = rows.iter().skip(b).step_by(binaries.len()).collect();
+            let ready = sorted_by(&own, |r| r.ready_s);
+            if let (Some(first), Some(last)) = (ready.first(), ready.last()) {
                 println!(
                     "  {binary}: {} restarts, min {:.0} ms, median {:.0} ms, max {:.0} ms; shard CPU median {:.0} ms",
                     own.len(),
                     first * 1000.0,
-                    median(&own) * 1000.0,
+                    median(&ready) * 1000.0,
                     last * 1000.0,
-                    median(&own_cpu) * 1000.0
+                    median_of(&own, |r| r.shard_cpu_s) * 1000.0
                 );
             }
         }

@@ -37,6 +37,7 @@
 //! `WS_MEASURE` (s, 30), `WS_SOURCE`. Every `SWAPSTATS__*` variable is passed
 //! on to the shard, router and producer (e.g. `SWAPSTATS__WS__COALESCE=10ms`).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/kafka.rs"]
 mod kafka;
@@ -319,23 +320,6 @@ async fn ws_metrics(port: u16) -> Vec<String> {
     }
 }
 
-/// CPU time (user + system) of a process so far, in clock ticks (100 per s).
-fn cpu_ticks(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name: state is the 3rd field, utime the 14th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
 /// (name, pid) of this bench and its children.
 fn processes(children: &Children, source: &str) -> Vec<(String, String)> {
     let me = if source == "kafka" {
@@ -510,7 +494,7 @@ async fn run() {
     let updates_before = counters.updates.load(Ordering::Relaxed);
     let cpu_before: Vec<u64> = processes(&children, &source)
         .iter()
-        .map(|(_, pid)| cpu_ticks(pid))
+        .map(|(_, pid)| common::cpu_ticks(pid))
         .collect();
     let measure_start = Instant::now();
     phase_tx.send_replace(1);
@@ -536,7 +520,7 @@ async fn run() {
         .into_iter()
         .zip(cpu_before)
         .map(|((name, pid), before)| {
-            let busy = cpu_ticks(&pid).saturating_sub(before) as f64 / 100.0;
+            let busy = common::cpu_ticks(&pid).saturating_sub(before) as f64 / 100.0;
             (name, 100.0 * busy / measured.as_secs_f64())
         })
         .collect();

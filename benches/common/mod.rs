@@ -189,3 +189,22 @@ pub fn shard_stream() -> GeneratorSettings {
 pub fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks (100 per
+/// second on every Linux target here), from `/proc/<pid>/stat`; 0 when gone.
+pub fn cpu_ticks(pid: impl std::fmt::Display) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the `(comm)`, which may hold spaces: state is the 3rd
+    // field, utime the 14th, stime the 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
