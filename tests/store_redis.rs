@@ -126,6 +126,18 @@ impl Gen {
         }
     }
 
+    /// A random bucket of `token` at `at`, as a batch writes it (its own delta).
+    fn bucket_delta(&mut self, token: &str, level: Level, at: i64) -> BucketDelta {
+        let total = self.bucket(level, at);
+        BucketDelta {
+            token: token.into(),
+            level,
+            at,
+            delta: total,
+            total,
+        }
+    }
+
     fn effect(&mut self, buckets: usize, tokens: &[&str]) -> BatchEffect {
         let now_s = self.now_ms / 1000;
         let mut seen = BTreeMap::new();
@@ -143,14 +155,7 @@ impl Gen {
             if seen.insert((token, level_rank(level), at), ()).is_some() {
                 continue; // a batch touches a bucket once
             }
-            let total = self.bucket(level, at);
-            effect.buckets.push(BucketDelta {
-                token: token.into(),
-                level,
-                at,
-                delta: total,
-                total,
-            });
+            effect.buckets.push(self.bucket_delta(token, level, at));
             for _ in 0..self.rng.random_range(0..3) {
                 let wallet = WALLETS[self.rng.random_range(0..WALLETS.len())];
                 let sides = self.rng.random_range(1..=3u8);
@@ -583,14 +588,7 @@ async fn load_finds_quiet_tokens_whole() {
         ("NEW", Level::Second, now_s - 7000),
         ("NEW", Level::Minute, now_m),
     ] {
-        let total = gen.bucket(level, at);
-        effect.buckets.push(BucketDelta {
-            token: token.into(),
-            level,
-            at,
-            delta: total,
-            total,
-        });
+        effect.buckets.push(gen.bucket_delta(token, level, at));
         effect.wallets.push(WalletMark {
             token: token.into(),
             wallet: "0xaaa".into(),
