@@ -16,7 +16,8 @@ use support::redis_cluster::{command_stats, query, RedisCluster, RedisServer};
 use swapstats::config::{StoreKind, StoreSettings};
 use swapstats::store::codec::encode_batch;
 use swapstats::store::{
-    keys, sort_effect, PersistBatch, PersistOutcome, RedisStore, Store, StoreError,
+    keys, sort_effect, PersistBatch, PersistOutcome, RedisStore, RedisStoreOptions, Store,
+    StoreError,
 };
 use swapstats::window::{
     AppliedEvent, BatchEffect, Bucket, BucketDelta, Level, PricePoint, WalletMark,
@@ -563,6 +564,37 @@ async fn single_round_trip_and_fencing() {
     round_trip(&store, 1, &[server.port()]).await;
     let port = server.port();
     fencing(&store, 2, || port, false).await;
+}
+
+/// A login (ACL user and password) and a database other than 0 in the URL: the
+/// store writes and restores there (a restore also reads over its own
+/// connections, which must log in and select the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_round_trip_with_login_and_database() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("start redis");
+    let port = server.port();
+    let _: () = query(
+        port,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("loader")
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("+@all"),
+    )
+    .expect("ACL SETUSER");
+    let store = RedisStore::connect_single(
+        &format!("redis://loader:secret@127.0.0.1:{port}/2"),
+        RedisStoreOptions::default(),
+    )
+    .await
+    .expect("connect as loader");
+    round_trip(&store, 3, &[port]).await;
+    let in_db0: i64 = query(port, &redis::cmd("DBSIZE")).expect("DBSIZE");
+    assert_eq!(in_db0, 0, "everything went to database 2");
 }
 
 /// A load reads a token's periods only up to its newest block time in the token

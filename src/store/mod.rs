@@ -7,6 +7,7 @@ use std::future::Future;
 use crate::window::BatchEffect;
 
 pub mod codec;
+mod hash_reader;
 pub mod keys;
 mod memory;
 mod redis;

@@ -12,9 +12,12 @@
 //!   promoted replica never saw). A fenced reply is acknowledged the same way,
 //!   so "fenced" after a retry also means "the earlier attempt is replicated".
 //! * `load` reads the applied offset, the token index and the event ids in one
-//!   pipeline, then every token through `lua/read_token.lua` in pipelines, all on
-//!   the slot's master; it re-reads the applied offset at the end and starts over
-//!   if a batch landed meanwhile, so the result is one consistent state.
+//!   pipeline, then every token's hashes (`HGETALL`) in pipelines, all on the
+//!   slot's master; it re-reads the applied offset at the end and starts over if
+//!   a batch landed meanwhile, so the result is one consistent state. The token
+//!   hashes are read over plain connections of its own ([`super::hash_reader`]:
+//!   redis-rs's per-element reply values cost a quarter of a restart's CPU),
+//!   and through redis-rs when those cannot be had (TLS).
 //! * `load_token` runs `read_token.lua` with `EVALSHA_RO` on a replica (Redis
 //!   Cluster), falling back to the master when no replica answers.
 //! * `NOSCRIPT` (a new master after a failover, a restarted server) is answered
@@ -35,6 +38,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, KeyLifetimes};
+use super::hash_reader::{HashReader, NodeAddr};
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
@@ -247,6 +251,10 @@ pub struct RedisStore {
     apply: redis::Script,
     read: redis::Script,
     options: RedisStoreOptions,
+    /// Where `load` reads hashes over a [`HashReader`] (plain TCP only): the
+    /// single server, or for Redis Cluster the seed's login (the address is
+    /// the partition's master, asked for at each load).
+    direct: Option<NodeAddr>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -303,7 +311,7 @@ impl RedisStore {
                 .await?,
             client.get_connection_manager_with_config(config).await?,
         ];
-        Ok(Self::new(Conn::Single(lanes), options))
+        Ok(Self::new(Conn::Single(lanes), options, url))
     }
 
     /// Connects to Redis Cluster through `seeds` (any reachable nodes).
@@ -331,16 +339,58 @@ impl RedisStore {
             .build()?
             .get_async_connection()
             .await?;
-        Ok(Self::new(Conn::Cluster { primary, replicas }, options))
+        Ok(Self::new(
+            Conn::Cluster { primary, replicas },
+            options,
+            &seeds[0],
+        ))
     }
 
-    fn new(conn: Conn, options: RedisStoreOptions) -> Self {
+    fn new(conn: Conn, options: RedisStoreOptions, url: &str) -> Self {
         Self {
             conn,
             replicas_seen: Arc::default(),
             apply: redis::Script::new(APPLY_BATCH_LUA),
             read: redis::Script::new(READ_TOKEN_LUA),
             options,
+            direct: direct_node(url),
+        }
+    }
+
+    /// Up to `LOAD_PARALLEL` [`HashReader`]s to the master of `key`'s slot, or
+    /// `None` when `load` should read through redis-rs (TLS, or the node's
+    /// address or a first connection could not be had).
+    async fn hash_readers(&self, key: &str) -> Option<ReaderPool> {
+        let mut node = self.direct.clone()?;
+        if let Conn::Cluster { .. } = self.conn {
+            let nodes = self
+                .conn
+                .master(key, redis::cmd("CLUSTER").arg("NODES"))
+                .await;
+            match nodes
+                .ok()
+                .and_then(|v| bulk(v).ok())
+                .as_deref()
+                .and_then(myself)
+            {
+                Some((host, port)) => (node.host, node.port) = (host, port),
+                None => {
+                    tracing::warn!("no address for the slot's master; loading through redis-rs");
+                    return None;
+                }
+            }
+        }
+        match HashReader::connect(&node, self.options.timeout).await {
+            Ok(first) => Some(ReaderPool {
+                node,
+                timeout: self.options.timeout,
+                idle: Mutex::new(vec![first]),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, host = %node.host, port = node.port,
+                    "direct connection failed; loading through redis-rs");
+                None
+            }
         }
     }
 
@@ -421,63 +471,43 @@ impl RedisStore {
         cmd
     }
 
-    /// Decodes the `HGETALL` replies of a token's keys (`per_key`, in `tk`'s
-    /// order) into `out`, keeping what is within retention at `now_ms`.
-    fn decode_token(
+    /// Reads the tokens of `chunk` (with their newest block times) with one
+    /// pipeline of `HGETALL`s, over a [`HashReader`] of `readers` when there
+    /// are any, else through redis-rs on write lane `lane`. Not atomic per
+    /// token, and it need not be: [`Store::load_into`] rereads when the
+    /// applied offset moved meanwhile.
+    async fn read_chunk(
         &self,
-        token: &str,
-        tk: &TokenKeys,
-        per_key: Vec<Value>,
+        partition: u32,
+        applied_key: &str,
+        chunk: &[(String, i64)],
         now_ms: i64,
-        out: &mut BatchEffect,
-    ) -> Result<(), StoreError> {
-        if per_key.len() != tk.kinds.len() {
-            return Err(StoreError::Corrupt(format!(
-                "token read: {} replies for {} keys",
-                per_key.len(),
-                tk.kinds.len()
-            )));
+        lane: usize,
+        readers: Option<&ReaderPool>,
+    ) -> Result<BatchEffect, StoreError> {
+        let mut decoder = ChunkDecoder::new(self, now_ms);
+        let mut keys = Vec::new();
+        for (token, newest_ms) in chunk {
+            let tk = self.token_keys(partition, token, now_ms, Some(*newest_ms));
+            decoder.add_token(token, &tk);
+            keys.extend(tk.keys);
         }
-        let (first_bucket, first_mark) = (out.buckets.len(), out.wallets.len());
-        let token: Arc<str> = Arc::from(token);
-        for (value, &(level, period)) in per_key.into_iter().zip(&tk.kinds) {
-            let base = period * per_period(level);
-            for (field, bytes) in hash_pairs(value)? {
-                // `<offset>` holds a bucket, `w<batch>` wallet mark records.
-                if field.first() == Some(&b'w') {
-                    decode_marks(&bytes, |offset, sides, wallet| {
-                        let at = base + offset;
-                        if self.within(level, at, now_ms) {
-                            out.wallets.push(WalletMark {
-                                token: token.clone(),
-                                wallet: Arc::from(wallet),
-                                level,
-                                at,
-                                sides,
-                            });
-                        }
-                        Ok(())
-                    })?;
-                    continue;
+        match readers {
+            Some(readers) => {
+                readers
+                    .for_each_field(&keys, |i, name, value| decoder.field(i, name, value))
+                    .await?
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HGETALL").arg(key);
                 }
-                let at = base + parse_i64(&field)?;
-                if self.within(level, at, now_ms) {
-                    let bucket = decode_bucket(&bytes)?;
-                    out.buckets.push(BucketDelta {
-                        token: token.clone(),
-                        level,
-                        at,
-                        delta: bucket,
-                        total: bucket,
-                    });
-                }
+                let replies = self.conn.master_pipe(applied_key, &pipe, lane).await?;
+                decoder.replies(replies)?;
             }
         }
-        // Hash fields come in no particular order; the engine restores fastest
-        // in time order (a wallet's marks mostly append).
-        out.buckets[first_bucket..].sort_unstable_by_key(|b| (level_rank(b.level), b.at));
-        out.wallets[first_mark..].sort_by_key(|w| (level_rank(w.level), w.at));
-        Ok(())
+        Ok(decoder.finish())
     }
 
     /// True when a bucket (or wallet mark) of `level` at `at` is still kept at `now_ms`.
@@ -488,47 +518,186 @@ impl RedisStore {
         };
         (at + 1) * unit + keep > now_ms
     }
+}
 
-    /// Reads the tokens of `chunk` (with their newest block times) with one
-    /// pipeline of `HGETALL`s. Not atomic
-    /// per token, and it need not be: [`Store::load_into`] rereads when the
-    /// applied offset moved meanwhile. Chunks alternate `lane`s (connections),
-    /// so the replies of two chunks are parsed at once, on two runtime threads.
-    async fn read_chunk(
-        &self,
-        partition: u32,
-        applied_key: &str,
-        chunk: &[(String, i64)],
-        now_ms: i64,
-        lane: usize,
-    ) -> Result<BatchEffect, StoreError> {
-        let mut pipe = redis::pipe();
-        let mut token_keys = Vec::with_capacity(chunk.len());
-        for (token, newest_ms) in chunk {
-            let tk = self.token_keys(partition, token, now_ms, Some(*newest_ms));
-            for key in &tk.keys {
-                pipe.cmd("HGETALL").arg(key);
-            }
-            token_keys.push(tk);
+/// Turns the hash fields of some tokens' keys into a [`BatchEffect`], keeping
+/// what is within retention, each token's part in time order.
+struct ChunkDecoder<'s> {
+    store: &'s RedisStore,
+    now_ms: i64,
+    /// Per key: its token (index into `tokens`), level and period.
+    keys: Vec<(usize, Level, i64)>,
+    tokens: Vec<Arc<str>>,
+    /// Where each token's part starts in `out` (buckets, marks), in key order.
+    parts: Vec<(usize, usize)>,
+    last_token: Option<usize>,
+    out: BatchEffect,
+}
+
+impl<'s> ChunkDecoder<'s> {
+    fn new(store: &'s RedisStore, now_ms: i64) -> Self {
+        Self {
+            store,
+            now_ms,
+            keys: Vec::new(),
+            tokens: Vec::new(),
+            parts: Vec::new(),
+            last_token: None,
+            out: BatchEffect::default(),
         }
-        let mut replies = self
-            .conn
-            .master_pipe(applied_key, &pipe, lane)
-            .await?
-            .into_iter();
-        let mut out = BatchEffect::default();
-        for ((token, _), tk) in chunk.iter().zip(&token_keys) {
-            let per_key = (&mut replies)
-                .take(tk.keys.len())
-                .map(|v| match v {
-                    Value::ServerError(e) => Err(StoreError::Redis(e.into())),
-                    v => Ok(v),
-                })
-                .collect::<Result<Vec<Value>, StoreError>>()?;
-            self.decode_token(token, tk, per_key, now_ms, &mut out)?;
-        }
-        Ok(out)
     }
+
+    /// Adds the keys of `token`: they follow the keys added before.
+    fn add_token(&mut self, token: &str, tk: &TokenKeys) {
+        let t = self.tokens.len();
+        self.tokens.push(Arc::from(token));
+        self.keys
+            .extend(tk.kinds.iter().map(|&(level, period)| (t, level, period)));
+    }
+
+    /// One field of key `key`: `<offset>` holds a bucket, `w<batch>` wallet mark records.
+    fn field(&mut self, key: usize, name: &[u8], bytes: &[u8]) -> Result<(), StoreError> {
+        let &(t, level, period) = self
+            .keys
+            .get(key)
+            .ok_or_else(|| StoreError::Corrupt("reply for more keys than asked".into()))?;
+        if self.last_token != Some(t) {
+            self.last_token = Some(t);
+            self.parts
+                .push((self.out.buckets.len(), self.out.wallets.len()));
+        }
+        let (store, now_ms, out) = (self.store, self.now_ms, &mut self.out);
+        let token = &self.tokens[t];
+        let base = period * per_period(level);
+        if name.first() == Some(&b'w') {
+            return decode_marks(bytes, |offset, sides, wallet| {
+                let at = base + offset;
+                if store.within(level, at, now_ms) {
+                    out.wallets.push(WalletMark {
+                        token: token.clone(),
+                        wallet: Arc::from(wallet),
+                        level,
+                        at,
+                        sides,
+                    });
+                }
+                Ok(())
+            });
+        }
+        let at = base + parse_i64(name)?;
+        if store.within(level, at, now_ms) {
+            let bucket = decode_bucket(bytes)?;
+            out.buckets.push(BucketDelta {
+                token: token.clone(),
+                level,
+                at,
+                delta: bucket,
+                total: bucket,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `HGETALL` replies (or `read_token.lua`'s per-key list) of every
+    /// key, as redis-rs parsed them.
+    fn replies(&mut self, replies: Vec<Value>) -> Result<(), StoreError> {
+        if replies.len() != self.keys.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} replies for {} keys",
+                replies.len(),
+                self.keys.len()
+            )));
+        }
+        for (key, reply) in replies.into_iter().enumerate() {
+            let reply = match reply {
+                Value::ServerError(e) => return Err(StoreError::Redis(e.into())),
+                reply => reply,
+            };
+            for (name, bytes) in hash_pairs(reply)? {
+                self.field(key, &name, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The effect, each token's part sorted by time: hash fields come in no
+    /// particular order, and the engine restores fastest in time order (a
+    /// wallet's marks mostly append).
+    fn finish(mut self) -> BatchEffect {
+        let out = &mut self.out;
+        let ends = self
+            .parts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([(out.buckets.len(), out.wallets.len())]);
+        for (&(b0, w0), (b1, w1)) in self.parts.iter().zip(ends) {
+            out.buckets[b0..b1].sort_unstable_by_key(|b| (level_rank(b.level), b.at));
+            out.wallets[w0..w1].sort_by_key(|w| (level_rank(w.level), w.at));
+        }
+        self.out
+    }
+}
+
+/// [`HashReader`]s to one node, shared by the chunk reads of one `load`.
+struct ReaderPool {
+    node: NodeAddr,
+    timeout: Duration,
+    idle: Mutex<Vec<HashReader>>,
+}
+
+impl ReaderPool {
+    /// [`HashReader::for_each_field`] over an idle reader (or a new one); a
+    /// reader that failed is dropped, not reused.
+    async fn for_each_field(
+        &self,
+        keys: &[String],
+        field: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let idle = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        let mut reader = match idle {
+            Some(reader) => reader,
+            None => HashReader::connect(&self.node, self.timeout).await?,
+        };
+        reader.for_each_field(keys, field).await?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(reader);
+        }
+        Ok(())
+    }
+}
+
+/// The node and login of `url` for a [`HashReader`]: plain TCP URLs only.
+fn direct_node(url: &str) -> Option<NodeAddr> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().ok()?;
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return None;
+    };
+    let login = info.redis_settings();
+    Some(NodeAddr {
+        host: host.clone(),
+        port: *port,
+        username: login.username().map(str::to_owned),
+        password: login.password().map(str::to_owned),
+        db: login.db(),
+    })
+}
+
+/// The address of the node that answered `CLUSTER NODES` (its `myself` line).
+fn myself(nodes: &[u8]) -> Option<(String, u16)> {
+    let nodes = std::str::from_utf8(nodes).ok()?;
+    let line = nodes.lines().find(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    })?;
+    let addr = line.split(' ').nth(1)?.split(['@', ',']).next()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// First item of an `apply_batch.lua` reply.
@@ -898,10 +1067,14 @@ impl Store for RedisStore {
         for (i, token) in tokens.into_iter().enumerate() {
             chunks[i % n_chunks].push(token);
         }
+        let readers = self.hash_readers(&applied_key).await;
+        let direct = readers.is_some();
         let reads: Vec<_> = chunks
             .iter()
             .enumerate()
-            .map(|(i, chunk)| self.read_chunk(partition, &applied_key, chunk, now_ms, i))
+            .map(|(i, chunk)| {
+                self.read_chunk(partition, &applied_key, chunk, now_ms, i, readers.as_ref())
+            })
             .collect();
         let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
         while let Some(part) = parts.next().await {
@@ -926,6 +1099,7 @@ impl Store for RedisStore {
             buckets = n_buckets,
             wallets = n_wallets,
             events = n_events,
+            direct_reads = direct,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded partition from redis"
         );
@@ -962,12 +1136,63 @@ impl Store for RedisStore {
         let Value::Array(per_key) = reply else {
             return Err(StoreError::Corrupt(format!("read_token replied {reply:?}")));
         };
-        let mut effect = BatchEffect::default();
-        self.decode_token(token, &tk, per_key, now_ms, &mut effect)?;
+        let mut decoder = ChunkDecoder::new(self, now_ms);
+        decoder.add_token(token, &tk);
+        decoder.replies(per_key)?;
+        let mut effect = decoder.finish();
         if effect.buckets.is_empty() && effect.wallets.is_empty() {
             return Ok(None);
         }
         sort_effect(&mut effect);
         Ok(Some(effect))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn myself_is_the_node_that_answered() {
+        let nodes = b"\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 10.0.0.7:30001@40001,redis-0.redis myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(myself(nodes), Some(("10.0.0.7".into(), 30001)));
+        assert_eq!(
+            myself(b"9a ::1:7000@17000 myself,master - 0 0 1 connected 0-16383\n"),
+            Some(("::1".into(), 7000))
+        );
+        // A node that does not know its own address yet.
+        assert_eq!(
+            myself(b"9a :7000@17000 myself,master - 0 0 0 connected\n"),
+            None
+        );
+        assert_eq!(
+            myself(b"67ed 127.0.0.1:30002@40002 master - 0 0 2 connected\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn direct_reads_need_plain_tcp() {
+        let node = direct_node("redis://loader:secret@10.1.2.3:7000/2").expect("tcp");
+        assert_eq!(
+            node,
+            NodeAddr {
+                host: "10.1.2.3".into(),
+                port: 7000,
+                username: Some("loader".into()),
+                password: Some("secret".into()),
+                db: 2,
+            }
+        );
+        assert_eq!(
+            direct_node("redis://:pw@h:1").and_then(|n| n.password),
+            Some("pw".into())
+        );
+        assert!(direct_node("redis+unix:///tmp/redis.sock").is_none());
+        assert!(direct_node("not a url").is_none());
     }
 }
