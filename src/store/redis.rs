@@ -639,6 +639,27 @@ impl<'s> ChunkDecoder<'s> {
     }
 }
 
+/// A spawned chunk read of `load`, aborted when `load` stops waiting for it
+/// (it failed on another chunk).
+struct ChunkTask(tokio::task::JoinHandle<Result<BatchEffect, StoreError>>);
+
+impl Drop for ChunkTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for ChunkTask {
+    type Output = Result<Result<BatchEffect, StoreError>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// [`HashReader`]s to one node, shared by the chunk reads of one `load`.
 struct ReaderPool {
     node: NodeAddr,
@@ -1060,25 +1081,31 @@ impl Store for RedisStore {
         // part that arrived: Redis keeps serving while the shard restores.
         // The index lists tokens by last swap, so the busiest come last; dealt
         // round-robin, every chunk gets a share of them and the restore keeps
-        // pace with the reads. (The reads are built first: a `map` closure in
-        // the stream would not be `Send` for every lifetime.)
+        // pace with the reads.
         let n_chunks = tokens.len().div_ceil(LOAD_CHUNK);
         let mut chunks = vec![Vec::with_capacity(LOAD_CHUNK); n_chunks];
         for (i, token) in tokens.into_iter().enumerate() {
             chunks[i % n_chunks].push(token);
         }
-        let readers = self.hash_readers(&applied_key).await;
+        let readers = self.hash_readers(&applied_key).await.map(Arc::new);
         let direct = readers.is_some();
-        let reads: Vec<_> = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                self.read_chunk(partition, &applied_key, chunk, now_ms, i, readers.as_ref())
-            })
-            .collect();
+        // Each read is a task of its own, so the chunks in flight are parsed
+        // and decoded on every runtime thread while the sink restores.
+        let reads = chunks.into_iter().enumerate().map(|(i, chunk)| {
+            let (store, key, readers) = (self.clone(), applied_key.clone(), readers.clone());
+            ChunkTask(tokio::spawn(async move {
+                store
+                    .read_chunk(partition, &key, &chunk, now_ms, i, readers.as_deref())
+                    .await
+            }))
+        });
         let mut parts = futures_util::stream::iter(reads).buffered(LOAD_PARALLEL);
         while let Some(part) = parts.next().await {
-            let part = part?;
+            let part = match part {
+                Ok(part) => part?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(StoreError::Corrupt(format!("chunk read: {e}"))),
+            };
             n_buckets += part.buckets.len();
             n_wallets += part.wallets.len();
             sink(part);
