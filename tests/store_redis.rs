@@ -555,6 +555,21 @@ async fn cluster_round_trip() {
     round_trip(&store, 1, &cluster.live_ports()).await;
 }
 
+/// The same round trip with the restore's hash reads going through redis-rs
+/// (what TLS URLs use) instead of the store's own connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_round_trip_through_redis_rs() {
+    let cluster = RedisCluster::shared();
+    let options = RedisStoreOptions {
+        direct_reads: false,
+        ..RedisStoreOptions::default()
+    };
+    let store = RedisStore::connect_cluster(&cluster.seed_urls(), options)
+        .await
+        .expect("connect to the cluster");
+    round_trip(&store, 30, &cluster.live_ports()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_round_trip_and_fencing() {
     let server = tokio::task::spawn_blocking(RedisServer::start)

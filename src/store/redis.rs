@@ -81,6 +81,11 @@ pub struct RedisStoreOptions {
     pub retries: u32,
     /// Connect and response timeout of one attempt.
     pub timeout: Duration,
+    /// Whether `load` reads the token hashes over plain connections of the
+    /// store's own ([`super::hash_reader`], much less CPU per field) rather
+    /// than through redis-rs. Only plain TCP URLs can; TLS always goes through
+    /// redis-rs, and so does a load whose direct connection fails.
+    pub direct_reads: bool,
 }
 
 impl Default for RedisStoreOptions {
@@ -101,6 +106,7 @@ impl RedisStoreOptions {
             replica_ack_timeout: Duration::from_secs(1),
             retries: 4,
             timeout: Duration::from_secs(5),
+            direct_reads: true,
         }
     }
 
@@ -347,13 +353,14 @@ impl RedisStore {
     }
 
     fn new(conn: Conn, options: RedisStoreOptions, url: &str) -> Self {
+        let direct = direct_node(url).filter(|_| options.direct_reads);
         Self {
             conn,
             replicas_seen: Arc::default(),
             apply: redis::Script::new(APPLY_BATCH_LUA),
             read: redis::Script::new(READ_TOKEN_LUA),
             options,
-            direct: direct_node(url),
+            direct,
         }
     }
 
