@@ -57,6 +57,13 @@ async fn single_store(server: &RedisServer) -> RedisStore {
         .expect("connect to redis")
 }
 
+/// A single `redis-server`, started off the async runtime's threads.
+async fn start_server() -> RedisServer {
+    tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("start redis")
+}
+
 fn now_ms() -> i64 {
     swapstats::now_ms()
 }
@@ -572,9 +579,7 @@ async fn cluster_round_trip_through_redis_rs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_round_trip_and_fencing() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .expect("start redis");
+    let server = start_server().await;
     let store = single_store(&server).await;
     round_trip(&store, 1, &[server.port()]).await;
     let port = server.port();
@@ -586,9 +591,7 @@ async fn single_round_trip_and_fencing() {
 /// connections, which must log in and select the same way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_round_trip_with_login_and_database() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .expect("start redis");
+    let server = start_server().await;
     let port = server.port();
     let _: () = query(
         port,
@@ -617,9 +620,7 @@ async fn single_round_trip_with_login_and_database() {
 /// whole, from either end of their range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_finds_quiet_tokens_whole() {
-    let server = tokio::task::spawn_blocking(RedisServer::start)
-        .await
-        .expect("start redis");
+    let server = start_server().await;
     let store = single_store(&server).await;
     let now = now_ms();
     let (now_s, now_m) = (now / 1000, now / 60_000);

@@ -535,9 +535,9 @@ struct ChunkDecoder<'s> {
     /// Per key: its token (index into `tokens`), level and period.
     keys: Vec<(usize, Level, i64)>,
     tokens: Vec<Arc<str>>,
-    /// Where each token's part starts in `out` (buckets, marks), in key order.
-    parts: Vec<(usize, usize)>,
-    last_token: Option<usize>,
+    /// Per token with fields, in key order: the token and where its part
+    /// starts in `out` (buckets, marks).
+    parts: Vec<(usize, usize, usize)>,
     out: BatchEffect,
 }
 
@@ -549,7 +549,6 @@ impl<'s> ChunkDecoder<'s> {
             keys: Vec::new(),
             tokens: Vec::new(),
             parts: Vec::new(),
-            last_token: None,
             out: BatchEffect::default(),
         }
     }
@@ -568,10 +567,9 @@ impl<'s> ChunkDecoder<'s> {
             .keys
             .get(key)
             .ok_or_else(|| StoreError::Corrupt("reply for more keys than asked".into()))?;
-        if self.last_token != Some(t) {
-            self.last_token = Some(t);
+        if self.parts.last().map(|part| part.0) != Some(t) {
             self.parts
-                .push((self.out.buckets.len(), self.out.wallets.len()));
+                .push((t, self.out.buckets.len(), self.out.wallets.len()));
         }
         let (store, now_ms, out) = (self.store, self.now_ms, &mut self.out);
         let token = &self.tokens[t];
@@ -636,9 +634,9 @@ impl<'s> ChunkDecoder<'s> {
             .parts
             .iter()
             .skip(1)
-            .copied()
+            .map(|&(_, b, w)| (b, w))
             .chain([(out.buckets.len(), out.wallets.len())]);
-        for (&(b0, w0), (b1, w1)) in self.parts.iter().zip(ends) {
+        for (&(_, b0, w0), (b1, w1)) in self.parts.iter().zip(ends) {
             out.buckets[b0..b1].sort_unstable_by_key(|b| (level_rank(b.level), b.at));
             out.wallets[w0..w1].sort_by_key(|w| (level_rank(w.level), w.at));
         }
