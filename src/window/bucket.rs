@@ -95,4 +95,32 @@ impl Bucket {
         self.high = self.high.max(other.high);
         self.low = self.low.min(other.low);
     }
+
+    /// Folds in `later`, a bucket of a later key (all its swaps come after this
+    /// one's): a range fold's in-order step, with no open/close comparisons.
+    /// Prices are finite (validated), so plain comparisons pick high and low.
+    #[inline]
+    pub fn append(&mut self, later: &Bucket) {
+        if later.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = *later;
+            return;
+        }
+        self.txns += later.txns;
+        self.buys += later.buys;
+        self.sells += later.sells;
+        self.volume_usd += later.volume_usd;
+        self.buy_volume_usd += later.buy_volume_usd;
+        self.sell_volume_usd += later.sell_volume_usd;
+        self.volume_token += later.volume_token;
+        self.close = later.close;
+        if later.high > self.high {
+            self.high = later.high;
+        }
+        if later.low < self.low {
+            self.low = later.low;
+        }
+    }
 }

@@ -28,12 +28,29 @@ const CLASSES: usize = 3;
 
 const PAGE_BITS: u32 = 11;
 const PAGE_LEN: usize = 1 << PAGE_BITS;
-const BLOCK_BITS: u32 = 6;
-const BLOCKS: usize = PAGE_LEN >> BLOCK_BITS;
+/// A page's positions form a tree of sums: the page total, then per level
+/// `1 << FANOUT_BITS[l]` children per node (16 superblocks of 8 blocks of 16
+/// cells). A point update changes one row per level; a prefix sum reads at most
+/// half of each level's siblings (see [`Counters::count`]).
+const FANOUT_BITS: [u32; 3] = [4, 3, 4];
+/// Positions under one node of each level: 128, 16, 1.
+const SPAN_BITS: [u32; 3] = [7, 4, 0];
+/// First row of each level in a page (row 0 is the page total).
+const LEVEL_ROW: [usize; 3] = [1, 1 + 16, 1 + 16 + 128];
+/// Rows in a page: the total, 16 superblocks, 128 blocks, 2048 cells.
+const PAGE_ROWS: usize = 1 + 16 + 128 + PAGE_LEN;
+const _: () = assert!(
+    SPAN_BITS[0] + FANOUT_BITS[0] == PAGE_BITS
+        && SPAN_BITS[1] + FANOUT_BITS[1] == SPAN_BITS[0]
+        && SPAN_BITS[2] + FANOUT_BITS[2] == SPAN_BITS[1]
+        && LEVEL_ROW[1] == LEVEL_ROW[0] + (1 << FANOUT_BITS[0])
+        && LEVEL_ROW[2] == LEVEL_ROW[1] + (1 << (PAGE_BITS - SPAN_BITS[1]))
+        && PAGE_ROWS == LEVEL_ROW[2] + PAGE_LEN
+);
 
-/// `PAGE_LEN` positions of every (lane, class) difference array. `data` holds,
-/// each as rows of `stride` cells: the page totals (one row), the block sums
-/// (`BLOCKS` rows), then the cells (`PAGE_LEN` rows).
+/// `PAGE_LEN` positions of every (lane, class) difference array. `data` holds
+/// `PAGE_ROWS` rows of `stride` cells each: the page totals, the superblock
+/// sums, the block sums, then the cells.
 #[derive(Debug, Clone)]
 struct Page {
     data: Box<[i32]>,
@@ -120,10 +137,10 @@ impl Counters {
         }
         let page_id = a >> PAGE_BITS;
         let stride = self.stride;
-        let mut add_row = |data: &[i32], row: usize| {
+        let mut add_row = |data: &[i32], row: usize, sign: i64| {
             let at = row * stride + first_row;
             for (c, sum) in sums.iter_mut().enumerate() {
-                *sum += i64::from(data[at + c]);
+                *sum += sign * i64::from(data[at + c]);
             }
         };
         for (i, page) in self.pages.iter().enumerate() {
@@ -132,17 +149,30 @@ impl Counters {
                 break;
             }
             let Some(page) = page else { continue };
+            let data = &page.data;
             if id < page_id {
-                add_row(&page.data, 0);
+                add_row(data, 0, 1);
                 continue;
             }
+            // The page's prefix through `offset`, level by level: the siblings
+            // before `offset`'s node (at the cell level, through it), summed
+            // from whichever end is nearer: directly, or as the parent's sum
+            // minus the siblings after.
             let offset = (a & (PAGE_LEN as i64 - 1)) as usize;
-            let block = offset >> BLOCK_BITS;
-            for b in 0..block {
-                add_row(&page.data, 1 + b);
-            }
-            for cell in (block << BLOCK_BITS)..=offset {
-                add_row(&page.data, 1 + BLOCKS + cell);
+            let mut parent = 0;
+            for level in 0..3 {
+                let node = offset >> SPAN_BITS[level];
+                let first = node >> FANOUT_BITS[level] << FANOUT_BITS[level];
+                let end = first + (1 << FANOUT_BITS[level]);
+                let upto = if level == 2 { node + 1 } else { node };
+                let row = LEVEL_ROW[level];
+                if upto - first <= end - upto {
+                    (first..upto).for_each(|n| add_row(data, row + n, 1));
+                } else {
+                    add_row(data, parent, 1);
+                    (upto..end).for_each(|n| add_row(data, row + n, -1));
+                }
+                parent = row + node;
             }
         }
         sums.map(|s| s.max(0) as u64)
@@ -150,7 +180,7 @@ impl Counters {
 
     /// Approximate heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        let page = (1 + BLOCKS + PAGE_LEN) * self.stride * 4;
+        let page = PAGE_ROWS * self.stride * 4;
         self.pages.iter().flatten().count() * page
             + self.pages.capacity() * std::mem::size_of::<Option<Page>>()
             + (self.below.capacity() + self.lens.capacity()) * 8
@@ -173,13 +203,15 @@ impl Counters {
         let index = self.page_index(page_id);
         let stride = self.stride;
         let page = self.pages[index].get_or_insert_with(|| Page {
-            data: vec![0; (1 + BLOCKS + PAGE_LEN) * stride].into_boxed_slice(),
+            data: vec![0; PAGE_ROWS * stride].into_boxed_slice(),
             nonzero: 0,
         });
         let offset = (position & (PAGE_LEN as i64 - 1)) as usize;
         page.data[row] += delta;
-        page.data[(1 + (offset >> BLOCK_BITS)) * stride + row] += delta;
-        let cell = &mut page.data[(1 + BLOCKS + offset) * stride + row];
+        for level in 0..2 {
+            page.data[(LEVEL_ROW[level] + (offset >> SPAN_BITS[level])) * stride + row] += delta;
+        }
+        let cell = &mut page.data[(LEVEL_ROW[2] + offset) * stride + row];
         let before = *cell;
         *cell += delta;
         if before == 0 {

@@ -94,8 +94,10 @@ impl Series {
         let Some(&(last_key, _)) = self.base.back() else {
             return acc;
         };
-        let end = end.min(last_key.saturating_add(1));
-        if start >= end {
+        // `end` is not clipped to the last key: an open end lets every tier's
+        // right edge fall past the data, so only the top tier's last blocks
+        // are visited there.
+        if start >= end || start > last_key {
             return acc;
         }
         match &self.tiers {
@@ -176,7 +178,8 @@ fn fold_tiers(
     scan(this, block_end << TIER_SHIFT, end, acc);
 }
 
-/// Merges the entries with keys in `[start, end)` into `acc`.
+/// Merges the entries with keys in `[start, end)` into `acc`, whose keys all
+/// come before `start`.
 #[inline]
 fn scan(entries: &VecDeque<Entry>, start: i64, end: i64, acc: &mut Bucket) {
     if start >= end {
@@ -187,7 +190,7 @@ fn scan(entries: &VecDeque<Entry>, start: i64, end: i64, acc: &mut Bucket) {
         if *key >= end {
             break;
         }
-        acc.merge(bucket);
+        acc.append(bucket);
     }
 }
 
@@ -260,10 +263,11 @@ fn reserve_one(entries: &mut VecDeque<Entry>) {
 mod tests {
     use super::*;
 
-    fn bucket(usd: f64, at_ms: i64) -> Bucket {
+    /// One swap of `usd` at price `usd`, at `at_ms` with tie `tie`.
+    fn bucket(usd: f64, at_ms: i64, tie: u64) -> Bucket {
         let point = super::super::PricePoint {
             at_ms,
-            tie: 0,
+            tie,
             price: usd,
         };
         Bucket {
@@ -279,11 +283,28 @@ mod tests {
         }
     }
 
-    fn naive(entries: &[(i64, f64)], start: i64, end: i64) -> (u32, f64) {
-        entries
+    /// A raw swap: key, usd (= price), block time, tie.
+    type Raw = (i64, f64, i64, u64);
+
+    /// Count, volume, open, close, high and low of the swaps in `[start, end)`.
+    fn naive(entries: &[Raw], start: i64, end: i64) -> (u32, f64, [f64; 4]) {
+        let inside: Vec<&Raw> = entries
             .iter()
-            .filter(|(k, _)| *k >= start && *k < end)
-            .fold((0, 0.0), |(n, s), (_, v)| (n + 1, s + v))
+            .filter(|(k, ..)| *k >= start && *k < end)
+            .collect();
+        let by_time = |r: &&&Raw| (r.2, r.3);
+        let price = |r: Option<&&Raw>| r.map_or(0.0, |r| r.1);
+        let prices = [
+            price(inside.iter().min_by_key(by_time)),
+            price(inside.iter().max_by_key(by_time)),
+            inside.iter().map(|r| r.1).fold(f64::MIN, f64::max),
+            inside.iter().map(|r| r.1).fold(f64::MAX, f64::min),
+        ];
+        (
+            inside.len() as u32,
+            inside.iter().map(|r| r.1).sum(),
+            prices,
+        )
     }
 
     #[test]
@@ -309,12 +330,15 @@ mod tests {
         let mut key: i64 = -700;
         for i in 0..3000_i64 {
             key = (key * 31 + 17 + i).rem_euclid(2600) - 700;
-            let usd = (i % 13) as f64 + 0.25;
-            series.merge(key, &bucket(usd, key * 1000), 16);
-            raw.push((key, usd));
+            let usd = (i % 13) as f64 + 0.25 + (i % 7) as f64 / 8.0;
+            // Several swaps per key, at distinct times inside it.
+            let at_ms = key * 1000 + (i * 37) % 1000;
+            let tie = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            series.merge(key, &bucket(usd, at_ms, tie), 16);
+            raw.push((key, usd, at_ms, tie));
         }
         assert!(series.has_tiers());
-        let check = |series: &Series, raw: &[(i64, f64)]| {
+        let check = |series: &Series, raw: &[Raw]| {
             for (start, end) in [
                 (-800, 3000),
                 (-700, -699),
@@ -322,21 +346,36 @@ mod tests {
                 (3, 4),
                 (64, 576),
                 (100, i64::MAX),
+                (-700, i64::MAX),
+                (1899, i64::MAX),
                 (513, 1100),
             ] {
                 let folded = series.fold(start, end);
-                let (n, s) = naive(raw, start, end);
-                assert_eq!(folded.txns, n, "[{start},{end})");
+                let (n, s, [open, close, high, low]) = naive(raw, start, end);
+                let range = format!("[{start},{end})");
+                assert_eq!(folded.txns, n, "{range}");
                 assert!(
                     (folded.volume_usd - s).abs() <= 1e-9 * s.max(1.0),
-                    "[{start},{end})"
+                    "{range}"
                 );
+                if n > 0 {
+                    assert_eq!(
+                        [
+                            folded.open.price,
+                            folded.close.price,
+                            folded.high,
+                            folded.low
+                        ],
+                        [open, close, high, low],
+                        "prices of {range}"
+                    );
+                }
             }
         };
         check(&series, &raw);
         for cut in [-650, -3, 100, 101, 515, 1900] {
             series.trim(cut, 16);
-            raw.retain(|(k, _)| *k >= cut);
+            raw.retain(|(k, ..)| *k >= cut);
             check(&series, &raw);
         }
         series.trim(i64::MAX, 16);
