@@ -150,7 +150,11 @@ impl WalletMarks {
         let older = &self.older;
         // Most wallets hold a few marks: a walk from the back beats a binary
         // search over the deque's two halves.
-        let from = if older.len() <= 8 {
+        let from = if older.front().is_none_or(|&m| key_of(m) >= start) {
+            // The whole record is in range (the previous period of a window
+            // as long as the level's span).
+            0
+        } else if older.len() <= 8 {
             older
                 .iter()
                 .rposition(|&m| key_of(m) < start)
