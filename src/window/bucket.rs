@@ -79,13 +79,7 @@ impl Bucket {
             *self = *other;
             return;
         }
-        self.txns += other.txns;
-        self.buys += other.buys;
-        self.sells += other.sells;
-        self.volume_usd += other.volume_usd;
-        self.buy_volume_usd += other.buy_volume_usd;
-        self.sell_volume_usd += other.sell_volume_usd;
-        self.volume_token += other.volume_token;
+        self.add_totals(other);
         if other.open.key() < self.open.key() {
             self.open = other.open;
         }
@@ -94,6 +88,18 @@ impl Bucket {
         }
         self.high = self.high.max(other.high);
         self.low = self.low.min(other.low);
+    }
+
+    /// Adds `other`'s counts and volumes (the part of a merge that is a sum).
+    #[inline]
+    fn add_totals(&mut self, other: &Bucket) {
+        self.txns += other.txns;
+        self.buys += other.buys;
+        self.sells += other.sells;
+        self.volume_usd += other.volume_usd;
+        self.buy_volume_usd += other.buy_volume_usd;
+        self.sell_volume_usd += other.sell_volume_usd;
+        self.volume_token += other.volume_token;
     }
 
     /// Folds in `later`, a bucket of a later key (all its swaps come after this
@@ -108,13 +114,7 @@ impl Bucket {
             *self = *later;
             return;
         }
-        self.txns += later.txns;
-        self.buys += later.buys;
-        self.sells += later.sells;
-        self.volume_usd += later.volume_usd;
-        self.buy_volume_usd += later.buy_volume_usd;
-        self.sell_volume_usd += later.sell_volume_usd;
-        self.volume_token += later.volume_token;
+        self.add_totals(later);
         self.close = later.close;
         if later.high > self.high {
             self.high = later.high;
