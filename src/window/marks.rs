@@ -5,7 +5,7 @@
 //! - `Flat`: a few marks in one sorted vector (a quiet token costs a few bytes);
 //! - `Wallets`: per level, a dense vector of per-wallet records, each holding
 //!   its newest mark inline (so the common in-order swap touches one record) and
-//!   older marks in a sorted deque; a map from wallet to its record's position at
+//!   older marks sorted (inline while few); a map from wallet to its record's position at
 //!   each level. A unique count walks a level's records in order. With many
 //!   wallets the level also keeps [`Counters`], which answer each unique count in
 //!   O(1) instead of a pass over the wallets.
@@ -70,6 +70,10 @@ impl FlatMark {
     }
 }
 
+/// A record's older marks, sorted by key: most wallets hold a few, kept inline
+/// in the record (no allocation, no pointer to follow when counting).
+type OlderMarks = smallvec::SmallVec<[i64; 3]>;
+
 /// One wallet's marks on one token at one level: the newest mark (inline, so
 /// the common in-order swap touches nothing else), the newest buy and sell keys,
 /// and the older marks sorted by key. A record exists only while it holds a mark.
@@ -79,7 +83,7 @@ struct WalletMarks {
     newest: i64,
     last_buy: i64,
     last_sell: i64,
-    older: VecDeque<i64>,
+    older: OlderMarks,
 }
 
 impl WalletMarks {
@@ -89,13 +93,13 @@ impl WalletMarks {
             newest: NONE,
             last_buy: NONE,
             last_sell: NONE,
-            older: VecDeque::new(),
+            older: OlderMarks::new(),
         }
     }
 
     /// Key of the oldest mark.
     fn oldest_key(&self) -> Option<i64> {
-        (self.newest != NONE).then(|| key_of(*self.older.front().unwrap_or(&self.newest)))
+        (self.newest != NONE).then(|| key_of(*self.older.first().unwrap_or(&self.newest)))
     }
 
     fn last_of(&self, class: usize) -> i64 {
@@ -150,7 +154,7 @@ impl WalletMarks {
         let older = &self.older;
         // Most wallets hold a few marks: a walk from the back beats a binary
         // search over the deque's two halves.
-        let from = if older.front().is_none_or(|&m| key_of(m) >= start) {
+        let from = if older.first().is_none_or(|&m| key_of(m) >= start) {
             // The whole record is in range (the previous period of a window
             // as long as the level's span).
             0
@@ -162,7 +166,7 @@ impl WalletMarks {
         } else {
             older.partition_point(|&m| key_of(m) < start)
         };
-        for &m in older.range(from..) {
+        for &m in &older[from..] {
             if key_of(m) >= end || sides == SIDE_BUY | SIDE_SELL {
                 break;
             }
@@ -187,7 +191,7 @@ impl WalletMarks {
                 }
             }
             if newest != NONE {
-                self.older.push_back(newest);
+                self.older.push(newest);
             }
             self.newest = pack(key, sides);
             self.note_sides(key, sides);
@@ -238,14 +242,14 @@ impl WalletMarks {
         if let Some(counters) = counters {
             let neighbours = |mask: u8| {
                 let with_class = |&&m: &&i64| sides_of(m) & mask != 0;
-                let prev = older
-                    .range(..position)
+                let prev = older[..position]
+                    .iter()
                     .rev()
                     .find(with_class)
                     .map_or(NONE, |&m| key_of(m));
                 let after = if found { position + 1 } else { position };
-                let next = older
-                    .range(after..)
+                let next = older[after..]
+                    .iter()
                     .chain(std::iter::once(&newest))
                     .find(with_class)
                     .map_or(NONE, |&m| key_of(m));
@@ -883,7 +887,13 @@ impl Activity {
                             records.capacity() * std::mem::size_of::<WalletMarks>()
                                 + records
                                     .iter()
-                                    .map(|r| r.older.capacity() * 8)
+                                    .map(|r| {
+                                        if r.older.spilled() {
+                                            r.older.capacity() * 8
+                                        } else {
+                                            0
+                                        }
+                                    })
                                     .sum::<usize>()
                         })
                         .sum::<usize>()
