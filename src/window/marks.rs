@@ -5,10 +5,10 @@
 //! - `Flat`: a few marks in one sorted vector (a quiet token costs a few bytes);
 //! - `Wallets`: per level, a dense vector of per-wallet records, each holding
 //!   its newest mark inline (so the common in-order swap touches one record) and
-//!   older marks sorted (inline while few); a map from wallet to its record's position at
-//!   each level. A unique count walks a level's records in order. With many
-//!   wallets the level also keeps [`Counters`], which answer each unique count in
-//!   O(1) instead of a pass over the wallets.
+//!   its older marks sorted (the first few inline too); a map from wallet to its
+//!   record's position at each level. A unique count walks a level's records in
+//!   order. With many wallets the level also keeps [`Counters`], which answer
+//!   each unique count in O(1) instead of a pass over the wallets.
 
 use std::collections::VecDeque;
 
@@ -153,7 +153,7 @@ impl WalletMarks {
         };
         let older = &self.older;
         // Most wallets hold a few marks: a walk from the back beats a binary
-        // search over the deque's two halves.
+        // search.
         let from = if older.first().is_none_or(|&m| key_of(m) >= start) {
             // The whole record is in range (the previous period of a window
             // as long as the level's span).
