@@ -52,6 +52,16 @@ pub(crate) struct HashReader {
     timeout: Duration,
 }
 
+/// One `HGETALL` per key, in order: what a load asks of each chunk, over a
+/// [`HashReader`] or through redis-rs.
+pub(crate) fn hgetall_pipeline(keys: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("HGETALL").arg(key);
+    }
+    pipe
+}
+
 /// Redis's own limit on a bulk string (`proto-max-bulk-len`, 512 MiB).
 const MAX_BULK: usize = 512 << 20;
 
@@ -114,11 +124,8 @@ impl HashReader {
         keys: &[String],
         mut field: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HGETALL").arg(key);
-        }
-        self.send(&pipe.get_packed_pipeline()).await?;
+        self.send(&hgetall_pipeline(keys).get_packed_pipeline())
+            .await?;
         for i in 0..keys.len() {
             let n = self.header(b'*').await?;
             if n % 2 != 0 {

@@ -38,7 +38,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, KeyLifetimes};
-use super::hash_reader::{HashReader, NodeAddr};
+use super::hash_reader::{hgetall_pipeline, HashReader, NodeAddr};
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
@@ -506,10 +506,7 @@ impl RedisStore {
                     .await?
             }
             None => {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("HGETALL").arg(key);
-                }
+                let pipe = hgetall_pipeline(&keys);
                 let replies = self.conn.master_pipe(applied_key, &pipe, lane).await?;
                 decoder.replies(replies)?;
             }
@@ -713,12 +710,13 @@ fn direct_node(url: &str) -> Option<NodeAddr> {
 /// The address of the node that answered `CLUSTER NODES` (its `myself` line).
 fn myself(nodes: &[u8]) -> Option<(String, u16)> {
     let nodes = std::str::from_utf8(nodes).ok()?;
-    let line = nodes.lines().find(|line| {
-        line.split(' ')
-            .nth(2)
-            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    // `<id> <ip:port@cport[,hostname]> <flags> ...`
+    let addr = nodes.lines().find_map(|line| {
+        let mut fields = line.split(' ').skip(1);
+        let (addr, flags) = (fields.next()?, fields.next()?);
+        flags.split(',').any(|f| f == "myself").then_some(addr)
     })?;
-    let addr = line.split(' ').nth(1)?.split(['@', ',']).next()?;
+    let addr = addr.split(['@', ',']).next()?;
     let (host, port) = addr.rsplit_once(':')?;
     if host.is_empty() {
         return None;
