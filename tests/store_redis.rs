@@ -613,6 +613,23 @@ async fn single_round_trip_with_login_and_database() {
     round_trip(&store, 3, &[port]).await;
     let in_db0: i64 = query(port, &redis::cmd("DBSIZE")).expect("DBSIZE");
     assert_eq!(in_db0, 0, "everything went to database 2");
+    // The load read over connections of its own (logged in): the redis-rs
+    // fallback would open none, and would pass every check above too.
+    let connections = || -> u64 {
+        let info: String = query(port, redis::cmd("INFO").arg("stats")).expect("INFO stats");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_connections_received")
+    };
+    let before = connections();
+    let restored = store.load(3, now_ms()).await.expect("load");
+    assert!(!restored.effect.buckets.is_empty(), "the round trip's data");
+    // `connections()` itself opens one connection per call.
+    assert!(
+        connections() >= before + 2,
+        "the load opened a direct reader"
+    );
 }
 
 /// A load reads a token's periods only up to its newest block time in the token
