@@ -61,11 +61,31 @@ struct Page {
 #[derive(Debug, Clone)]
 pub(crate) struct Counters {
     lens: Vec<i64>,
+    cells: Cells,
+}
+
+/// The cells of every (lane, class) difference array: apart from the lane
+/// lengths, so an update can read those while it writes these.
+#[derive(Debug, Clone)]
+struct Cells {
     stride: usize,
     /// Per row index: intervals open to the left (count at "minus infinity").
     below: Vec<i64>,
     first_page: i64,
     pages: VecDeque<Option<Page>>,
+    /// Some page's last nonzero cell went to zero (see [`Cells::free_empty_pages`]).
+    emptied: bool,
+}
+
+/// Start of the interval of mark `t` after `prev` in `lane`: `prev`, or `L`
+/// keys back when the lane's length `L` does not reach `prev`.
+#[inline]
+fn start_of(lens: &[i64], lane: usize, prev: i64, t: i64) -> i64 {
+    if lane == 0 {
+        prev
+    } else {
+        prev.max(t.saturating_sub(lens[lane - 1]))
+    }
 }
 
 impl Counters {
@@ -74,77 +94,87 @@ impl Counters {
         let stride = (lens.len() + 1) * CLASSES;
         Self {
             lens: lens.to_vec(),
-            stride,
-            below: vec![0; stride],
-            first_page: 0,
-            pages: VecDeque::new(),
-        }
-    }
-
-    #[inline]
-    fn start_of(&self, lane: usize, prev: i64, t: i64) -> i64 {
-        if lane == 0 {
-            prev
-        } else {
-            prev.max(t.saturating_sub(self.lens[lane - 1]))
+            cells: Cells {
+                stride,
+                below: vec![0; stride],
+                first_page: 0,
+                pages: VecDeque::new(),
+                emptied: false,
+            },
         }
     }
 
     /// Mark `t` joins the chain of `class` between `prev` and `next` (`NONE` for none).
+    ///
+    /// Every lane's new interval ends at `t`, and every lane whose length reaches
+    /// back to `prev` starts it there: those updates share one position each, so
+    /// they are made in one pass over the page (see [`Cells::add_rows`]).
     #[inline]
     pub(crate) fn link(&mut self, class: usize, prev: i64, t: i64, next: i64) {
-        for lane in 0..=self.lens.len() {
-            let row = lane * CLASSES + class;
-            let lo = self.start_of(lane, prev, t);
-            self.add_interval(row, lo, t, 1);
-            if next != NONE {
-                let (old, new) = (
-                    self.start_of(lane, prev, next),
-                    self.start_of(lane, t, next),
-                );
+        let Self { lens, cells } = self;
+        let lanes = 0..=lens.len();
+        let row = |lane: usize| lane * CLASSES + class;
+        for lane in lanes.clone() {
+            let lo = start_of(lens, lane, prev, t);
+            if lo != prev {
+                cells.add_start(lo, 1, [row(lane)]);
+            }
+        }
+        let from_prev = lanes
+            .clone()
+            .filter(|&lane| start_of(lens, lane, prev, t) == prev);
+        cells.add_start(prev, 1, from_prev.map(row));
+        cells.add_rows(t + 1, -1, lanes.clone().map(row));
+        if next != NONE {
+            for lane in lanes {
+                let old = start_of(lens, lane, prev, next);
+                let new = start_of(lens, lane, t, next);
                 if old != new {
-                    self.add_interval(row, old, new, -1);
+                    cells.add_interval(row(lane), old, new, -1);
                 }
             }
         }
+        cells.free_empty_pages();
     }
 
     /// Mark `t`, first of the chain of `class`, leaves it; `next` becomes first.
     #[inline]
     pub(crate) fn unlink_first(&mut self, class: usize, t: i64, next: i64) {
-        for lane in 0..=self.lens.len() {
-            let row = lane * CLASSES + class;
-            let lo = self.start_of(lane, NONE, t);
-            self.add_interval(row, lo, t, -1);
+        let Self { lens, cells } = self;
+        let lanes = 0..=lens.len();
+        let row = |lane: usize| lane * CLASSES + class;
+        for lane in lanes.clone() {
+            cells.add_start(start_of(lens, lane, NONE, t), -1, [row(lane)]);
             if next != NONE {
-                let (old, new) = (
-                    self.start_of(lane, t, next),
-                    self.start_of(lane, NONE, next),
-                );
+                let old = start_of(lens, lane, t, next);
+                let new = start_of(lens, lane, NONE, next);
                 if old != new {
-                    self.add_interval(row, new, old, 1);
+                    cells.add_interval(row(lane), new, old, 1);
                 }
             }
         }
+        cells.add_rows(t + 1, 1, lanes.map(row));
+        cells.free_empty_pages();
     }
 
     /// Wallets (any, buyers, sellers) with a mark in `[a, a + L_lane)` (lane 0: `[a, ∞)`).
     pub(crate) fn count(&self, lane: usize, a: i64) -> [u64; 3] {
+        let cells = &self.cells;
         let first_row = lane * CLASSES;
         let mut sums = [0_i64; CLASSES];
         for (c, sum) in sums.iter_mut().enumerate() {
-            *sum = self.below[first_row + c];
+            *sum = cells.below[first_row + c];
         }
         let page_id = a >> PAGE_BITS;
-        let stride = self.stride;
+        let stride = cells.stride;
         let mut add_row = |data: &[i32], row: usize, sign: i64| {
             let at = row * stride + first_row;
             for (c, sum) in sums.iter_mut().enumerate() {
                 *sum += sign * i64::from(data[at + c]);
             }
         };
-        for (i, page) in self.pages.iter().enumerate() {
-            let id = self.first_page + i as i64;
+        for (i, page) in cells.pages.iter().enumerate() {
+            let id = cells.first_page + i as i64;
             if id > page_id {
                 break;
             }
@@ -180,52 +210,99 @@ impl Counters {
 
     /// Approximate heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        let page = PAGE_ROWS * self.stride * 4;
-        self.pages.iter().flatten().count() * page
-            + self.pages.capacity() * std::mem::size_of::<Option<Page>>()
-            + (self.below.capacity() + self.lens.capacity()) * 8
+        let cells = &self.cells;
+        let page = PAGE_ROWS * cells.stride * 4;
+        cells.pages.iter().flatten().count() * page
+            + cells.pages.capacity() * std::mem::size_of::<Option<Page>>()
+            + (cells.below.capacity() + self.lens.capacity()) * 8
     }
+}
 
+impl Cells {
     /// Adds `delta` to the count of every `a` in `(lo, hi]` (`lo == NONE`: unbounded).
     #[inline]
     fn add_interval(&mut self, row: usize, lo: i64, hi: i64, delta: i32) {
-        if lo == NONE {
-            self.below[row] += i64::from(delta);
-        } else {
-            self.add(row, lo + 1, delta);
-        }
-        self.add(row, hi + 1, -delta);
+        self.add_start(lo, delta, [row]);
+        self.add_rows(hi + 1, -delta, [row]);
     }
 
+    /// Adds `delta` to the count of every `a` after `lo` in `rows` (`lo == NONE`:
+    /// every `a`).
     #[inline]
-    fn add(&mut self, row: usize, position: i64, delta: i32) {
-        let page_id = position >> PAGE_BITS;
-        let index = self.page_index(page_id);
+    fn add_start(&mut self, lo: i64, delta: i32, rows: impl IntoIterator<Item = usize>) {
+        if lo == NONE {
+            for row in rows {
+                self.below[row] += i64::from(delta);
+            }
+        } else {
+            self.add_rows(lo + 1, delta, rows);
+        }
+    }
+
+    /// Adds `delta` at `position` of each of `rows`: one page lookup, and the
+    /// tree rows above the cell computed once for all of them.
+    #[inline]
+    fn add_rows(&mut self, position: i64, delta: i32, rows: impl IntoIterator<Item = usize>) {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return;
+        }
+        let index = self.page_index(position >> PAGE_BITS);
         let stride = self.stride;
         let page = self.pages[index].get_or_insert_with(|| Page {
             data: vec![0; PAGE_ROWS * stride].into_boxed_slice(),
             nonzero: 0,
         });
         let offset = (position & (PAGE_LEN as i64 - 1)) as usize;
-        page.data[row] += delta;
-        for level in 0..2 {
-            page.data[(LEVEL_ROW[level] + (offset >> SPAN_BITS[level])) * stride + row] += delta;
-        }
-        let cell = &mut page.data[(LEVEL_ROW[2] + offset) * stride + row];
-        let before = *cell;
-        *cell += delta;
-        if before == 0 {
-            page.nonzero += 1;
-        } else if *cell == 0 {
-            page.nonzero -= 1;
-            if page.nonzero == 0 {
-                self.pages[index] = None;
-                self.drop_empty_ends();
+        let sums = [
+            0,
+            (LEVEL_ROW[0] + (offset >> SPAN_BITS[0])) * stride,
+            (LEVEL_ROW[1] + (offset >> SPAN_BITS[1])) * stride,
+        ];
+        let cells = (LEVEL_ROW[2] + offset) * stride;
+        for row in rows {
+            for at in sums {
+                page.data[at + row] += delta;
+            }
+            let cell = &mut page.data[cells + row];
+            let before = *cell;
+            *cell += delta;
+            if before == 0 {
+                page.nonzero += 1;
+            } else if *cell == 0 {
+                page.nonzero -= 1;
             }
         }
+        self.emptied |= page.nonzero == 0;
     }
 
+    /// Frees the pages left with no nonzero cell. Called once a link or unlink
+    /// is complete: a page can be empty for a moment in between, and freeing it
+    /// then would only allocate it again.
+    fn free_empty_pages(&mut self) {
+        if !std::mem::take(&mut self.emptied) {
+            return;
+        }
+        for page in &mut self.pages {
+            if page.as_ref().is_some_and(|p| p.nonzero == 0) {
+                *page = None;
+            }
+        }
+        self.drop_empty_ends();
+    }
+
+    /// Index in `pages` of page `page_id`, adding empty pages to reach it.
+    #[inline]
     fn page_index(&mut self, page_id: i64) -> usize {
+        let index = page_id.wrapping_sub(self.first_page);
+        if !self.pages.is_empty() && (0..self.pages.len() as i64).contains(&index) {
+            return index as usize;
+        }
+        self.extend_to(page_id)
+    }
+
+    #[cold]
+    fn extend_to(&mut self, page_id: i64) -> usize {
         if self.pages.is_empty() {
             self.first_page = page_id;
             self.pages.push_back(None);
@@ -327,7 +404,7 @@ mod tests {
                 counters.unlink_first(CLASS_BUY, t, chain.first().copied().unwrap_or(NONE));
             }
         }
-        assert!(counters.pages.is_empty());
-        assert!(counters.below.iter().all(|&b| b == 0));
+        assert!(counters.cells.pages.is_empty());
+        assert!(counters.cells.below.iter().all(|&b| b == 0));
     }
 }

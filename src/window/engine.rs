@@ -157,14 +157,14 @@ fn wallet_key(name: &str) -> u128 {
 }
 
 /// A batch's effect while it is being built: slots and wallet ids instead of
-/// strings, deltas pre-merged per (token, level, key).
-#[derive(Default)]
+/// strings, deltas pre-merged per (token, level, key). The engine keeps one
+/// between batches, so a batch reuses its capacity instead of regrowing it.
+#[derive(Debug, Default)]
 struct PendingBatch {
     buckets: Vec<(u32, usize, i64, Bucket)>,
     bucket_at: FastMap<(u32, u8, i64), u32>,
     /// One entry per swap and level: adding them needs no merge.
     marks: Vec<(u32, u32, usize, i64, u8)>,
-    events: Vec<AppliedEvent>,
 }
 
 /// Sliding-window statistics for every token of one partition.
@@ -179,6 +179,8 @@ pub struct WindowEngine {
     dedup: Dedup,
     /// Min-heap of `(due_ms, slot, generation)`; stale entries are skipped.
     schedule: BinaryHeap<Reverse<(i64, u32, u32)>>,
+    /// Scratch of [`WindowEngine::apply_batch`], empty between calls.
+    pending: PendingBatch,
 }
 
 impl WindowEngine {
@@ -200,6 +202,7 @@ impl WindowEngine {
             wallets: WalletNames::default(),
             dedup: Dedup::default(),
             schedule: BinaryHeap::new(),
+            pending: PendingBatch::default(),
         }
     }
 
@@ -257,7 +260,8 @@ impl WindowEngine {
     /// of a sequence of batches rebuilds bit-identical state.
     pub fn apply_batch(&mut self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
         let mut counts = BatchCounts::default();
-        let mut pending = PendingBatch::default();
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut events = Vec::with_capacity(swaps.len());
         for swap in swaps {
             let key = event_key(&swap.event_id);
             match self.admit(key, swap.executed_at_ms, now_ms) {
@@ -271,7 +275,7 @@ impl WindowEngine {
                     continue;
                 }
             }
-            pending.events.push(AppliedEvent {
+            events.push(AppliedEvent {
                 key,
                 executed_at_ms: swap.executed_at_ms,
             });
@@ -299,10 +303,11 @@ impl WindowEngine {
         let shape = self.tuning.shape();
         let mut effect = BatchEffect {
             buckets: Vec::with_capacity(pending.buckets.len()),
-            wallets: Vec::new(),
-            events: pending.events,
+            wallets: Vec::with_capacity(pending.marks.len()),
+            events,
         };
-        for (slot, level, key, delta) in pending.buckets {
+        pending.bucket_at.clear();
+        for (slot, level, key, delta) in pending.buckets.drain(..) {
             let Some(token) = self.slots[slot as usize].token.as_mut() else {
                 continue;
             };
@@ -320,7 +325,7 @@ impl WindowEngine {
         }
         // Marks are sets of side bits: their order does not matter, and a mark
         // that adds no bit (already held, or repeated in the batch) is not emitted.
-        for (slot, wallet, level, key, sides) in pending.marks {
+        for (slot, wallet, level, key, sides) in pending.marks.drain(..) {
             let Self {
                 slots,
                 wallets,
@@ -344,6 +349,7 @@ impl WindowEngine {
                 });
             }
         }
+        self.pending = pending;
         (effect, counts)
     }
 
