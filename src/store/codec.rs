@@ -96,8 +96,19 @@ impl<'a> Reader<'a> {
     fn i64(&mut self) -> Result<i64, StoreError> {
         self.take::<8>().map(i64::from_le_bytes)
     }
+    /// A stored volume or price: never negative or NaN (every swap's numbers
+    /// are finite and non-negative, and sums of them stay so, or reach +inf).
+    /// The engine's merges compare them plainly, so a corrupt NaN is refused here.
     fn f64(&mut self) -> Result<f64, StoreError> {
-        self.take::<8>().map(f64::from_le_bytes)
+        let value = self.take::<8>().map(f64::from_le_bytes)?;
+        if value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "{} holds {value}: negative or NaN",
+                self.what
+            )))
+        }
     }
     fn point(&mut self) -> Result<PricePoint, StoreError> {
         let at_ms = self.i64()?;
@@ -498,6 +509,19 @@ mod tests {
         assert_eq!(back, b);
         assert_eq!(back.volume_usd.to_bits(), b.volume_usd.to_bits());
         assert!(decode_bucket(&bytes[1..]).is_err());
+        // Sums may reach +inf; NaN or a negative number is corruption.
+        let mut huge = b;
+        huge.volume_usd = f64::INFINITY;
+        bytes.clear();
+        encode_bucket(&huge, &mut bytes);
+        assert_eq!(decode_bucket(&bytes).unwrap(), huge);
+        for bad in [f64::NAN, -1.0] {
+            let mut corrupt = b;
+            corrupt.high = bad;
+            bytes.clear();
+            encode_bucket(&corrupt, &mut bytes);
+            assert!(matches!(decode_bucket(&bytes), Err(StoreError::Corrupt(_))));
+        }
     }
 
     #[test]
