@@ -183,8 +183,12 @@ struct WireSwap<'a> {
 /// for the future-skew check.
 pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swap, Rejection> {
     use RejectReason::*;
+    // One UTF-8 check of the whole message: parsing from `&str` then skips
+    // the check serde_json would make of every key and string value.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Rejection::new(Malformed, format!("not UTF-8: {e}")))?;
     let wire: WireSwap =
-        serde_json::from_slice(bytes).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
     let missing = |name: &str| Rejection::new(MissingField, format!("`{name}` is required"));
 
     let WireId(event_id) = wire.event_id.ok_or_else(|| missing("event_id"))?;
@@ -355,6 +359,18 @@ mod tests {
         let ok = r#""event_id":"e","token_id":"T","amount":1,"usd":1,"side":"buy""#;
         assert_eq!(reason("not json"), RejectReason::Malformed);
         assert_eq!(reason("[1,2]"), RejectReason::Malformed);
+        // Invalid UTF-8 inside strings, or outside any string.
+        let good = format!(r#"{{{ok},"executed_at":1,"wallet":"w"}}"#);
+        assert!(decode_swap(good.as_bytes(), &SwapLimits::default(), NOW).is_ok());
+        let in_strings: Vec<u8> = good
+            .bytes()
+            .map(|b| if b == b'w' { 0xff } else { b })
+            .collect();
+        let outside = [b"\xfe".as_slice(), good.as_bytes()].concat();
+        for bytes in [in_strings, outside] {
+            let err = decode_swap(&bytes, &SwapLimits::default(), NOW).unwrap_err();
+            assert_eq!(err.reason, RejectReason::Malformed);
+        }
         assert_eq!(reason(&format!("{{{ok}}}")), RejectReason::MissingField);
         assert_eq!(
             reason(&format!(r#"{{{ok},"executed_at":"yesterday"}}"#)),
