@@ -167,6 +167,18 @@ struct PendingBatch {
     marks: Vec<(u32, u32, usize, i64, u8)>,
 }
 
+impl PendingBatch {
+    /// Capacity kept from the largest batch so far.
+    fn heap_bytes(&self) -> usize {
+        fn bytes<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        bytes(&self.buckets)
+            + bytes(&self.marks)
+            + self.bucket_at.capacity() * (std::mem::size_of::<((u32, u8, i64), u32)>() + 1)
+    }
+}
+
 /// Sliding-window statistics for every token of one partition.
 pub struct WindowEngine {
     config: EngineConfig,
@@ -542,7 +554,13 @@ impl WindowEngine {
             + self.wallets.ids.capacity() * (std::mem::size_of::<(u128, u32)>() + 1)
             + self.wallets.names.capacity() * (std::mem::size_of::<Option<Arc<str>>>() + 4);
         let schedule = self.schedule.capacity() * std::mem::size_of::<Reverse<(i64, u32, u32)>>();
-        tokens + slots + index + wallet_names + schedule + self.dedup.approx_heap_bytes()
+        tokens
+            + slots
+            + index
+            + wallet_names
+            + schedule
+            + self.pending.heap_bytes()
+            + self.dedup.approx_heap_bytes()
     }
 
     /// Dedup and lateness of one event: a remembered key is a duplicate (even if
