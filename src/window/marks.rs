@@ -917,6 +917,8 @@ fn add_sides(counts: &mut UniqueCounts, sides: u8) {
 fn record_uniques(records: &[WalletMarks], queries: &[UniqueQuery], out: &mut [UniqueCounts]) {
     for (q, o) in queries.iter().zip(out.iter_mut()) {
         if q.end == i64::MAX {
+            // `last_of` per class, without its `NONE` check (a record always
+            // holds a mark): calling it here measured ~5% slower on rank_600.
             for record in records {
                 o[CLASS_ANY] += u64::from(key_of(record.newest) >= q.start);
                 o[CLASS_BUY] += u64::from(record.last_buy >= q.start);
