@@ -7,8 +7,9 @@
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~100
-//!   wallets in 2 h: unique counts by visiting wallets), the 50th and the busiest
-//!   (unique counts from counters).
+//!   wallets in 2 h: unique counts by visiting wallets), the one with the most
+//!   wallets in 2 h below `counters_min_wallets` (the dearest that visits them),
+//!   the 50th and the busiest (unique counts from counters).
 //!
 //! - `decode/*`: the shard's decode step alone (JSON → validated `Swap`) on
 //!   100,000 payloads of the built-in generator as `swapstats produce` sends
@@ -19,6 +20,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -104,7 +106,7 @@ fn bench_apply(c: &mut Criterion) {
 
 /// One day of swaps at 300/s; dedup horizon cut to 10 minutes (with expire every
 /// 10 s) so the bench does not hold 26 M event ids. Stats do not depend on it.
-fn build_day() -> (WindowEngine, Stream, i64) {
+fn build_day() -> (WindowEngine, Stream, HourlyWallets, i64) {
     const RATE: f64 = 300.0;
     let started = Instant::now();
     let config = EngineConfig {
@@ -120,9 +122,17 @@ fn build_day() -> (WindowEngine, Stream, i64) {
         .ok()
         .and_then(|h| h.parse().ok())
         .unwrap_or(24);
+    let mut hourly = HourlyWallets::new();
     while now < T0 + hours * HOUR {
         let (swap, clock) = stream.next_swap();
         now = now.max(clock);
+        if let Some(wallet) = &swap.wallet {
+            let hour = ((swap.executed_at_ms - T0).max(0) / HOUR).min(hours - 1) as usize;
+            hourly
+                .entry(swap.token.to_string())
+                .or_insert_with(|| vec![HashSet::new(); hours as usize])[hour]
+                .insert(xxhash_rust::xxh3::xxh3_64(wallet.as_bytes()));
+        }
         engine.apply(&swap, now);
         if now >= next_expire {
             engine.expire(now);
@@ -150,7 +160,7 @@ fn build_day() -> (WindowEngine, Stream, i64) {
         RATE * stream.top_token_share(),
         started.elapsed()
     );
-    (engine, stream, now + SECOND)
+    (engine, stream, hourly, now + SECOND)
 }
 
 /// The day, the names of the busiest and the 50th token, and the query clock.
@@ -160,17 +170,23 @@ struct Day {
     middling: String,
     /// Few enough wallets per level that unique counts visit them.
     thin: String,
+    /// The token with the most 2 h wallets still below
+    /// `counters_min_wallets`: the dearest query that visits wallets.
+    below_counters: String,
     now: i64,
 }
 
 fn day() -> Day {
-    let (engine, stream, now) = build_day();
+    let (engine, stream, hourly, now) = build_day();
     let busiest = stream.token_name(0).to_string();
     let middling = stream.token_name(50).to_string();
     let thin = stream.token_name(600).to_string();
+    let (below_counters, recent) = below_counters(&hourly);
+    eprintln!("below_counters: {recent} wallets in the last 2 h");
     for (name, token) in [
         ("quiet", "QUIET"),
         ("rank_600", thin.as_str()),
+        ("below_counters", below_counters.as_str()),
         ("rank_50", middling.as_str()),
         ("busiest", busiest.as_str()),
     ] {
@@ -192,8 +208,31 @@ fn day() -> Day {
         busiest,
         middling,
         thin,
+        below_counters,
         now,
     }
+}
+
+/// Per token, the wallets of each hour of the day (their `xxh3_64`).
+type HourlyWallets = HashMap<String, Vec<HashSet<u64>>>;
+
+/// The token with the most wallets in the day's last 2 h (what its second
+/// level holds) among those that never had `counters_min_wallets` in any two
+/// consecutive hours (a level keeps its counters until it shrinks well below
+/// the threshold), so its unique counts visit its wallets: the dearest such
+/// query. Returns the token and its last-2-h wallet count.
+fn below_counters(hourly: &HourlyWallets) -> (String, usize) {
+    // A little below the threshold: the second level holds a sliding 2 h, not
+    // two whole hours.
+    let limit = swapstats::window::EngineTuning::default().counters_min_wallets * 15 / 16;
+    let two_hours = |hours: &[HashSet<u64>]| hours[0].union(&hours[1]).count();
+    hourly
+        .iter()
+        .filter(|(_, hours)| hours.windows(2).all(|pair| two_hours(pair) < limit))
+        .map(|(token, hours)| (two_hours(&hours[hours.len() - 2..]), token))
+        .max()
+        .map(|(n, token)| (token.clone(), n))
+        .expect("some token never had counters_min_wallets wallets in 2 h")
 }
 
 fn bench_queries(c: &mut Criterion) {
@@ -210,6 +249,10 @@ fn bench_queries(c: &mut Criterion) {
     group.bench_function("rank_600_token", |b| {
         let d = day_cell.get_or_init(day);
         b.iter(|| black_box(d.engine.stats(black_box(&d.thin), d.now)))
+    });
+    group.bench_function("below_counters_token", |b| {
+        let d = day_cell.get_or_init(day);
+        b.iter(|| black_box(d.engine.stats(black_box(&d.below_counters), d.now)))
     });
     group.bench_function("rank_50_token", |b| {
         let d = day_cell.get_or_init(day);
