@@ -68,7 +68,7 @@ impl Default for EngineTuning {
         Self {
             tier_min_buckets: 64,
             flat_max_marks: 24,
-            counters_min_wallets: 256,
+            counters_min_wallets: 128,
         }
     }
 }
