@@ -6,10 +6,11 @@
 //!   500 and of 20,000 (the shard's `batch_max_swaps`).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
-//!   current + previous, uniques) for a quiet token (one swap), the 600th (~100
-//!   wallets in 2 h: unique counts by visiting wallets), the one with the most
-//!   wallets in 2 h below `counters_min_wallets` (the dearest that visits them),
-//!   the 50th and the busiest (unique counts from counters).
+//!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
+//!   wallets in 2 h, around `counters_min_wallets`: it reached counters earlier
+//!   in the day), the one with the most wallets in 2 h among those that never
+//!   reached counters (unique counts by visiting wallets: the dearest such
+//!   query), the 50th and the busiest (unique counts from counters).
 //!
 //! - `decode/*`: the shard's decode step alone (JSON → validated `Swap`) on
 //!   100,000 payloads of the built-in generator as `swapstats produce` sends
