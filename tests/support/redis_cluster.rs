@@ -30,8 +30,13 @@
 //! while async work runs (e.g. killing a master during writes). Node settings:
 //! `appendonly yes`, `cluster-node-timeout 2000` (a killed master fails over in
 //! ~4 s), no RDB snapshots, diskless replication without delay, replicas pinged
-//! every second. "Ready" includes `CLUSTER SLOTS` listing every replica, so a
-//! client connected afterwards can route reads to replicas.
+//! every second, and the hash settings swapstats recommends
+//! ([`SWAPSTATS_HASH_CONF`]). "Ready" includes `CLUSTER SLOTS` listing every
+//! replica, so a client connected afterwards can route reads to replicas.
+//!
+//! `REDIS_EXTRA_CONF` (env, lines separated by `;`) is appended to every node's
+//! config, after the settings above, so a bench can compare server settings in
+//! one session, e.g. `REDIS_EXTRA_CONF='hash-max-listpack-value 64'`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -40,6 +45,13 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What swapstats recommends for its Redis servers (docs/redis-keys.md): a
+/// token's period hash with a few buckets (108 bytes each) and wallet-mark
+/// fields stays one listpack instead of becoming a hash table, which halves
+/// its memory and cuts the persist script's write time (store_persist bench).
+/// Kept equal to k8s/redis-cluster.yaml and docker-compose.yml.
+pub const SWAPSTATS_HASH_CONF: &str = "hash-max-listpack-entries 256\nhash-max-listpack-value 512\n";
 
 /// Highest node port: the cluster bus listens on port + 10000.
 const MAX_PORT: u16 = 55_535;
@@ -153,8 +165,11 @@ impl Node {
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\nlogfile {dir}/redis.log\n\
                  daemonize no\nsave \"\"\nappendonly yes\nappendfsync everysec\n\
                  repl-diskless-sync yes\nrepl-diskless-sync-delay 0\nrepl-ping-replica-period 1\n\
-                 loglevel notice\n{extra}",
-                dir = dir.display()
+                 loglevel notice\n{SWAPSTATS_HASH_CONF}{extra}{bench}",
+                dir = dir.display(),
+                bench = std::env::var("REDIS_EXTRA_CONF")
+                    .unwrap_or_default()
+                    .replace(';', "\n"),
             );
             std::fs::write(dir.join("redis.conf"), conf)
                 .unwrap_or_else(|e| panic!("write config: {e}"));
