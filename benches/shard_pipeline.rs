@@ -26,6 +26,12 @@
 //!   `shard` row creates, and sets the expiry of, every hash it touches), with
 //!   an engine that holds the earlier rounds.
 //!
+//! - `streaming` (once, after phase 1's rounds): a fresh shard, on the Redis
+//!   Cluster store and then on the in-memory store, reads `BENCH_STREAM_SWAPS`
+//!   swaps (default 8 chunks) while a thread produces them, at most one chunk
+//!   ahead of what the shard has decoded: the steady state that the rounds,
+//!   a few batches each, never reach. Timed after the first chunk.
+//!
 //! The order of the five alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
 //! `telemetry.otlp_endpoint` does); phase 2 installs `swapstats::telemetry::init`
@@ -35,7 +41,8 @@
 //!
 //! Knobs (env): `BENCH_ROUNDS` (per phase, default 6), `BENCH_CHUNK` (swaps per
 //! round, default: calibrated, at most 120000), `BENCH_BATCH_MAX`
-//! (`shard.batch_max_swaps`, default: the setting's default).
+//! (`shard.batch_max_swaps`, default: the setting's default), `BENCH_STREAM_SWAPS`
+//! (swaps of each streaming run, default 8 chunks).
 //!
 //! Run: `cargo bench --bench shard_pipeline`
 
@@ -80,22 +87,42 @@ struct SwapProducer {
     generator: SwapGenerator,
 }
 
+/// A producer to partition 0: lz4, big batches, `linger_ms` of lingering.
+fn lz4_producer(bootstrap: &str, linger_ms: u32) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.type", "lz4")
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .expect("producer")
+}
+
+/// Hands one swap to the producer (key = token), waiting while its queue is full.
+fn send_swap(producer: &ThreadedProducer<DefaultProducerContext>, token: &str, payload: &[u8]) {
+    let mut record = BaseRecord::to(TOPIC)
+        .key(token)
+        .payload(payload)
+        .partition(PARTITION);
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 impl SwapProducer {
     fn new(bootstrap: &str) -> Self {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("compression.type", "lz4")
-            .set("linger.ms", "100")
-            .set("batch.size", "1000000")
-            .set("batch.num.messages", "100000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .create()
-            .expect("producer");
-        let generator = SwapGenerator::new(&common::shard_stream());
         Self {
-            producer,
-            generator,
+            producer: lz4_producer(bootstrap, 100),
+            generator: SwapGenerator::new(&common::shard_stream()),
         }
     }
 
@@ -105,19 +132,7 @@ impl SwapProducer {
         for _ in 0..n {
             let swap = self.generator.next_swap(swapstats::now_ms());
             let payload = encode_swap(&swap);
-            let mut record = BaseRecord::to(TOPIC)
-                .key(swap.token.as_str())
-                .payload(&payload)
-                .partition(PARTITION);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_swap(&self.producer, &swap.token, &payload);
             payloads.push(payload);
         }
         self.producer
@@ -342,6 +357,104 @@ async fn shard_run<S: Store + 'static>(
             histogram_sum(&metrics.store_call_seconds, "persist") - persist_before,
         ),
     }
+}
+
+/// The shard in its steady state, which the rounds (a few batches each: the
+/// mock broker keeps only ~5 MiB) do not reach. A fresh shard on `store` reads
+/// `swaps` generator swaps while a thread produces them, never more than `lead`
+/// messages ahead of what the shard has decoded, so nothing it has yet to
+/// fetch leaves the broker. The payloads are encoded beforehand: the thread
+/// only hands them to librdkafka (lz4, 5 ms linger), which still shares the 2
+/// cores with the shard. Returns swaps/s from the `lead`-th applied offset
+/// (the pipeline is full by then) to the last.
+async fn shard_streaming<S: Store + 'static>(
+    bootstrap: &str,
+    store: Arc<S>,
+    settings: &Settings,
+    core: Arc<ShardCore>,
+    swaps: usize,
+    lead: usize,
+) -> f64 {
+    let mut generator = SwapGenerator::new(&common::shard_stream());
+    let payloads: Vec<(String, Vec<u8>)> = (0..swaps)
+        .map(|_| {
+            let swap = generator.next_swap(swapstats::now_ms());
+            let payload = encode_swap(&swap);
+            (swap.token, payload)
+        })
+        .collect();
+    let (_, start) = tokio::task::block_in_place(|| watermarks(bootstrap));
+    let last = start + swaps as i64 - 1;
+    let stop = StopFlag::default();
+    let producing = std::thread::spawn({
+        let (bootstrap, core, stop) = (bootstrap.to_string(), core.clone(), stop.clone());
+        move || {
+            let producer = lz4_producer(&bootstrap, 5);
+            let decoded = || core.counters.consumed.load(Ordering::Relaxed) as usize;
+            let mut sent = 0;
+            while sent < payloads.len() && !stop.is_set() {
+                let room = (decoded() + lead).saturating_sub(sent);
+                if room == 0 {
+                    producer.poll(Duration::from_millis(1));
+                    continue;
+                }
+                for (token, payload) in &payloads[sent..(sent + room.min(1000)).min(payloads.len())]
+                {
+                    send_swap(&producer, token, payload);
+                    sent += 1;
+                }
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .expect("flush producer");
+        }
+    });
+    let source = KafkaPartitionSource::assign(
+        bootstrap,
+        TOPIC,
+        PARTITION as u32,
+        Some(start),
+        stop.clone(),
+    )
+    .expect("assign source");
+    let task = tokio::spawn(run_pipeline(
+        core.clone(),
+        source,
+        store,
+        LogDeadLetters,
+        PipelineConfig::from_settings(settings),
+        stop.clone(),
+    ));
+    let applied = || core.counters.applied_offset.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let warm = start + lead as i64 - 1;
+    while applied() < warm {
+        assert!(
+            Instant::now() < deadline,
+            "streaming shard stuck at {}",
+            applied()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (from, started) = (applied(), Instant::now());
+    while applied() < last {
+        assert!(
+            Instant::now() < deadline,
+            "streaming shard stuck at {}",
+            applied()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
+    stop.set();
+    task.await.expect("pipeline task").expect("pipeline");
+    tokio::task::block_in_place(|| producing.join()).expect("producer thread");
+    assert_eq!(
+        core.counters.consumed.load(Ordering::Relaxed),
+        swaps as u64,
+        "streaming shard read every swap once"
+    );
+    rate
 }
 
 #[derive(Default)]
@@ -815,6 +928,26 @@ fn main() {
         let mean_batch = off.swaps as usize
             / off.shard.iter().map(|r| r.batches).sum::<u64>().max(1) as usize;
         let offline = offline_split(&settings, &payloads, mean_batch);
+        let stream_swaps = common::env_usize("BENCH_STREAM_SWAPS").unwrap_or(8 * chunk);
+        let streaming_redis = shard_streaming(
+            &bootstrap,
+            store.clone(),
+            &settings,
+            fresh_core(&settings, store_partition),
+            stream_swaps,
+            chunk,
+        )
+        .await;
+        store_partition += 1;
+        let streaming_memory = shard_streaming(
+            &bootstrap,
+            Arc::new(MemoryStore::default()),
+            &settings,
+            fresh_core(&settings, 0),
+            stream_swaps,
+            chunk,
+        )
+        .await;
 
         // Phase 2: the real telemetry set-up with an OTLP endpoint.
         let receiver = otlp_support::Receiver::start().await;
@@ -855,6 +988,14 @@ fn main() {
         );
         print_phase("phase 1: no tracing subscriber, no OTLP endpoint", &off, &off_rounds);
         offline.print();
+        println!(
+            "(e) streaming, steady state ({stream_swaps} swaps produced while read, at most {chunk} ahead; rate after the first {chunk}):"
+        );
+        println!(
+            "    shard → Redis {streaming_redis:.0} swaps/s = {:.2} × bare(poll)   shard, in-memory store {streaming_memory:.0} swaps/s = {:.2} × bare(poll)",
+            streaming_redis / off.base_rate(),
+            streaming_memory / off.base_rate()
+        );
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(
             "spans received: {} ({batch_spans} apply_batch, {persist_spans} store.persist)",

@@ -51,7 +51,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// fields stays one listpack instead of becoming a hash table, which halves
 /// its memory and cuts the persist script's write time (store_persist bench).
 /// Kept equal to k8s/redis-cluster.yaml and docker-compose.yml.
-pub const SWAPSTATS_HASH_CONF: &str = "hash-max-listpack-entries 256\nhash-max-listpack-value 512\n";
+pub const SWAPSTATS_HASH_CONF: &str =
+    "hash-max-listpack-entries 256\nhash-max-listpack-value 512\n";
 
 /// Highest node port: the cluster bus listens on port + 10000.
 const MAX_PORT: u16 = 55_535;
