@@ -668,7 +668,7 @@ fn offline_split(settings: &Settings, payloads: &[Vec<u8>], batch: usize) -> Off
     let bytes: usize = effects
         .iter()
         .map(|e| {
-            encode_batch(0, 0, e, now, &lifetimes)
+            encode_batch(0, 0, e, now, &lifetimes, &|_, _| false)
                 .expect("encode")
                 .byte_len()
         })

@@ -223,7 +223,7 @@ fn main() {
     };
     let (scripts, script_usec) = stat("evalsha");
     println!(
-        "redis masters, per 1,000 swaps: script {:.0} µs over {:.2} calls; inside them HSET {:.0} calls ({:.0} µs), PEXPIREAT {:.0} ({:.0} µs), APPEND {:.1}",
+        "redis masters, per 1,000 swaps: script {:.0} µs over {:.2} calls; inside them HSET {:.0} calls ({:.0} µs), PEXPIREAT {:.0} ({:.0} µs), APPEND {:.1} ({:.0} µs), ZADD {:.1} ({:.0} µs)",
         script_usec as f64 * 1000.0 / swaps,
         scripts as f64 * 1000.0 / swaps,
         stat("hset").0 as f64 * 1000.0 / swaps,
@@ -231,6 +231,9 @@ fn main() {
         stat("pexpireat").0 as f64 * 1000.0 / swaps,
         stat("pexpireat").1 as f64 * 1000.0 / swaps,
         stat("append").0 as f64 * 1000.0 / swaps,
+        stat("append").1 as f64 * 1000.0 / swaps,
+        stat("zadd").0 as f64 * 1000.0 / swaps,
+        stat("zadd").1 as f64 * 1000.0 / swaps,
     );
     println!(
         "redis masters' used_memory grew {:.0} bytes per persisted swap (hash settings: {})",

@@ -15,7 +15,8 @@
 -- ARGV[7..] the batch, one item per argument (counts and expiries decimal):
 --          hash_count, hash_count x {key, expire_at_ms, n, n x {field, value}},
 --          event_key_count, event_key_count x {key, expire_at_ms, records},
---          token_count, token_count x {last_ms, token}
+--          token_count, token_count x {index_score, token} (the end of the hour
+--          of the token's newest data; tokens the index holds are left out)
 --
 -- Returns {1, last_offset, replicas} when applied; {0, stored_offset, replicas}
 -- when fenced (first_offset <= stored applied offset: a replay); {2,

@@ -410,7 +410,7 @@ fn malformed_batches_change_nothing(
 ) {
     let now = now_ms();
     let lifetimes = store.options().lifetimes();
-    let args: Vec<Vec<u8>> = encode_batch(partition, 300, effect, now, &lifetimes)
+    let args: Vec<Vec<u8>> = encode_batch(partition, 300, effect, now, &lifetimes, &|_, _| false)
         .expect("encode")
         .iter()
         .map(<[u8]>::to_vec)
@@ -677,6 +677,75 @@ async fn load_finds_quiet_tokens_whole() {
             .expect("token has data");
         assert_effect_eq(&got, &token_part(&expected, token));
     }
+}
+
+/// The token index gets a token once per hour of data: later batches of the
+/// same hour leave it out (no `ZADD`), a new token or a load (which forgets
+/// what the process wrote) brings it back, and a load still finds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_index_is_written_once_an_hour() {
+    let server = start_server().await;
+    let store = single_store(&server).await;
+    let port = server.port();
+    let partition = 6;
+    let now_s = now_ms() / 1000;
+    let mut gen = Gen::new(6, now_ms());
+    let mut batch = |tokens: &[&str], second: i64| {
+        let mut effect = BatchEffect::default();
+        for &token in tokens {
+            effect
+                .buckets
+                .push(gen.bucket_delta(token, Level::Second, second));
+        }
+        effect
+    };
+    // Every bucket in the hour of `now_s`: the same index score throughout.
+    let hour_start = now_s - now_s.rem_euclid(3600);
+    let effects = [
+        batch(&["A", "B"], hour_start),
+        batch(&["A"], hour_start + 1),
+        batch(&["A", "C"], hour_start + 2),
+        batch(&["A"], hour_start + 3),
+    ];
+    let zadds = || command_calls(port, "zadd");
+    let mut calls = Vec::new();
+    for (offset, effect) in effects.iter().enumerate() {
+        if offset == 3 {
+            store.load(partition, now_ms()).await.expect("load");
+        }
+        let before = zadds();
+        let offset = offset as i64;
+        assert_eq!(
+            persist_retrying(&store, partition, offset, offset, effect).await,
+            PersistOutcome::Applied
+        );
+        calls.push(zadds() - before);
+    }
+    assert_eq!(
+        calls,
+        [1, 0, 1, 1],
+        "ZADDs per batch: new, known, one new, after a load"
+    );
+    let index: Vec<(String, i64)> = query(
+        port,
+        redis::cmd("ZRANGE")
+            .arg(keys::tokens(partition))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+    )
+    .expect("ZRANGE");
+    let end_of_hour = (hour_start + 3600) * 1000 - 1;
+    assert_eq!(
+        index,
+        [
+            ("A".to_string(), end_of_hour),
+            ("B".to_string(), end_of_hour),
+            ("C".to_string(), end_of_hour)
+        ]
+    );
+    let restored = store.load(partition, now_ms()).await.expect("load");
+    assert_effect_eq(&restored.effect, &merge_all(&effects));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,8 +31,11 @@
 //! event_key_count
 //!   event_key_count × { key, expire_at_ms, event records }
 //! token_count
-//!   token_count × { last_ms, token }
+//!   token_count × { index_score, token }
 //! ```
+//! A token's index score is the last millisecond of the hour of its newest
+//! data ([`index_score`]); tokens whose score the index already holds are left
+//! out ([`encode_batch`]'s `indexed`).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -289,6 +292,8 @@ fn bucket_start_ms(level: Level, at: i64) -> i64 {
 pub struct BatchArgs {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// The token index entries among the arguments: `(token, score)`.
+    index: Vec<(String, i64)>,
 }
 
 impl BatchArgs {
@@ -296,7 +301,14 @@ impl BatchArgs {
         Self {
             bytes: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(args),
+            index: Vec::new(),
         }
+    }
+
+    /// Takes the token index entries the arguments carry, `(token, score)`:
+    /// what the index holds once the batch is applied.
+    pub fn take_index(&mut self) -> Vec<(String, i64)> {
+        std::mem::take(&mut self.index)
     }
 
     /// Ends the argument whose bytes were appended since the last one.
@@ -368,12 +380,23 @@ pub fn decode_marks(
 
 /// Encodes partition `partition`'s batch `effect` (starting at source offset
 /// `first_offset`), as of `now_ms`, as the arguments of `apply_batch.lua`.
+/// The token index's score for data at `ms`: the last millisecond of its hour.
+/// A load uses a token's score only to skip the hours and days after it, so
+/// the hour is all it needs, and a token's score changes once an hour.
+pub fn index_score(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS + (HOUR_MS - 1)
+}
+
+/// The script arguments of `effect`. `indexed(token, score)` says the token
+/// index already holds `token` with `score` or more: such tokens are left out
+/// of the index section.
 pub fn encode_batch<'e>(
     partition: u32,
     first_offset: i64,
     effect: &'e BatchEffect,
     now_ms: i64,
     lifetimes: &KeyLifetimes,
+    indexed: &dyn Fn(&str, i64) -> bool,
 ) -> Result<BatchArgs, StoreError> {
     // Grouped by token and period first; each key name is formatted once.
     let mut periods = PeriodWrites::default();
@@ -460,13 +483,18 @@ pub fn encode_batch<'e>(
     let index_keep = lifetimes.index_keep_ms();
     let live: Vec<(&str, i64)> = tokens
         .into_iter()
-        .filter(|(_, last_ms)| last_ms + index_keep > now_ms)
+        .map(|(token, last_ms)| (token, index_score(last_ms)))
+        .filter(|&(token, score)| score + index_keep > now_ms && !indexed(token, score))
         .collect();
     args.push_display(live.len());
-    for (token, last_ms) in live {
-        args.push_display(last_ms);
+    for &(token, score) in &live {
+        args.push_display(score);
         args.push(token.as_bytes());
     }
+    args.index = live
+        .into_iter()
+        .map(|(token, score)| (token.to_string(), score))
+        .collect();
     Ok(args)
 }
 
@@ -614,8 +642,8 @@ mod tests {
             dedup_ms: 86_400_000,
             margin_ms: 600_000,
         };
-        let args = encode_batch(3, 42, &effect, now_ms, &lifetimes).unwrap();
-        let args: Vec<&[u8]> = args.iter().collect();
+        let mut encoded = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false).unwrap();
+        let args: Vec<&[u8]> = encoded.iter().collect();
         let text = |a: &[u8]| String::from_utf8(a.to_vec()).unwrap();
         let mut at = 0;
         let mut next = || {
@@ -672,6 +700,39 @@ mod tests {
             ["A", "B:{x}"],
             "C's only bucket is beyond retention"
         );
+        let end_of_hour = (hour + 1) * 3_600_000 - 1;
+        assert!(tokens.values().all(|&score| score == end_of_hour));
         assert_eq!(at, args.len());
+        let mut index = encoded.take_index();
+        index.sort();
+        assert_eq!(
+            index,
+            [
+                ("A".to_string(), end_of_hour),
+                ("B:{x}".to_string(), end_of_hour)
+            ]
+        );
+
+        // A token the index already holds at that score is left out.
+        let indexed = |token: &str, score: i64| token == "A" && score <= end_of_hour;
+        let mut encoded = encode_batch(3, 42, &effect, now_ms, &lifetimes, &indexed).unwrap();
+        let args: Vec<&[u8]> = encoded.iter().collect();
+        assert_eq!(
+            &args[args.len() - 3..],
+            [
+                b"1".as_slice(),
+                end_of_hour.to_string().as_bytes(),
+                b"B:{x}"
+            ]
+        );
+        assert_eq!(encoded.take_index(), [("B:{x}".to_string(), end_of_hour)]);
+    }
+
+    #[test]
+    fn index_scores_are_the_last_millisecond_of_the_hour() {
+        assert_eq!(index_score(0), 3_599_999);
+        assert_eq!(index_score(3_599_999), 3_599_999);
+        assert_eq!(index_score(3_600_000), 7_199_999);
+        assert_eq!(index_score(-1), -1);
     }
 }

@@ -8,6 +8,7 @@ use crate::window::BatchEffect;
 
 pub mod codec;
 mod hash_reader;
+mod index_scores;
 pub mod keys;
 mod memory;
 mod redis;

@@ -39,6 +39,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, KeyLifetimes};
 use super::hash_reader::{hgetall_pipeline, HashReader, NodeAddr};
+use super::index_scores::IndexScores;
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::{PersistBatch, PersistOutcome, Restored, Store, StoreError};
 use crate::config::{IngestSettings, StoreKind, StoreSettings};
@@ -254,6 +255,8 @@ pub struct RedisStore {
     /// Per partition: does its master have replicas (so `persist` must WAIT)?
     /// Learned from every `apply_batch.lua` reply.
     replicas_seen: Arc<Mutex<HashMap<u32, bool>>>,
+    /// What each partition's token index holds: batches leave those tokens out.
+    index_scores: Arc<IndexScores>,
     apply: redis::Script,
     read: redis::Script,
     options: RedisStoreOptions,
@@ -357,6 +360,7 @@ impl RedisStore {
         Self {
             conn,
             replicas_seen: Arc::default(),
+            index_scores: Arc::default(),
             apply: redis::Script::new(APPLY_BATCH_LUA),
             read: redis::Script::new(READ_TOKEN_LUA),
             options,
@@ -438,8 +442,9 @@ impl RedisStore {
 
     /// Candidate keys of one token for `read_token.lua`, with the level and
     /// hour (or day) each covers: second hashes, then minute hashes.
-    /// `newest_ms`, the token's newest block time in the token index when
-    /// known, rules out the periods after it: none of them holds data.
+    /// `newest_ms`, the token's score in the token index (the end of the hour
+    /// of its newest data) when known, rules out the periods after it: none
+    /// of them holds data.
     fn token_keys(
         &self,
         partition: u32,
@@ -478,7 +483,7 @@ impl RedisStore {
         cmd
     }
 
-    /// Reads the tokens of `chunk` (with their newest block times) with one
+    /// Reads the tokens of `chunk` (with their index scores) with one
     /// pipeline of `HGETALL`s, over a [`HashReader`] of `readers` when there
     /// are any, else through redis-rs on write lane `lane`. Not atomic per
     /// token, and it need not be: [`Store::load_into`] rereads when the
@@ -815,8 +820,8 @@ fn parse_i64(b: &[u8]) -> Result<i64, StoreError> {
         })
 }
 
-/// The token index (`ZRANGEBYSCORE … WITHSCORES`): each token with its newest
-/// block time (RESP2 flat member/score list, or RESP3 pairs).
+/// The token index (`ZRANGEBYSCORE … WITHSCORES`): each token with its score,
+/// the end of the hour of its newest data (RESP2 flat member/score list, or RESP3 pairs).
 fn token_index(v: Value) -> Result<Vec<(String, i64)>, StoreError> {
     let score = |v: Value| -> Result<i64, StoreError> {
         let ms = match v {
@@ -931,15 +936,22 @@ impl Store for RedisStore {
                 batch.first_offset, batch.last_offset
             )));
         }
-        let args = encode_batch(
-            batch.partition,
-            batch.first_offset,
-            batch.effect,
-            batch.now_ms,
-            &self.options.lifetimes(),
-        )?;
-        let key = keys::applied(batch.partition);
         let o = &self.options;
+        // The script trims index scores below this.
+        let index_cutoff = batch.now_ms - o.index_keep_ms();
+        let mut args = self
+            .index_scores
+            .with_check(batch.partition, index_cutoff, |indexed| {
+                encode_batch(
+                    batch.partition,
+                    batch.first_offset,
+                    batch.effect,
+                    batch.now_ms,
+                    &o.lifetimes(),
+                    indexed,
+                )
+            })?;
+        let key = keys::applied(batch.partition);
         let build = |verb: &str, script: &str| {
             let mut cmd = redis::cmd(verb);
             cmd.arg(script)
@@ -977,7 +989,9 @@ impl Store for RedisStore {
         let mut replies = replies.into_iter();
         let (status, offset, replicas) = parse_apply_reply(next_reply(&mut replies)?)?;
         if status == ApplyStatus::OutOfOrder {
-            // Nothing was written, so there is nothing to wait for.
+            // Nothing was written, so there is nothing to wait for. The store
+            // may not hold what this process wrote: its index entries again.
+            self.index_scores.forget(batch.partition);
             return Ok(PersistOutcome::OutOfOrder {
                 applied_offset: (offset >= 0).then_some(offset),
             });
@@ -1005,6 +1019,9 @@ impl Store for RedisStore {
             });
         }
         Ok(if status == ApplyStatus::Applied {
+            // Recorded once a replica has it too (a failover keeps it).
+            self.index_scores
+                .record(batch.partition, args.take_index(), index_cutoff);
             PersistOutcome::Applied
         } else {
             PersistOutcome::Fenced {
@@ -1046,6 +1063,8 @@ impl Store for RedisStore {
         sink: &mut (impl FnMut(BatchEffect) + Send),
     ) -> Result<Option<i64>, StoreError> {
         let started = Instant::now();
+        // What this process knew of the partition's index may be stale now.
+        self.index_scores.forget(partition);
         let applied_key = keys::applied(partition);
         let hours: Vec<i64> = ((now_ms - self.options.dedup_ms()).div_euclid(HOUR_MS)
             ..=(now_ms + FUTURE_SLACK_MS).div_euclid(HOUR_MS))
