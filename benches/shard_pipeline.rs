@@ -254,6 +254,49 @@ async fn bare_stream(bootstrap: &str, first: i64, last: i64) -> Run {
     }
 }
 
+/// The shard pipeline of `core` reading the partition from offset `first`
+/// until `stop` is set.
+fn spawn_shard<S: Store + 'static>(
+    bootstrap: &str,
+    store: Arc<S>,
+    settings: &Settings,
+    core: &Arc<ShardCore>,
+    first: i64,
+    stop: &StopFlag,
+) -> tokio::task::JoinHandle<Result<(), swapstats::shard::PipelineError>> {
+    let source = KafkaPartitionSource::assign(
+        bootstrap,
+        TOPIC,
+        PARTITION as u32,
+        Some(first),
+        stop.clone(),
+    )
+    .expect("assign source");
+    tokio::spawn(run_pipeline(
+        core.clone(),
+        source,
+        store,
+        LogDeadLetters,
+        PipelineConfig::from_settings(settings),
+        stop.clone(),
+    ))
+}
+
+/// Waits until `core` has applied `offset`; panics past `deadline`.
+async fn wait_applied(core: &ShardCore, offset: i64, deadline: Instant) {
+    loop {
+        let applied = core.counters.applied_offset.load(Ordering::Relaxed);
+        if applied >= offset {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard pipeline stuck at {applied}, waiting for {offset}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// What one shard run did.
 #[derive(Debug, Clone, Copy, Default)]
 struct ShardRun {
@@ -315,27 +358,8 @@ async fn shard_run<S: Store + 'static>(
     let before = counts();
     let stop = StopFlag::default();
     let started = Instant::now();
-    let source = KafkaPartitionSource::assign(
-        bootstrap,
-        TOPIC,
-        PARTITION as u32,
-        Some(first),
-        stop.clone(),
-    )
-    .expect("assign source");
-    let task = tokio::spawn(run_pipeline(
-        core.clone(),
-        source,
-        store,
-        LogDeadLetters,
-        PipelineConfig::from_settings(settings),
-        stop.clone(),
-    ));
-    let deadline = started + Duration::from_secs(300);
-    while core.counters.applied_offset.load(Ordering::Relaxed) < last {
-        assert!(Instant::now() < deadline, "shard pipeline stuck");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let task = spawn_shard(bootstrap, store, settings, &core, first, &stop);
+    wait_applied(&core, last, started + Duration::from_secs(300)).await;
     let total = started.elapsed();
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
@@ -409,42 +433,14 @@ async fn shard_streaming<S: Store + 'static>(
                 .expect("flush producer");
         }
     });
-    let source = KafkaPartitionSource::assign(
-        bootstrap,
-        TOPIC,
-        PARTITION as u32,
-        Some(start),
-        stop.clone(),
-    )
-    .expect("assign source");
-    let task = tokio::spawn(run_pipeline(
-        core.clone(),
-        source,
-        store,
-        LogDeadLetters,
-        PipelineConfig::from_settings(settings),
-        stop.clone(),
-    ));
-    let applied = || core.counters.applied_offset.load(Ordering::Relaxed);
+    let task = spawn_shard(bootstrap, store, settings, &core, start, &stop);
     let deadline = Instant::now() + Duration::from_secs(600);
-    let warm = start + lead as i64 - 1;
-    while applied() < warm {
-        assert!(
-            Instant::now() < deadline,
-            "streaming shard stuck at {}",
-            applied()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let (from, started) = (applied(), Instant::now());
-    while applied() < last {
-        assert!(
-            Instant::now() < deadline,
-            "streaming shard stuck at {}",
-            applied()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_applied(&core, start + lead as i64 - 1, deadline).await;
+    let (from, started) = (
+        core.counters.applied_offset.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    wait_applied(&core, last, deadline).await;
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
