@@ -378,8 +378,6 @@ pub fn decode_marks(
     Ok(())
 }
 
-/// Encodes partition `partition`'s batch `effect` (starting at source offset
-/// `first_offset`), as of `now_ms`, as the arguments of `apply_batch.lua`.
 /// The token index's score for data at `ms`: the last millisecond of its hour.
 /// A load uses a token's score only to skip the hours and days after it, so
 /// the hour is all it needs, and a token's score changes once an hour.
@@ -387,9 +385,10 @@ pub fn index_score(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS) * HOUR_MS + (HOUR_MS - 1)
 }
 
-/// The script arguments of `effect`. `indexed(token, score)` says the token
-/// index already holds `token` with `score` or more: such tokens are left out
-/// of the index section.
+/// Encodes partition `partition`'s batch `effect` (starting at source offset
+/// `first_offset`), as of `now_ms`, as the arguments of `apply_batch.lua`.
+/// `indexed(token, score)` says the token index already holds `token` with
+/// `score` or more: such tokens are left out of the index section.
 pub fn encode_batch<'e>(
     partition: u32,
     first_offset: i64,
