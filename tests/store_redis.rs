@@ -321,6 +321,14 @@ fn flush_scripts(ports: &[u16]) {
 
 /// Persist → load round trip, then load_token of every token. The server's
 /// script cache is flushed midway and before reading (`NOSCRIPT` paths).
+/// Loads of `partition` counted under `reads` (`direct` or `client`).
+fn loads(partition: u32, reads: &str) -> u64 {
+    swapstats::telemetry::metrics()
+        .store_loads
+        .with_label_values(&[partition.to_string().as_str(), reads])
+        .get()
+}
+
 async fn round_trip(store: &RedisStore, partition: u32, ports: &[u16]) {
     let now = now_ms();
     let mut gen = Gen::new(u64::from(partition), now);
@@ -343,7 +351,18 @@ async fn round_trip(store: &RedisStore, partition: u32, ports: &[u16]) {
 
     let expected = merge_all(&effects);
     flush_scripts(ports);
+    let reads = if store.options().direct_reads {
+        "direct"
+    } else {
+        "client"
+    };
+    let before = loads(partition, reads);
     let restored = store.load(partition, now_ms()).await.expect("load");
+    assert_eq!(
+        loads(partition, reads),
+        before + 1,
+        "the load read the token hashes {reads}"
+    );
     assert_eq!(restored.applied_offset, Some(offset + 4));
     assert_effect_eq(&restored.effect, &expected);
 
@@ -581,7 +600,9 @@ async fn cluster_round_trip_through_redis_rs() {
 async fn single_round_trip_and_fencing() {
     let server = start_server().await;
     let store = single_store(&server).await;
-    round_trip(&store, 1, &[server.port()]).await;
+    // Not partition 1, which cluster_round_trip loads meanwhile: the load
+    // counters are per partition.
+    round_trip(&store, 11, &[server.port()]).await;
     let port = server.port();
     fencing(&store, 2, || port, false).await;
 }

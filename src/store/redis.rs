@@ -1111,6 +1111,13 @@ impl Store for RedisStore {
         }
         let readers = self.hash_readers(&applied_key).await.map(Arc::new);
         let direct = readers.is_some();
+        crate::telemetry::metrics()
+            .store_loads
+            .with_label_values(&[
+                partition.to_string().as_str(),
+                if direct { "direct" } else { "client" },
+            ])
+            .inc();
         // Each read is a task of its own, so the chunks in flight are parsed
         // and decoded on every runtime thread while the sink restores.
         let reads = chunks.into_iter().enumerate().map(|(i, chunk)| {

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Router answers served from Redis instead of the shard, by partition.
     pub router_fallbacks: IntCounterVec,
+    /// Partition loads (restores) from Redis by how they read the token
+    /// hashes: `direct` (the store's own connections) or `client` (redis-rs,
+    /// the slower path TLS takes and a failed direct connection falls back to).
+    pub store_loads: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -82,14 +86,23 @@ pub fn metrics() -> &'static Metrics {
                 &["partition"],
             )
             .expect("valid counter"),
+            store_loads: IntCounterVec::new(
+                Opts::new(
+                    "store_loads_total",
+                    "Partition loads from Redis, by how the token hashes were read",
+                ),
+                &["partition", "reads"],
+            )
+            .expect("valid counter"),
         };
-        let collectors: [Box<dyn Collector>; 6] = [
+        let collectors: [Box<dyn Collector>; 7] = [
             Box::new(m.http_seconds.clone()),
             Box::new(m.batch_swaps.clone()),
             Box::new(m.batch_apply_seconds.clone()),
             Box::new(m.store_call_seconds.clone()),
             Box::new(m.store_errors.clone()),
             Box::new(m.router_fallbacks.clone()),
+            Box::new(m.store_loads.clone()),
         ];
         for c in collectors {
             if let Err(e) = m.registry.register(c) {
