@@ -319,8 +319,6 @@ fn flush_scripts(ports: &[u16]) {
     }
 }
 
-/// Persist → load round trip, then load_token of every token. The server's
-/// script cache is flushed midway and before reading (`NOSCRIPT` paths).
 /// Loads of `partition` counted under `reads` (`direct` or `client`).
 fn loads(partition: u32, reads: &str) -> u64 {
     swapstats::telemetry::metrics()
@@ -329,6 +327,8 @@ fn loads(partition: u32, reads: &str) -> u64 {
         .get()
 }
 
+/// Persist → load round trip, then load_token of every token. The server's
+/// script cache is flushed midway and before reading (`NOSCRIPT` paths).
 async fn round_trip(store: &RedisStore, partition: u32, ports: &[u16]) {
     let now = now_ms();
     let mut gen = Gen::new(u64::from(partition), now);
