@@ -72,29 +72,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// `used_memory` summed over the masters (and over every node).
-fn redis_memory(cluster: &redis_cluster::RedisCluster) -> (u64, u64) {
-    let field = |text: &str, key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let (mut masters, mut all) = (0, 0);
-    for port in cluster.live_ports() {
-        let info: String =
-            redis_cluster::query(port, redis::cmd("INFO").arg("memory")).unwrap_or_default();
-        let role: String =
-            redis_cluster::query(port, redis::cmd("INFO").arg("replication")).unwrap_or_default();
-        let used = field(&info, "used_memory:");
-        all += used;
-        if role.contains("role:master") {
-            masters += used;
-        }
-    }
-    (masters, all)
-}
-
 fn swap_template(swaps: &[Swap]) -> Swap {
     swaps.last().cloned().expect("at least one swap")
 }
@@ -268,7 +245,7 @@ fn main() {
     let mock = kafka::MockKafka::start(1);
     let seeds = cluster.seed_urls().join(",");
     let settings = Settings::defaults();
-    let (mem_empty, _) = redis_memory(&cluster);
+    let (mem_empty, _) = cluster.used_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -371,7 +348,7 @@ fn main() {
     assert_eq!(end, batches, "partition end = applied offset + 1");
     // Let replicas catch up and memory settle before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    let (mem_masters, mem_all) = redis_memory(&cluster);
+    let (mem_masters, mem_all) = cluster.used_memory();
 
     // store.load alone, in-process.
     let mut load_times = Vec::new();

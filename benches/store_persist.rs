@@ -85,23 +85,6 @@ fn partition_like(cluster: &redis_cluster::RedisCluster, like: u32, after: u32) 
         .expect("a partition on the same master")
 }
 
-/// `used_memory` summed over the masters (the replicas hold the same keys).
-fn masters_used_memory(cluster: &redis_cluster::RedisCluster) -> i64 {
-    let info = |port: u16, section: &str| -> String {
-        redis_cluster::query(port, redis::cmd("INFO").arg(section)).unwrap_or_default()
-    };
-    let field = |text: &str, name: &str| -> Option<i64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
-    };
-    cluster
-        .live_ports()
-        .into_iter()
-        .filter(|&port| info(port, "replication").contains("role:master"))
-        .filter_map(|port| field(&info(port, "memory"), "used_memory"))
-        .sum()
-}
-
 /// The servers' listpack limits for hashes, as `entries/value` bytes.
 fn hash_settings(cluster: &redis_cluster::RedisCluster) -> String {
     let Some(port) = cluster.live_ports().first().copied() else {
@@ -164,7 +147,7 @@ fn main() {
         let _: redis::RedisResult<()> =
             redis_cluster::query(port, redis::cmd("CONFIG").arg("RESETSTAT"));
     }
-    let memory_before = masters_used_memory(&cluster);
+    let (memory_before, _) = cluster.used_memory();
     let (mut one, mut two) = (Vec::new(), Vec::new());
     let mut partition = 100;
     for round in 0..rounds {
@@ -237,7 +220,7 @@ fn main() {
     );
     println!(
         "redis masters' used_memory grew {:.0} bytes per persisted swap (hash settings: {})",
-        (masters_used_memory(&cluster) - memory_before) as f64 / swaps,
+        (cluster.used_memory().0 as f64 - memory_before as f64) / swaps,
         hash_settings(&cluster)
     );
     let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();

@@ -378,6 +378,25 @@ impl RedisCluster {
         totals
     }
 
+    /// `used_memory` summed over the masters, and over every node whose
+    /// process runs (a node that does not answer counts 0).
+    pub fn used_memory(&self) -> (u64, u64) {
+        let info = |port: u16, section: &str| -> String {
+            query(port, redis::cmd("INFO").arg(section)).unwrap_or_default()
+        };
+        let (mut masters, mut all) = (0, 0);
+        for port in self.live_ports() {
+            let used: u64 = info_field(&info(port, "memory"), "used_memory")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            all += used;
+            if info_field(&info(port, "replication"), "role").as_deref() == Some("master") {
+                masters += used;
+            }
+        }
+        (masters, all)
+    }
+
     /// Ports of the nodes whose process runs.
     pub fn live_ports(&self) -> Vec<u16> {
         self.lock()
