@@ -13,8 +13,11 @@
 //! Then the release `swapstats shard` binary is spawned `BENCH_RESTARTS` times
 //! (default 5), timed from spawn until `GET /readyz` answers 200 (polled every
 //! 10 ms), and killed with SIGKILL. Each restart also reports the CPU the shard
-//! (`/proc/<pid>/stat`) and the Redis nodes (`INFO cpu`) spent until ready, and
-//! the shard's RSS then. `store.load` alone is also timed in-process.
+//! (`/proc/<pid>/stat`: user + system, and its page faults) and the Redis
+//! nodes (`INFO cpu`) spent until ready, and the shard's RSS then. On this
+//! sandboxed VM a page fault costs ~4–13 µs, so the shard's system time (its
+//! fresh memory) is a large part of a restart. `store.load` alone is also
+//! timed in-process.
 //!
 //! A/B: `BENCH_BINARIES=/path/a,/path/b` spawns those binaries in turn instead
 //! (restart n runs binary n mod count) against the same data, and reports each
@@ -152,6 +155,10 @@ fn redis_cpu_s(cluster: &redis_cluster::RedisCluster) -> f64 {
 struct Restart {
     ready_s: f64,
     shard_cpu_s: f64,
+    /// The kernel's part of `shard_cpu_s`: mostly page faults of fresh memory.
+    shard_system_s: f64,
+    /// Page faults the shard took until ready.
+    shard_faults: u64,
     redis_cpu_s: f64,
     /// The shard's resident memory when ready.
     rss_mib: f64,
@@ -203,7 +210,8 @@ fn restart_once(
         assert!(Instant::now() < deadline, "shard not ready within 120 s");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let shard_cpu_s = common::cpu_ticks(child.id()) as f64 / 100.0;
+    let stat = common::process_stat(child.id());
+    let shard_cpu_s = (stat.user_ticks + stat.system_ticks) as f64 / 100.0;
     let rss_mib = process_rss_mib(child.id());
     let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
     child.kill().expect("kill -9");
@@ -214,6 +222,8 @@ fn restart_once(
     Restart {
         ready_s: elapsed.as_secs_f64(),
         shard_cpu_s,
+        shard_system_s: stat.system_ticks as f64 / 100.0,
+        shard_faults: stat.minor_faults,
         redis_cpu_s,
         rss_mib,
         tokens: partition["tokens"].as_u64().unwrap_or(0),
@@ -432,12 +442,14 @@ fn main() {
     );
     println!();
     println!(
-        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>16} {:>10} {:>8}",
+        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>10} {:>11} {:>16} {:>10} {:>8}",
         "restart",
         "ready (ms)",
         "log: load (ms)",
         "log: restored",
         "shard CPU (ms)",
+        "of it sys",
+        "faults (k)",
         "redis CPU (ms)",
         "RSS (MiB)",
         "tokens"
@@ -445,12 +457,14 @@ fn main() {
     for (n, row) in rows.iter().enumerate() {
         let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>16.0} {:>10.0} {:>8}",
+            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>10.0} {:>11} {:>16.0} {:>10.0} {:>8}",
             n + 1,
             row.ready_s * 1000.0,
             show(row.loaded_ms),
             show(row.restored_ms),
             row.shard_cpu_s * 1000.0,
+            row.shard_system_s * 1000.0,
+            row.shard_faults / 1000,
             row.redis_cpu_s * 1000.0,
             row.rss_mib,
             row.tokens
