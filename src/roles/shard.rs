@@ -12,7 +12,7 @@ use swapstats::shard::{
 };
 use swapstats::source::kafka::{KafkaDeadLetters, KafkaPartitionSource};
 use swapstats::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
-use swapstats::window::BatchEffect;
+use swapstats::window::{BatchEffect, RestoredEvents};
 
 use super::shared::serve_shards;
 
@@ -64,7 +64,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Reads the partition from `store` into `core`: parts are restored on a
 /// thread of their own while the next ones are read and decoded, so a restart
-/// takes about the longer of the two instead of their sum.
+/// takes about the longer of the two instead of their sum. A part of event ids
+/// alone (the Redis store sends one first) is remembered on one more thread,
+/// in parallel with the tokens' parts: the restore of the tokens is what a
+/// restart waits for.
 async fn restore_from<S: Store>(
     store: &S,
     core: &Arc<ShardCore>,
@@ -73,7 +76,25 @@ async fn restore_from<S: Store>(
     let (parts, received) = std::sync::mpsc::sync_channel::<BatchEffect>(2);
     let restorer = {
         let core = core.clone();
-        std::thread::spawn(move || received.into_iter().for_each(|part| core.restore(&part)))
+        std::thread::spawn(move || {
+            let mut events = None;
+            for part in received {
+                if events.is_none() && part.buckets.is_empty() && part.wallets.is_empty() {
+                    events = Some(std::thread::spawn(move || {
+                        let mut events = RestoredEvents::default();
+                        events.add(&part.events);
+                        events
+                    }));
+                } else {
+                    core.restore(&part);
+                }
+            }
+            match events.map(|built| built.join()) {
+                Some(Ok(events)) => core.adopt_events(events),
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => {}
+            }
+        })
     };
     let read = store
         .load_into(partition, swapstats::now_ms(), &mut |part| {

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use crate::config::Settings;
 use crate::swap::{RejectReason, Swap};
 use crate::window::{
-    BatchCounts, BatchEffect, EngineConfig, RankBy, TokenStats, TopEntry, WindowEngine,
+    BatchCounts, BatchEffect, EngineConfig, RankBy, RestoredEvents, TokenStats, TopEntry,
+    WindowEngine,
 };
 
 /// Engine parameters from `windows` and `ingest.*`: what every role that holds
@@ -181,6 +182,11 @@ impl ShardCore {
     /// Merges restored state into the engine.
     pub fn restore(&self, effect: &BatchEffect) {
         self.engine().restore(effect);
+    }
+
+    /// Takes over event ids restored apart from the tokens.
+    pub fn adopt_events(&self, events: RestoredEvents) {
+        self.engine().adopt_events(events);
     }
 
     /// Forgets all state (before a restore starts over).

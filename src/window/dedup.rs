@@ -58,6 +58,22 @@ impl Dedup {
         self.keys.reserve(additional);
     }
 
+    /// Takes over every key of `other` (a set built apart, see
+    /// [`super::RestoredEvents`]); an empty set just becomes `other`.
+    pub(crate) fn absorb(&mut self, other: Dedup) {
+        if self.keys.is_empty() {
+            *self = other;
+            return;
+        }
+        self.reserve(other.len());
+        for (minute, entries) in other.by_minute {
+            for entry in entries {
+                let at_ms = minute * MINUTE_MS + i64::from(entry.ms_in_minute);
+                self.insert(entry.key(), at_ms);
+            }
+        }
+    }
+
     /// Forgets every key whose block time is before `cutoff_ms`.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
         let cut_minute = cutoff_ms.div_euclid(MINUTE_MS);
@@ -120,6 +136,28 @@ mod tests {
         assert_eq!(dedup.len(), 1);
         dedup.expire(i64::MAX);
         assert_eq!(dedup.len(), 0);
+    }
+
+    #[test]
+    fn absorb_keeps_every_key_and_its_time() {
+        let built = || {
+            let mut dedup = Dedup::default();
+            dedup.insert(1, 60_000 + 7);
+            dedup.insert(2, -1);
+            dedup
+        };
+        let mut empty = Dedup::default();
+        empty.absorb(built());
+        let mut held = Dedup::default();
+        held.insert(3, 0);
+        held.absorb(built());
+        for dedup in [&mut empty, &mut held] {
+            assert!(dedup.contains(1) && dedup.contains(2));
+            dedup.expire(60_000 + 7);
+            assert!(dedup.contains(1) && !dedup.contains(2) && !dedup.contains(3));
+            dedup.expire(60_000 + 8);
+            assert!(!dedup.contains(1));
+        }
     }
 
     #[test]

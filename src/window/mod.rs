@@ -18,7 +18,7 @@ pub use effect::{
     event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta, EventKey, Level,
     WalletMark, SIDE_BUY, SIDE_SELL,
 };
-pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, WindowEngine};
+pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine};
 pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
 pub use stats::{ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowStats, Windows};
