@@ -165,6 +165,8 @@ struct PendingBatch {
     bucket_at: FastMap<(u32, u8, i64), u32>,
     /// One entry per swap and level: adding them needs no merge.
     marks: Vec<(u32, u32, usize, i64, u8)>,
+    /// Each swap's event key and dedup outcome.
+    admitted: Vec<(EventKey, ApplyOutcome)>,
 }
 
 impl PendingBatch {
@@ -175,6 +177,7 @@ impl PendingBatch {
         }
         bytes(&self.buckets)
             + bytes(&self.marks)
+            + bytes(&self.admitted)
             + self.bucket_at.capacity() * (std::mem::size_of::<((u32, u8, i64), u32)>() + 1)
     }
 }
@@ -295,9 +298,19 @@ impl WindowEngine {
         let mut counts = BatchCounts::default();
         let mut pending = std::mem::take(&mut self.pending);
         let mut events = Vec::with_capacity(swaps.len());
-        for swap in swaps {
+        // Dedup first, in a pass of its own: its set lookups do not depend on
+        // one another, so the CPU overlaps their cache misses (the set holds a
+        // day of event ids, far beyond the caches): `apply/batches_of_20000`
+        // ran 2–28 % faster in 10 of 11 runs alternating with the one-pass
+        // build (6 % slower in one). Interning the wallets in this pass too
+        // was slower there (10k wallets: their map stays cached).
+        let mut admitted = std::mem::take(&mut pending.admitted);
+        admitted.extend(swaps.iter().map(|swap| {
             let key = event_key(&swap.event_id);
-            match self.admit(key, swap.executed_at_ms, now_ms) {
+            (key, self.admit(key, swap.executed_at_ms, now_ms))
+        }));
+        for (swap, (key, outcome)) in swaps.iter().zip(admitted.drain(..)) {
+            match outcome {
                 ApplyOutcome::Applied => counts.applied += 1,
                 ApplyOutcome::Duplicate => {
                     counts.duplicates += 1;
@@ -333,6 +346,7 @@ impl WindowEngine {
                 }
             }
         }
+        pending.admitted = admitted;
         let shape = self.tuning.shape();
         let mut effect = BatchEffect {
             buckets: Vec::with_capacity(pending.buckets.len()),
