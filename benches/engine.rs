@@ -12,6 +12,9 @@
 //!   reached counters (unique counts by visiting wallets: the dearest such
 //!   query), the 50th and the busiest (unique counts from counters).
 //!
+//! - `restore/*`: a restart's restore alone (`WindowEngine::restore`) of the
+//!   effects of 1 M swaps over 24 h, 10,000 tokens and 100,000 wallets.
+//!
 //! - `decode/*`: the shard's decode step alone (JSON → validated `Swap`) on
 //!   100,000 payloads of the built-in generator as `swapstats produce` sends
 //!   them (RFC 3339 times, string ids).
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::{default_config, Stream, HOUR, SECOND, T0};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use swapstats::swap::{Side, Swap};
-use swapstats::window::{EngineConfig, RankBy, WindowEngine};
+use swapstats::window::{BatchEffect, EngineConfig, RankBy, WindowEngine};
 
 const APPLY_SWAPS: usize = 1_000_000;
 
@@ -289,6 +292,42 @@ fn bench_queries(c: &mut Criterion) {
     group.finish();
 }
 
+const RESTORE_SWAPS: usize = 1_000_000;
+
+/// A restart's restore alone: the effects of 1 M swaps spread over 24 h (10,000
+/// tokens Zipf(1.1), 100,000 wallets, as `shard_restart`), applied in batches
+/// of 20,000 and concatenated, folded into a fresh engine.
+fn bench_restore(c: &mut Criterion) {
+    let rate = RESTORE_SWAPS as f64 / (24.0 * 3600.0);
+    let mut stream = Stream::new(3, 10_000, 1.1, 100_000, rate, 0.01);
+    let (swaps, clocks): (Vec<Swap>, Vec<i64>) =
+        (0..RESTORE_SWAPS).map(|_| stream.next_swap()).unzip();
+    let mut engine = WindowEngine::new(default_config());
+    let mut effect = BatchEffect::default();
+    for (chunk, chunk_clocks) in swaps.chunks(20_000).zip(clocks.chunks(20_000)) {
+        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+        let (batch, _) = engine.apply_batch(chunk, now);
+        effect.buckets.extend(batch.buckets);
+        effect.wallets.extend(batch.wallets);
+        effect.events.extend(batch.events);
+    }
+    drop(engine);
+    let mut group = c.benchmark_group("restore");
+    group.throughput(Throughput::Elements(RESTORE_SWAPS as u64));
+    group.sample_size(10);
+    group.bench_function("effects_of_1M_swaps_100k_wallets", |b| {
+        b.iter_batched(
+            || WindowEngine::new(default_config()),
+            |mut engine| {
+                engine.restore(&effect);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 const DECODE_SWAPS: usize = 100_000;
 
 fn bench_decode(c: &mut Criterion) {
@@ -314,6 +353,6 @@ fn bench_decode(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().nresamples(10_000).without_plots();
-    targets = bench_apply, bench_queries, bench_decode
+    targets = bench_apply, bench_restore, bench_queries, bench_decode
 }
 criterion_main!(benches);
