@@ -211,7 +211,7 @@ fn restart_once(
         std::thread::sleep(Duration::from_millis(10));
     };
     let stat = common::process_stat(child.id());
-    let shard_cpu_s = (stat.user_ticks + stat.system_ticks) as f64 / 100.0;
+    let shard_cpu_s = stat.cpu_ticks() as f64 / 100.0;
     let rss_mib = process_rss_mib(child.id());
     let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
     child.kill().expect("kill -9");

@@ -193,18 +193,24 @@ pub fn env_usize(name: &str) -> Option<usize> {
 /// CPU time (user + system) of process `pid` so far, in clock ticks (100 per
 /// second on every Linux target here), from `/proc/<pid>/stat`; 0 when gone.
 pub fn cpu_ticks(pid: impl std::fmt::Display) -> u64 {
-    let stat = process_stat(pid);
-    stat.user_ticks + stat.system_ticks
+    process_stat(pid).cpu_ticks()
 }
 
 /// What `/proc/<pid>/stat` says of a process so far (zeros when it is gone).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessStat {
-    /// Page faults served without I/O: on this VM each costs ~3 µs, so a
-    /// process that fills fresh memory pays ~1 s per GiB in the kernel.
+    /// Page faults served without I/O: on this VM each costs ~4–13 µs, so a
+    /// process that fills fresh memory pays ~1 s or more per GiB in the kernel.
     pub minor_faults: u64,
     pub user_ticks: u64,
     pub system_ticks: u64,
+}
+
+impl ProcessStat {
+    /// User + system CPU, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.user_ticks + self.system_ticks
+    }
 }
 
 /// The fields of `/proc/<pid>/stat` the benches report.
