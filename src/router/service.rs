@@ -28,8 +28,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Fetched {
     /// The shard's JSON stats object, as it sent it.
     Shard(Bytes),
-    /// Restored from the store.
-    Redis(TokenStats),
+    /// Restored from the store (boxed: its windows are inline).
+    Redis(Box<TokenStats>),
 }
 
 impl Fetched {
@@ -86,7 +86,7 @@ impl RouterService {
         };
         let fallback = self.fallback_for(partition, &shard_error)?;
         match fallback.stats(partition, token, crate::now_ms()).await {
-            Ok(Some(stats)) => Ok(Fetched::Redis(stats)),
+            Ok(Some(stats)) => Ok(Fetched::Redis(Box::new(stats))),
             Ok(None) => Err(no_swaps(token)),
             Err(e) => Err(ApiError::Unavailable(format!(
                 "partition {partition}: {shard_error}, and the store failed: {e}"

@@ -21,4 +21,6 @@ pub use effect::{
 pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine};
 pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
-pub use stats::{ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowStats, Windows};
+pub use stats::{
+    ChangePct, PeriodStats, RankBy, TokenStats, TopEntry, WindowList, WindowStats, Windows,
+};

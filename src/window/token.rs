@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::marks::{Activity, MarkAdded, MarkLimits, UniqueCounts, UniqueQuery};
 use super::series::Series;
-use super::{Bucket, ChangePct, Level, PeriodStats, WindowSpec, WindowStats};
+use super::{Bucket, ChangePct, Level, PeriodStats, WindowList, WindowSpec, WindowStats};
 
 /// Index of the second level in per-level arrays.
 pub(crate) const SECOND: usize = 0;
@@ -223,7 +223,7 @@ impl TokenState {
     }
 
     /// Stats of every window at `now_ms`, in plan order.
-    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> Vec<(Arc<str>, WindowStats)> {
+    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> WindowList {
         let n = 2 * plan.windows.len();
         with_scratch(n, |queries: &mut [UniqueQuery]| {
             with_scratch(n, |uniques: &mut [UniqueCounts]| {
