@@ -11,6 +11,11 @@ use super::Bucket;
 const TIER_SHIFT: u32 = 3;
 /// Number of summary tiers above the base buckets.
 const TIER_COUNT: usize = 3;
+/// A range of at most this many buckets is merged directly, not through the
+/// tiers: in the engine bench's stats queries, interleaved in one process,
+/// 3–6 % faster on four tokens from sparse to busiest than always using the
+/// tiers (in the criterion rows, 64 was slower and 32 no better).
+const DIRECT_FOLD_MAX: usize = 16;
 
 type Entry = (i64, Bucket);
 type Tiers = [VecDeque<Entry>; TIER_COUNT];
@@ -102,7 +107,24 @@ impl Series {
         }
         match &self.tiers {
             None => scan(&self.base, start, end, &mut acc),
-            Some(tiers) => fold_tiers(&self.base, tiers, 0, start, end, &mut acc),
+            Some(tiers) => {
+                // A range of few buckets (a sparse token's, or a short window's)
+                // is cheaper to merge directly than through the tiers, whose
+                // edges cost a search each.
+                let from = lower_bound(&self.base, start);
+                let to = if end > last_key {
+                    self.base.len()
+                } else {
+                    lower_bound(&self.base, end)
+                };
+                if to - from <= DIRECT_FOLD_MAX {
+                    self.base
+                        .range(from..to)
+                        .for_each(|(_, bucket)| acc.append(bucket));
+                } else {
+                    fold_tiers(&self.base, tiers, 0, start, end, &mut acc);
+                }
+            }
         }
         acc
     }
@@ -344,6 +366,9 @@ mod tests {
                 (-700, -699),
                 (-5, 517),
                 (3, 4),
+                // About DIRECT_FOLD_MAX buckets: either side of the direct merge.
+                (5, 21),
+                (10, 40),
                 (64, 576),
                 (100, i64::MAX),
                 (-700, i64::MAX),
