@@ -19,6 +19,14 @@
 //! fresh memory) is a large part of a restart. `store.load` alone is also
 //! timed in-process.
 //!
+//! `BENCH_RESTART_PAUSE_MS` waits that long between restarts (default 0). This
+//! Firecracker VM boots with `page_reporting`: the guest hands freed memory
+//! back to the host after a few seconds, and touching it again costs ~3× the
+//! system time per fault. Back to back, a restart reuses the killed shard's
+//! pages (~4 µs a fault); after a 20 s pause every restart pays the dearer
+//! faults (~9–15 µs: 2.7–4.4 s of system time for ~300k faults), as the first
+//! restart after the fill always did.
+//!
 //! A/B: `BENCH_BINARIES=/path/a,/path/b` spawns those binaries in turn instead
 //! (restart n runs binary n mod count) against the same data, and reports each
 //! one's times: two builds compared within one run, on the same noise.
@@ -149,6 +157,29 @@ fn redis_cpu_s(cluster: &redis_cluster::RedisCluster) -> f64 {
         .sum()
 }
 
+/// Nodes forking a background save (an AOF rewrite, with `appendonly yes`
+/// after the fill's writes, or an RDB save) right now: its child competes
+/// with the restart for the 2 cores, and its CPU is not in `INFO cpu`'s
+/// main-process figures.
+fn background_saves(cluster: &redis_cluster::RedisCluster) -> usize {
+    cluster
+        .live_ports()
+        .into_iter()
+        .filter(|&port| {
+            let info: String = redis_cluster::query(port, redis::cmd("INFO").arg("persistence"))
+                .unwrap_or_default();
+            info.lines().any(|l| {
+                matches!(
+                    l.trim(),
+                    "aof_rewrite_in_progress:1"
+                        | "aof_rewrite_scheduled:1"
+                        | "rdb_bgsave_in_progress:1"
+                )
+            })
+        })
+        .count()
+}
+
 /// What one restart took: wall time to ready, the CPU the shard and the Redis
 /// nodes spent meanwhile (on 2 cores the sum bounds how fast it can be, and it
 /// is far less noisy than the wall time), and what `/readyz` and the log said.
@@ -169,6 +200,8 @@ struct Restart {
     loaded_ms: Option<u64>,
     /// `elapsed_ms` of its "restored" log line.
     restored_ms: Option<u64>,
+    /// [`background_saves`] at spawn and at ready.
+    background_saves: (usize, usize),
 }
 
 /// Spawns the shard and waits for `/readyz` 200.
@@ -180,6 +213,7 @@ fn restart_once(
     cluster: &redis_cluster::RedisCluster,
 ) -> Restart {
     let redis_before = redis_cpu_s(cluster);
+    let saves_at_spawn = background_saves(cluster);
     let port = free_port();
     let log = std::fs::File::create(log_path).expect("log file");
     let started = Instant::now();
@@ -214,6 +248,7 @@ fn restart_once(
     let shard_cpu_s = stat.cpu_ticks() as f64 / 100.0;
     let rss_mib = process_rss_mib(child.id());
     let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
+    let saves_at_ready = background_saves(cluster);
     child.kill().expect("kill -9");
     let _ = child.wait();
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
@@ -231,6 +266,7 @@ fn restart_once(
         applied_offset: partition["applied_offset"].clone(),
         loaded_ms: logged_ms(&log, "loaded partition from redis"),
         restored_ms: logged_ms(&log, "restored"),
+        background_saves: (saves_at_spawn, saves_at_ready),
     }
 }
 
@@ -246,6 +282,8 @@ fn logged_ms(log: &str, marker: &str) -> Option<u64> {
 fn main() {
     let swaps_total = common::env_usize("BENCH_SWAPS").unwrap_or(2_000_000);
     let restarts = common::env_usize("BENCH_RESTARTS").unwrap_or(5);
+    let pause =
+        Duration::from_millis(common::env_usize("BENCH_RESTART_PAUSE_MS").unwrap_or(0) as u64);
     let binaries: Vec<String> = std::env::var("BENCH_BINARIES")
         .ok()
         .map(|list| list.split(',').map(str::to_string).collect())
@@ -393,10 +431,13 @@ fn main() {
         std::env::temp_dir().join(format!("swapstats-restart-{}.log", std::process::id()));
     let mut rows: Vec<Restart> = Vec::with_capacity(restarts);
     for n in 0..restarts {
+        if n > 0 {
+            std::thread::sleep(pause);
+        }
         let binary = &binaries[n % binaries.len()];
         let row = restart_once(binary, &mock.bootstrap, &seeds, &log_path, &cluster);
         eprintln!(
-            "restart {}/{restarts}: ready after {:.0} ms, tokens {}, lag {}, applied {} (log: load {:?} ms, restore done {:?} ms)",
+            "restart {}/{restarts}: ready after {:.0} ms, tokens {}, lag {}, applied {} (log: load {:?} ms, restore done {:?} ms); Redis nodes in a background save at spawn/ready: {}/{}",
             n + 1,
             row.ready_s * 1000.0,
             row.tokens,
@@ -404,6 +445,8 @@ fn main() {
             row.applied_offset,
             row.loaded_ms,
             row.restored_ms,
+            row.background_saves.0,
+            row.background_saves.1,
         );
         rows.push(row);
     }
@@ -442,7 +485,7 @@ fn main() {
     );
     println!();
     println!(
-        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>10} {:>11} {:>16} {:>10} {:>8}",
+        "{:<10} {:>12} {:>15} {:>14} {:>16} {:>10} {:>11} {:>16} {:>10} {:>8} {:>9}",
         "restart",
         "ready (ms)",
         "log: load (ms)",
@@ -452,12 +495,13 @@ fn main() {
         "faults (k)",
         "redis CPU (ms)",
         "RSS (MiB)",
-        "tokens"
+        "tokens",
+        "bg saves"
     );
     for (n, row) in rows.iter().enumerate() {
         let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>10.0} {:>11} {:>16.0} {:>10.0} {:>8}",
+            "{:<10} {:>12.0} {:>15} {:>14} {:>16.0} {:>10.0} {:>11} {:>16.0} {:>10.0} {:>8} {:>9}",
             n + 1,
             row.ready_s * 1000.0,
             show(row.loaded_ms),
@@ -467,7 +511,8 @@ fn main() {
             row.shard_faults / 1000,
             row.redis_cpu_s * 1000.0,
             row.rss_mib,
-            row.tokens
+            row.tokens,
+            format!("{}/{}", row.background_saves.0, row.background_saves.1)
         );
     }
     let all: Vec<&Restart> = rows.iter().collect();
