@@ -112,11 +112,7 @@ impl Series {
                 // is cheaper to merge directly than through the tiers, whose
                 // edges cost a search each.
                 let from = lower_bound(&self.base, start);
-                let to = if end > last_key {
-                    self.base.len()
-                } else {
-                    lower_bound(&self.base, end)
-                };
+                let to = lower_bound(&self.base, end);
                 if to - from <= DIRECT_FOLD_MAX {
                     self.base
                         .range(from..to)
