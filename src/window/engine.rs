@@ -471,12 +471,15 @@ impl WindowEngine {
     pub fn stats(&self, token: &str, now_ms: i64) -> Option<TokenStats> {
         let state = self.live_token(token, now_ms)?;
         let (_, last_swap_at) = state.newest()?;
-        Some(TokenStats {
+        // Built in place (see `TokenState::window_stats`).
+        let mut stats = TokenStats {
             token: state.name.to_string(),
             updated_at: now_ms,
             last_swap_at: Some(last_swap_at),
-            windows: Windows(state.window_stats(&self.plan, now_ms)),
-        })
+            windows: Windows::default(),
+        };
+        state.window_stats(&self.plan, now_ms, &mut stats.windows.0);
+        Some(stats)
     }
 
     /// Top `limit` tokens of window `window` by `by`; `None` for an unknown window.

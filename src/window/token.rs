@@ -222,8 +222,12 @@ impl TokenState {
             .map(|(key, b)| (*key, b.close.at_ms))
     }
 
-    /// Stats of every window at `now_ms`, in plan order.
-    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64) -> WindowList {
+    /// Stats of every window at `now_ms`, in plan order, appended to `out`.
+    ///
+    /// Written in place: an answer's four windows are ~1.6 KB, and returning
+    /// them by value copied them at each step out to the caller (~100 ns of a
+    /// quiet token's ~560 ns in the engine bench, interleaved in one process).
+    pub(crate) fn window_stats(&self, plan: &Plan, now_ms: i64, out: &mut WindowList) {
         let n = 2 * plan.windows.len();
         with_scratch(n, |queries: &mut [UniqueQuery]| {
             with_scratch(n, |uniques: &mut [UniqueCounts]| {
@@ -251,23 +255,19 @@ impl TokenState {
                             .uniques(level, &queries[range.clone()], &mut uniques[range]);
                     }
                 }
-                plan.windows
-                    .iter()
-                    .zip(&plan.pair_at)
-                    .map(|(w, &at)| {
-                        let (current_start, previous_start) =
-                            (queries[at].start, queries[at + 1].start);
-                        (
-                            w.name.clone(),
-                            self.window_from(
-                                w,
-                                current_start,
-                                previous_start,
-                                [uniques[at], uniques[at + 1]],
-                            ),
-                        )
-                    })
-                    .collect()
+                for (w, &at) in plan.windows.iter().zip(&plan.pair_at) {
+                    let (current_start, previous_start) =
+                        (queries[at].start, queries[at + 1].start);
+                    out.push((
+                        w.name.clone(),
+                        self.window_from(
+                            w,
+                            current_start,
+                            previous_start,
+                            [uniques[at], uniques[at + 1]],
+                        ),
+                    ));
+                }
             })
         })
     }
@@ -453,7 +453,8 @@ mod tests {
                     token.add_mark(level, (i % 37) as u32, key, sides, &plan, limits);
                 }
             }
-            let all = token.window_stats(&plan, now_ms);
+            let mut all = WindowList::new();
+            token.window_stats(&plan, now_ms, &mut all);
             assert_eq!(all.len(), plan.windows.len());
             for ((name, stats), w) in all.iter().zip(&plan.windows) {
                 assert_eq!(&**name, w.spec.name.as_str());
