@@ -52,6 +52,25 @@ impl WindowPlan {
             )
         }
     }
+
+    /// The unique-count queries of the current range (lane 0, open to the
+    /// right) and the previous range (the window's lane), in that order.
+    #[inline]
+    pub(crate) fn unique_queries(&self, now_ms: i64) -> [UniqueQuery; 2] {
+        let (current, previous) = self.key_ranges(now_ms);
+        [
+            UniqueQuery {
+                start: current,
+                end: i64::MAX,
+                lane: 0,
+            },
+            UniqueQuery {
+                start: previous,
+                end: current,
+                lane: self.lane,
+            },
+        ]
+    }
 }
 
 /// All windows, plus each level's distinct previous-range lengths (counter lanes).
@@ -235,17 +254,7 @@ impl TokenState {
                 // level's pairs are contiguous, so a pass over that level's
                 // wallets answers all of them.
                 for (w, &at) in plan.windows.iter().zip(&plan.pair_at) {
-                    let (current, previous) = w.key_ranges(now_ms);
-                    queries[at] = UniqueQuery {
-                        start: current,
-                        end: i64::MAX,
-                        lane: 0,
-                    };
-                    queries[at + 1] = UniqueQuery {
-                        start: previous,
-                        end: current,
-                        lane: w.lane,
-                    };
+                    queries[at..at + 2].copy_from_slice(&w.unique_queries(now_ms));
                 }
                 // The second level's queries, then the minute level's.
                 let split = 2 * plan.second_windows;
@@ -276,23 +285,11 @@ impl TokenState {
 
     /// Stats of one window at `now_ms`.
     pub(crate) fn one_window(&self, w: &WindowPlan, now_ms: i64) -> WindowStats {
-        let (current_start, previous_start) = w.key_ranges(now_ms);
-        let queries = [
-            UniqueQuery {
-                start: current_start,
-                end: i64::MAX,
-                lane: 0,
-            },
-            UniqueQuery {
-                start: previous_start,
-                end: current_start,
-                lane: w.lane,
-            },
-        ];
+        let queries = w.unique_queries(now_ms);
         let mut uniques = [[0; 3]; 2];
         self.activity.uniques(w.level, &queries, &mut uniques);
         let mut stats = WindowStats::default();
-        self.window_into(w, current_start, previous_start, uniques, &mut stats);
+        self.window_into(w, queries[0].start, queries[1].start, uniques, &mut stats);
         stats
     }
 
@@ -321,15 +318,11 @@ impl TokenState {
         now_ms: i64,
         with_uniques: bool,
     ) -> PeriodStats {
-        let (current_start, _) = w.key_ranges(now_ms);
+        let [current, _] = w.unique_queries(now_ms);
+        let current_start = current.start;
         let mut uniques = [[0; 3]];
         if with_uniques {
-            let query = [UniqueQuery {
-                start: current_start,
-                end: i64::MAX,
-                lane: 0,
-            }];
-            self.activity.uniques(w.level, &query, &mut uniques);
+            self.activity.uniques(w.level, &[current], &mut uniques);
         }
         period(
             &self.series[w.level].fold(current_start, i64::MAX),
