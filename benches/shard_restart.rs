@@ -23,9 +23,10 @@
 //! Firecracker VM boots with `page_reporting`: the guest hands freed memory
 //! back to the host after a few seconds, and touching it again costs ~3× the
 //! system time per fault. Back to back, a restart reuses the killed shard's
-//! pages (~4 µs a fault); after a 20 s pause every restart pays the dearer
-//! faults (~9–15 µs: 2.7–4.4 s of system time for ~300k faults), as the first
-//! restart after the fill always did.
+//! pages (~4 µs a fault). After a 20 s pause, restarts have paid the dearer
+//! faults on some days (~9–15 µs: 2.7–4.4 s of system time for ~300k faults,
+//! every restart of one run) and not on others (0.8–1.0 s for the same
+//! faults, every restart of another): it depends on the host.
 //!
 //! A/B: `BENCH_BINARIES=/path/a,/path/b` spawns those binaries in turn instead
 //! (restart n runs binary n mod count) against the same data, and reports each
