@@ -295,10 +295,94 @@ fn parse_time(name: &str, value: WireTime) -> Result<i64, Rejection> {
         WireTime::Millis(ms) if (0.0..1e15).contains(&ms) => Ok(ms as i64),
         WireTime::Millis(ms) => Err(bad(format!("{ms} is not a unix millisecond time"))),
         WireTime::Text(text) => {
+            if let Some(ms) = plain_rfc3339_ms(text.as_bytes()) {
+                return Ok(ms);
+            }
             let t = OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| bad(e.to_string()))?;
             i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|e| bad(e.to_string()))
         }
     }
+}
+
+/// Unix ms of the RFC 3339 form every producer we know sends,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` with a valid date at or after
+/// 1970, read directly; `None` for anything else, which the `time` crate then
+/// parses (or rejects with its message). Both times of a swap went through the
+/// general parser (and an `i128` division) before: a swap's decode is ~14 %
+/// cheaper this way (`cargo bench --bench engine -- decode/`).
+fn plain_rfc3339_ms(text: &[u8]) -> Option<i64> {
+    /// The decimal value of `digits` (all ASCII digits, at most 18 of them).
+    fn number(digits: &[u8]) -> Option<i64> {
+        digits.iter().try_fold(0_i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    }
+    let (datetime, rest) = text.split_at_checked(19)?;
+    let [_, _, _, _, b'-', _, _, b'-', _, _, b'T', _, _, b':', _, _, b':', _, _] = datetime else {
+        return None;
+    };
+    let year = number(&datetime[0..4])?;
+    let month = number(&datetime[5..7])?;
+    let day = number(&datetime[8..10])?;
+    let hour = number(&datetime[11..13])?;
+    let minute = number(&datetime[14..16])?;
+    let second = number(&datetime[17..19])?;
+    // Second 60 (a leap second) is left to the `time` crate.
+    if !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if year < 1970 || day < 1 || day > month_days {
+        return None;
+    }
+    let (fraction_ms, zone) = match rest.strip_prefix(b".") {
+        Some(fraction) => {
+            let digits = fraction.iter().take_while(|d| d.is_ascii_digit()).count();
+            if !(1..=9).contains(&digits) {
+                return None;
+            }
+            // Truncated to the millisecond, as the `time` path's division does.
+            let ms = number(&fraction[..digits.min(3)])? * [100, 10, 1][digits.min(3) - 1];
+            (ms, &fraction[digits..])
+        }
+        None => (0, rest),
+    };
+    let offset_s = match zone {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (hours, minutes) = (number(&[*h1, *h2])?, number(&[*m1, *m2])?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let s = hours * 3600 + minutes * 60;
+            if *sign == b'-' {
+                -s
+            } else {
+                s
+            }
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of the proleptic Gregorian date (a civil-from-days
+    // inverse: years start in March, so the leap day is a year's last).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era_year = y.rem_euclid(400);
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = era_year * 365 + era_year / 4 - era_year / 100 + day_of_year;
+    let days = y.div_euclid(400) * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    // Before 1970 in UTC the `time` path rounds toward zero, not down.
+    (seconds >= 0).then(|| seconds * 1000 + fraction_ms)
 }
 
 #[cfg(test)]
@@ -419,6 +503,78 @@ mod tests {
         for bad_time in ["true", "[1]", r#"{"ms":1}"#] {
             let json = format!(r#"{{{ok},"executed_at":{bad_time}}}"#);
             assert_eq!(reason(&json), RejectReason::Malformed, "{json}");
+        }
+    }
+
+    /// The `time` crate's reading of an RFC 3339 text, in unix ms.
+    fn general_rfc3339_ms(text: &str) -> Option<i64> {
+        let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    }
+
+    proptest::proptest! {
+        /// The direct reading agrees with the `time` crate wherever it answers,
+        /// and answers for every well-formed UTC or offset time after 1970.
+        #[test]
+        fn plain_rfc3339_agrees_with_the_time_crate(
+            year in 1960_i64..2200,
+            month in 0_i64..14,
+            day in 0_i64..33,
+            hour in 0_i64..25,
+            minute in 0_i64..61,
+            second in 0_i64..62,
+            fraction in proptest::option::of("[0-9]{0,11}"),
+            zone in proptest::prop_oneof![
+                proptest::strategy::Just("Z".to_string()),
+                "[+-](0[0-9]|1[0-9]|2[0-5]):[0-6][0-9]",
+                "[zZ+ ]?[0-9:]{0,6}",
+            ],
+        ) {
+            let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}{zone}"
+            );
+            let general = general_rfc3339_ms(&text);
+            match plain_rfc3339_ms(text.as_bytes()) {
+                Some(ms) => proptest::prop_assert_eq!(Some(ms), general, "{}", text),
+                None => {
+                    let plain_form = second < 60
+                        && fraction.len() != 1
+                        && fraction.len() <= 10
+                        && (zone == "Z" || zone.len() == 6 && zone[1..3] < *"24" && zone[4..] < *"60");
+                    if let (Some(ms), true) = (general, plain_form) {
+                        proptest::prop_assert!(ms < 0, "{} = {} ms was left to the time crate", text, ms);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_rfc3339_reads_the_producers_form() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", 0),
+            ("2023-11-14T22:13:19.5Z", NOW - 500),
+            ("2023-11-14T22:13:20.123456789Z", NOW + 123),
+            ("2023-11-15T00:13:20+02:00", NOW),
+            ("2023-11-14T20:13:20.999-02:00", NOW + 999),
+            ("2024-02-29T12:00:00Z", 1_709_208_000_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(plain_rfc3339_ms(text.as_bytes()), Some(ms), "{text}");
+            assert_eq!(general_rfc3339_ms(text), Some(ms), "{text}");
+        }
+        for left_to_the_time_crate in [
+            "2023-02-29T00:00:00Z",
+            "2023-11-14T22:13:60Z",
+            "2023-11-14t22:13:20Z",
+            "2023-11-14T22:13:20z",
+            "1970-01-01T00:00:00+01:00",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20",
+        ] {
+            assert_eq!(plain_rfc3339_ms(left_to_the_time_crate.as_bytes()), None);
         }
     }
 
