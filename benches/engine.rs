@@ -4,6 +4,10 @@
 //!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
 //!   up to a minute) into a fresh engine, one swap at a time and in batches of
 //!   500 and of 20,000 (the shard's `batch_max_swaps`).
+//! - `apply/steady_*`: the same stream continued, 1 M swaps at a time, into one
+//!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
+//!   shard's apply, where every mark added is also trimmed later and the
+//!   working set no longer fits in cache (~2.3× the fresh rows' time per swap).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
@@ -19,7 +23,8 @@
 //!   100,000 payloads of the built-in generator as `swapstats produce` sends
 //!   them (RFC 3339 times, string ids).
 //!
-//! Run: `cargo bench --bench engine` (about two minutes, plus ~30 s to build the day).
+//! Run: `cargo bench --bench engine` (about three minutes, plus ~30 s to build
+//! the day and ~20 s to warm the steady engine).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -94,6 +99,7 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    bench_apply_steady(&mut group, &mut stream);
     let mut filled = WindowEngine::new(default_config());
     for (swap, &now) in swaps.iter().zip(&clocks) {
         filled.apply(swap, now);
@@ -106,6 +112,56 @@ fn bench_apply(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// The same stream continued into an engine that already holds
+/// `STEADY_WARM_HOURS` of it (more than the second level's 2 h span), in
+/// batches of 20,000 with expire, as a long-running shard applies it: the
+/// engine's memory is recycled instead of faulted in fresh, which the rows
+/// above pay on every iteration. Dedup horizon 10 minutes (600k ids, like the
+/// fresh rows' 1 M) so the warm-up does not hold hours of event ids.
+fn bench_apply_steady(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    stream: &mut Stream,
+) {
+    const STEADY_WARM_HOURS: i64 = 3;
+    const BATCH: usize = 20_000;
+    let apply = |engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64]| {
+        for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
+            let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+            black_box(engine.apply_batch(chunk, now));
+            engine.expire(now);
+        }
+    };
+    let mut next_chunk =
+        || -> (Vec<Swap>, Vec<i64>) { (0..APPLY_SWAPS).map(|_| stream.next_swap()).unzip() };
+    // Warmed up on first use, so a run that filters this row out skips it.
+    let mut warm: Option<WindowEngine> = None;
+    group.bench_function("steady_batches_of_20000_with_expire_1M", |b| {
+        let engine = warm.get_or_insert_with(|| {
+            let mut engine = WindowEngine::new(EngineConfig {
+                dedup_horizon_ms: 10 * 60 * SECOND,
+                ..default_config()
+            });
+            let mut clock = T0;
+            while clock < T0 + STEADY_WARM_HOURS * HOUR {
+                let (swaps, clocks) = next_chunk();
+                apply(&mut engine, &swaps, &clocks);
+                clock = clocks.last().copied().unwrap_or(clock);
+            }
+            engine
+        });
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let (swaps, clocks) = next_chunk();
+                let started = Instant::now();
+                apply(engine, &swaps, &clocks);
+                spent += started.elapsed();
+            }
+            spent
+        })
+    });
 }
 
 /// One day of swaps at 300/s; dedup horizon cut to 10 minutes (with expire every
