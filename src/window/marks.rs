@@ -422,13 +422,17 @@ impl WalletIndex {
     fn trim(&mut self, cuts: [i64; 2], release: &mut impl FnMut(u32)) -> bool {
         let mut dropped = false;
         for (level, &cut) in cuts.iter().enumerate() {
-            let mut due = self.by_oldest[level].take_before(cut);
-            due.sort_unstable();
+            // Looked up first (independent lookups overlap their cache misses),
+            // then visited by position from the last record down: records
+            // are read in memory order, and a record that empties takes the
+            // last one's place, which has already been visited.
+            let mut due: Vec<(u32, u32)> = (self.by_oldest[level].take_before(cut).into_iter())
+                .filter_map(|wallet| Some((self.positions.get(&wallet)?[level], wallet)))
+                .collect();
+            due.sort_unstable_by(|a, b| b.cmp(a));
             due.dedup();
-            for wallet in due {
-                let Some(position) = self.positions.get(&wallet).map(|p| p[level] as usize) else {
-                    continue;
-                };
+            for (position, wallet) in due {
+                let position = position as usize;
                 let records = &mut self.records[level];
                 let Some(record) = records.get_mut(position) else {
                     continue;
