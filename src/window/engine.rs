@@ -64,6 +64,16 @@ pub struct EngineTuning {
     /// (every token of its day then has counters), and the 1 M-token long
     /// tail ~18 % larger (`engine_memory`: 1328 → 1572 MiB).
     pub counters_min_wallets: usize,
+    /// Once trimmed, a token is trimmed again when its oldest data is this
+    /// overdue (or when all of it is, so it leaves on time). A busy token is
+    /// then visited once per slack instead of at every expiry, and each wallet
+    /// loses its aged-out marks in one visit instead of a few per expiry (each
+    /// visit's record, mark list and counter rows are cache misses). Answers
+    /// at or after the latest expiry do not change: their ranges start at or
+    /// after the cuts (when the retention covers the longest window twice;
+    /// otherwise the slack is not used). Measured at 5 min: apply plus expiry
+    /// of a steady engine ~20 % cheaper, 0.7 % more memory.
+    pub trim_slack_ms: i64,
 }
 
 impl Default for EngineTuning {
@@ -72,6 +82,7 @@ impl Default for EngineTuning {
             tier_min_buckets: 64,
             flat_max_marks: 24,
             counters_min_wallets: 128,
+            trim_slack_ms: 5 * 60_000,
         }
     }
 }
@@ -220,6 +231,8 @@ pub struct WindowEngine {
     schedule: BinaryHeap<Reverse<(i64, u32, u32)>>,
     /// Scratch of [`WindowEngine::apply_batch`], empty between calls.
     pending: PendingBatch,
+    /// [`EngineTuning::trim_slack_ms`] where no query can see it, else 0.
+    trim_slack_ms: i64,
 }
 
 impl WindowEngine {
@@ -232,7 +245,6 @@ impl WindowEngine {
     pub fn with_tuning(config: EngineConfig, tuning: EngineTuning) -> Self {
         let plan = Plan::new(&config.windows);
         Self {
-            config,
             tuning,
             plan,
             index: FastMap::default(),
@@ -242,6 +254,8 @@ impl WindowEngine {
             dedup: Dedup::default(),
             schedule: BinaryHeap::new(),
             pending: PendingBatch::default(),
+            trim_slack_ms: invisible_trim_slack(&config, tuning.trim_slack_ms),
+            config,
         }
     }
 
@@ -545,6 +559,7 @@ impl WindowEngine {
         let cuts = [second_cut(now_ms), self.minute_cut(now_ms)];
         let shape = self.tuning.shape();
         let retention_ms = self.config.retention_ms;
+        let trim_slack_ms = self.trim_slack_ms;
         while let Some(&Reverse((due_ms, slot, generation))) = self.schedule.peek() {
             if due_ms > now_ms {
                 break;
@@ -576,7 +591,9 @@ impl WindowEngine {
                 entry.generation = entry.generation.wrapping_add(1);
                 free_slots.push(slot);
             } else {
-                let due = token.due_ms(retention_ms).max(now_ms.saturating_add(1));
+                let due = (token.due_ms(retention_ms).saturating_add(trim_slack_ms))
+                    .min(token.gone_ms(retention_ms))
+                    .max(now_ms.saturating_add(1));
                 token.scheduled_due_ms = due;
                 schedule.push(Reverse((due, slot, generation)));
             }
@@ -725,6 +742,25 @@ fn side_bit(side: Side) -> u8 {
     match side {
         Side::Buy => SIDE_BUY,
         Side::Sell => SIDE_SELL,
+    }
+}
+
+/// `slack` when data past the cuts is invisible to every query at or after
+/// the latest expiry, else 0. Second-level ranges (windows up to 1 h, current
+/// and previous) start at or after the second cut. A minute-level window of
+/// `m` minutes (rounded up) reads back `2m`: that stays at or after the
+/// minute cut only while the retention covers it (the default 48 h does for
+/// 24 h); a shorter retention relies on trimming to hide older data.
+fn invisible_trim_slack(config: &EngineConfig, slack: i64) -> i64 {
+    let minute_reach_ms = (config.windows.iter())
+        .filter(|w| !w.is_second_exact())
+        .map(|w| 2 * 60_000 * ((w.secs + 59) / 60))
+        .max()
+        .unwrap_or(0);
+    if config.retention_ms >= minute_reach_ms {
+        slack
+    } else {
+        0
     }
 }
 
