@@ -919,6 +919,44 @@ mod tests {
     }
 
     #[test]
+    fn a_trimmed_token_is_trimmed_again_after_the_slack_and_leaves_on_time() {
+        let mut engine = WindowEngine::new(config());
+        let slack = EngineTuning::default().trim_slack_ms;
+        assert_eq!(engine.trim_slack_ms, slack);
+        for (i, at) in [T0, T0 + 10_000, T0 + 20_000].into_iter().enumerate() {
+            engine.apply(
+                &swap(&format!("e{i}"), "T", Some("w"), Side::Buy, 1.0, at),
+                at,
+            );
+        }
+        let seconds = |engine: &WindowEngine| {
+            let token = engine.slots[engine.index["T"] as usize].token.as_ref();
+            token.map_or(0, |t| t.series[SECOND].len())
+        };
+        // The first trim is on time; the next waits until the oldest is `slack` overdue.
+        engine.expire(T0 + 2 * HOUR + 1000);
+        assert_eq!(seconds(&engine), 2);
+        engine.expire(T0 + 2 * HOUR + 30_000);
+        assert_eq!(seconds(&engine), 2, "lingers within the slack");
+        let now = T0 + 2 * HOUR + 30_000;
+        assert_eq!(engine.stats("T", now).map(|s| s.windows.0.len()), Some(4));
+        engine.expire(T0 + 2 * HOUR + 10_000 + slack);
+        assert_eq!(seconds(&engine), 0);
+        // All of its data due: it leaves then, not a slack later.
+        let gone = ((T0 + 20_000).div_euclid(60_000) + 1) * 60_000 + 48 * HOUR;
+        engine.expire(gone - 1);
+        assert_eq!(engine.token_count(), 1);
+        engine.expire(gone);
+        assert_eq!(engine.token_count(), 0);
+        // Too short a retention for the longest window twice: no slack.
+        let short = EngineConfig {
+            retention_ms: 47 * HOUR,
+            ..config()
+        };
+        assert_eq!(WindowEngine::new(short).trim_slack_ms, 0);
+    }
+
+    #[test]
     fn stale_second_data_is_not_kept() {
         let mut engine = WindowEngine::new(config());
         let (effect, counts) = engine.apply_batch(
