@@ -7,7 +7,8 @@
 //! - `apply/steady_*`: the same stream continued, 1 M swaps at a time, into one
 //!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
 //!   shard's apply, where every mark added is also trimmed later and the
-//!   working set no longer fits in cache (~2.3× the fresh rows' time per swap).
+//!   working set no longer fits in cache (about twice the fresh rows' time per
+//!   swap).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
@@ -116,10 +117,11 @@ fn bench_apply(c: &mut Criterion) {
 
 /// The same stream continued into an engine that already holds
 /// `STEADY_WARM_HOURS` of it (more than the second level's 2 h span), in
-/// batches of 20,000 with expire, as a long-running shard applies it: the
-/// engine's memory is recycled instead of faulted in fresh, which the rows
-/// above pay on every iteration. Dedup horizon 10 minutes (600k ids, like the
-/// fresh rows' 1 M) so the warm-up does not hold hours of event ids.
+/// batches of 20,000 with expire, as a long-running shard applies it: marks
+/// are trimmed as well as added, and the records and counters are out of
+/// cache, which the fresh rows above never reach. Dedup horizon 10 minutes
+/// (600k ids, like the fresh rows' 1 M) so the warm-up does not hold hours of
+/// event ids.
 fn bench_apply_steady(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     stream: &mut Stream,

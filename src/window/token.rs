@@ -236,9 +236,8 @@ impl TokenState {
 
     /// When all of the data has aged out (its newest minute bucket is due).
     pub(crate) fn gone_ms(&self, retention_ms: i64) -> i64 {
-        self.series[MINUTE]
-            .last()
-            .map_or(i64::MAX, |(m, _)| minute_due_ms(*m, retention_ms))
+        self.newest()
+            .map_or(i64::MAX, |(m, _)| minute_due_ms(m, retention_ms))
     }
 
     /// The newest minute bucket's key and block time of its latest swap.
