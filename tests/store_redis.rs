@@ -164,16 +164,29 @@ impl Gen {
                 continue; // a batch touches a bucket once
             }
             effect.buckets.push(self.bucket_delta(token, level, at));
+            let token: Arc<str> = token.into();
             for _ in 0..self.rng.random_range(0..3) {
-                let wallet = WALLETS[self.rng.random_range(0..WALLETS.len())];
+                let wallet: Arc<str> = WALLETS[self.rng.random_range(0..WALLETS.len())].into();
                 let sides = self.rng.random_range(1..=3u8);
                 effect.wallets.push(WalletMark {
-                    token: token.into(),
-                    wallet: wallet.into(),
+                    token: token.clone(),
+                    wallet: wallet.clone(),
                     level,
                     at,
                     sides,
                 });
+                // As the engine emits them: the minute's mark too, with some of
+                // the second's bits or others (names shared, so the store
+                // writes the bits they have in common once).
+                if level == Level::Second && self.rng.random_bool(0.5) {
+                    effect.wallets.push(WalletMark {
+                        token: token.clone(),
+                        wallet,
+                        level: Level::Minute,
+                        at: at.div_euclid(60),
+                        sides: self.rng.random_range(1..=3u8),
+                    });
+                }
             }
         }
         for _ in 0..buckets {

@@ -18,6 +18,14 @@
 //! bits it added as one hash field, `w<first offset of the batch>`; a
 //! (wallet, bucket) has at most one record per side, and a reader ors them.
 //!
+//! A minute record also carries the second mark that added its bits in the
+//! same batch, when there is one (there always is, unless the swap was too old
+//! for second buckets): the side byte's upper six bits hold the second within
+//! the minute plus one (0: no second). That second's bits are then left out of
+//! the hour's record, so a batch writes each new wallet activity once instead of
+//! once per level, and what only the seconds need (a wallet's later swaps in a
+//! minute it already had) still expires with the hour's hash.
+//!
 //! **Batch arguments** (`ARGV[7..]` of `apply_batch.lua`, [`BatchArgs`]). Key
 //! names, fields and absolute expiries are computed here, and data whose key
 //! would already be expired is left out, so the script only writes: buckets
@@ -39,6 +47,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
@@ -48,6 +57,10 @@ use crate::window::{AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoin
 pub const BUCKET_LEN: usize = 108;
 /// Encoded size of one event record.
 pub const EVENT_LEN: usize = 20;
+/// The side bits of a wallet mark record's side byte.
+const SIDES: u8 = 3;
+/// Where a minute record's second (within the minute, plus one) starts in its side byte.
+const SECOND_SHIFT: u32 = 2;
 
 fn put_point(out: &mut Vec<u8>, p: &PricePoint) {
     out.extend_from_slice(&p.at_ms.to_le_bytes());
@@ -378,6 +391,19 @@ pub fn decode_marks(
     Ok(())
 }
 
+/// What a record's side byte says, read at `level`: its side bits and, for a
+/// minute record, the second within the minute whose mark it also carries.
+pub fn mark_sides(level: Level, byte: u8) -> Result<(u8, Option<i64>), StoreError> {
+    let second = byte >> SECOND_SHIFT;
+    match (level, second) {
+        (_, 0) => Ok((byte & SIDES, None)),
+        (Level::Minute, 1..=60) => Ok((byte & SIDES, Some(i64::from(second) - 1))),
+        _ => Err(StoreError::Corrupt(format!(
+            "{level:?} wallet mark with side byte {byte:#04x}"
+        ))),
+    }
+}
+
 /// The token index's score for data at `ms`: the last millisecond of its hour.
 /// A load uses a token's score only to skip the hours and days after it, so
 /// the hour is all it needs, and a token's score changes once an hour.
@@ -416,15 +442,71 @@ pub fn encode_batch<'e>(
         let (id, offset) = HashId::of(d.level, d.at);
         periods.of(&d.token, id).buckets.push((offset, &d.total));
     }
+    // A minute mark's bits are carried, where they can be, by the same
+    // batch's second mark that added them (see the module doc): `minute_bits`
+    // holds the minute bits still to write, per (token, wallet, minute).
+    // Keyed by address: the engine's effect shares one allocation per token
+    // and per wallet name, and equal names at different addresses only miss
+    // the saving. Carried only where a day's hash outlives (and a load reads
+    // it as long as) the hours' hashes of its day: a retention of at least
+    // the second level's.
+    let carry = lifetimes.minute_keep_ms >= lifetimes.second_keep_ms;
+    let address = |name: &Arc<str>| Arc::as_ptr(name) as *const u8 as usize;
+    let mut minute_bits: FastMap<(usize, usize, i64), u8> = FastMap::default();
     for w in &effect.wallets {
         seen(&w.token, bucket_start_ms(w.level, w.at));
-        let (id, offset) = HashId::of(w.level, w.at);
-        put_mark(
-            &mut periods.of(&w.token, id).marks,
-            offset,
-            w.sides & 3,
-            &w.wallet,
-        )?;
+        if carry && w.level == Level::Minute {
+            *minute_bits
+                .entry((address(&w.token), address(&w.wallet), w.at))
+                .or_default() |= w.sides & SIDES;
+        }
+    }
+    for w in effect.wallets.iter().filter(|w| w.level == Level::Second) {
+        let minute = w.at.div_euclid(60);
+        let mut sides = w.sides & SIDES;
+        if let Some(pending) = minute_bits.get_mut(&(address(&w.token), address(&w.wallet), minute))
+        {
+            let carried = *pending & sides;
+            if carried != 0 {
+                *pending &= !carried;
+                sides &= !carried;
+                let (id, offset) = HashId::of(Level::Minute, minute);
+                let second = (w.at - minute * 60 + 1) as u8;
+                put_mark(
+                    &mut periods.of(&w.token, id).marks,
+                    offset,
+                    carried | second << SECOND_SHIFT,
+                    &w.wallet,
+                )?;
+            }
+        }
+        if sides != 0 {
+            let (id, offset) = HashId::of(Level::Second, w.at);
+            put_mark(
+                &mut periods.of(&w.token, id).marks,
+                offset,
+                sides,
+                &w.wallet,
+            )?;
+        }
+    }
+    for w in effect.wallets.iter().filter(|w| w.level == Level::Minute) {
+        let sides = if carry {
+            // Taken, so a minute that came as two marks (one per side) is written once.
+            let key = (address(&w.token), address(&w.wallet), w.at);
+            minute_bits.remove(&key).unwrap_or(0)
+        } else {
+            w.sides & SIDES
+        };
+        if sides != 0 {
+            let (id, offset) = HashId::of(Level::Minute, w.at);
+            put_mark(
+                &mut periods.of(&w.token, id).marks,
+                offset,
+                sides,
+                &w.wallet,
+            )?;
+        }
     }
     let live: Vec<(String, i64, &PeriodWrite)> = periods
         .periods
@@ -500,7 +582,7 @@ pub fn encode_batch<'e>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::{BucketDelta, WalletMark};
+    use crate::window::{BucketDelta, WalletMark, SIDE_BUY, SIDE_SELL};
 
     fn sample() -> Bucket {
         Bucket {
@@ -725,6 +807,122 @@ mod tests {
             ]
         );
         assert_eq!(encoded.take_index(), [("B:{x}".to_string(), end_of_hour)]);
+    }
+
+    /// The hash fields' mark records of an encoded batch: key → (offset, side byte, wallet).
+    fn mark_records(args: &BatchArgs) -> BTreeMap<String, Vec<(i64, u8, String)>> {
+        let args: Vec<&[u8]> = args.iter().collect();
+        let text = |a: &[u8]| String::from_utf8(a.to_vec()).unwrap();
+        let mut out = BTreeMap::new();
+        let mut at = 1;
+        for _ in 0..text(args[0]).parse::<usize>().unwrap() {
+            let key = text(args[at]);
+            let n: usize = text(args[at + 2]).parse().unwrap();
+            for f in 0..n {
+                let (field, value) = (args[at + 3 + 2 * f], args[at + 4 + 2 * f]);
+                if field.first() == Some(&b'w') {
+                    let records: &mut Vec<_> = out.entry(key.clone()).or_default();
+                    decode_marks(value, |offset, byte, wallet| {
+                        records.push((offset, byte, wallet.to_string()));
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+            }
+            at += 3 + 2 * n;
+        }
+        out
+    }
+
+    /// A minute record carries the second mark that added its bits in the
+    /// batch; what the minute already had, or a second without a shared name,
+    /// stays in the hour's record.
+    #[test]
+    fn minute_records_carry_their_seconds_mark() {
+        let now_ms = 1_700_000_000_000;
+        let minute = now_ms / 60_000;
+        let second = minute * 60 + 17;
+        let (a, w1, w2): (Arc<str>, Arc<str>, Arc<str>) = ("A".into(), "w1".into(), "w2".into());
+        let mark = |wallet: &Arc<str>, level, at, sides| WalletMark {
+            token: a.clone(),
+            wallet: wallet.clone(),
+            level,
+            at,
+            sides,
+        };
+        let effect = BatchEffect {
+            buckets: vec![],
+            wallets: vec![
+                // w1 bought at :17 and sold at :18, both new in the minute.
+                mark(&w1, Level::Second, second, SIDE_BUY),
+                mark(&w1, Level::Second, second + 1, SIDE_SELL),
+                mark(&w1, Level::Minute, minute, SIDE_BUY | SIDE_SELL),
+                // w2 sold at :17; the minute already had its sell.
+                mark(&w2, Level::Second, second, SIDE_SELL),
+                // The same wallet under another name allocation: not matched.
+                mark(&"w1".into(), Level::Second, second + 60, SIDE_BUY),
+                mark(&"w1".into(), Level::Minute, minute + 1, SIDE_BUY),
+            ],
+            events: vec![],
+        };
+        let lifetimes = KeyLifetimes {
+            second_keep_ms: 7_200_000,
+            minute_keep_ms: 172_800_000,
+            dedup_ms: 86_400_000,
+            margin_ms: 600_000,
+        };
+        let args = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false).unwrap();
+        let (hour, day) = (second.div_euclid(3600), minute.div_euclid(1440));
+        let s_off = second - hour * 3600;
+        let m_off = minute - day * 1440;
+        let with_second = |sides: u8, s: u8| sides | (s + 1) << SECOND_SHIFT;
+        assert_eq!(
+            mark_records(&args),
+            BTreeMap::from([
+                (
+                    keys::seconds(3, "A", hour),
+                    vec![
+                        (s_off, SIDE_SELL, "w2".into()),
+                        (s_off + 60, SIDE_BUY, "w1".into())
+                    ]
+                ),
+                (
+                    keys::minutes(3, "A", day),
+                    vec![
+                        (m_off, with_second(SIDE_BUY, 17), "w1".into()),
+                        (m_off, with_second(SIDE_SELL, 18), "w1".into()),
+                        (m_off + 1, SIDE_BUY, "w1".into()),
+                    ]
+                ),
+            ])
+        );
+        // Read back: a minute record says its side bits and the carried second.
+        assert_eq!(
+            mark_sides(Level::Minute, with_second(SIDE_SELL, 18)).unwrap(),
+            (SIDE_SELL, Some(18))
+        );
+        assert_eq!(
+            mark_sides(Level::Minute, SIDE_BUY).unwrap(),
+            (SIDE_BUY, None)
+        );
+        assert_eq!(
+            mark_sides(Level::Second, SIDE_BUY).unwrap(),
+            (SIDE_BUY, None)
+        );
+        assert!(mark_sides(Level::Second, with_second(SIDE_BUY, 0)).is_err());
+        assert!(mark_sides(Level::Minute, SIDE_BUY | 61 << SECOND_SHIFT).is_err());
+
+        // A retention shorter than the second level's: nothing is carried.
+        let short = KeyLifetimes {
+            minute_keep_ms: 3_600_000,
+            ..lifetimes
+        };
+        let args = encode_batch(3, 42, &effect, now_ms, &short, &|_, _| false).unwrap();
+        let records = mark_records(&args);
+        assert_eq!(records[&keys::seconds(3, "A", hour)].len(), 4);
+        assert!(records[&keys::minutes(3, "A", day)]
+            .iter()
+            .all(|&(_, byte, _)| byte >> SECOND_SHIFT == 0));
     }
 
     #[test]

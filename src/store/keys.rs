@@ -37,7 +37,8 @@ pub fn seconds(partition: u32, token: &str, hour: i64) -> String {
 /// `ss:{p}:m:<token>:<day>` — hash of the token's minute buckets and
 /// minute-level wallet marks in unix day `day`: field `<minute within the day>`
 /// (0..1439) → encoded bucket; field `w<offset>` → wallet mark records, as in
-/// [`seconds`].
+/// [`seconds`], each of which may also carry one of its seconds' marks (see
+/// [`super::codec`]).
 pub fn minutes(partition: u32, token: &str, day: i64) -> String {
     format!("ss:{{{partition}}}:m:{token}:{day}")
 }

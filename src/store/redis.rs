@@ -37,7 +37,9 @@ use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
-use super::codec::{decode_bucket, decode_events, decode_marks, encode_batch, KeyLifetimes};
+use super::codec::{
+    decode_bucket, decode_events, decode_marks, encode_batch, mark_sides, KeyLifetimes,
+};
 use super::hash_reader::{hgetall_pipeline, HashReader, NodeAddr};
 use super::index_scores::IndexScores;
 use super::keys::{self, DAY_MS, HOUR_MS};
@@ -577,12 +579,20 @@ impl<'s> ChunkDecoder<'s> {
         let token = &self.tokens[t];
         let base = period * per_period(level);
         if name.first() == Some(&b'w') {
-            return decode_marks(bytes, |offset, sides, wallet| {
+            return decode_marks(bytes, |offset, byte, wallet| {
                 let at = base + offset;
-                if store.within(level, at, now_ms) {
+                let (sides, second) = mark_sides(level, byte)?;
+                // A minute record may carry the mark of one of its seconds.
+                let second = second
+                    .map(|s| (Level::Second, at * 60 + s))
+                    .filter(|&(level, at)| store.within(level, at, now_ms));
+                let minute =
+                    Some((level, at)).filter(|&(level, at)| store.within(level, at, now_ms));
+                let mut name: Option<Arc<str>> = None;
+                for (level, at) in minute.into_iter().chain(second) {
                     out.wallets.push(WalletMark {
                         token: token.clone(),
-                        wallet: Arc::from(wallet),
+                        wallet: name.get_or_insert_with(|| Arc::from(wallet)).clone(),
                         level,
                         at,
                         sides,
