@@ -395,30 +395,41 @@ impl WindowEngine {
         pending
             .marks
             .sort_unstable_by_key(|&(slot, wallet, level, key, _)| (slot, level, wallet, key));
-        for (slot, wallet, level, key, sides) in pending.marks.drain(..) {
+        // In runs of one (token, level), a few dozen marks at a time: their
+        // records are read first (misses overlapped), then added to.
+        for run in pending
+            .marks
+            .chunk_by(|a, b| (a.0, a.2) == (b.0, b.2))
+            .flat_map(|run| run.chunks(WARM_MARKS))
+        {
             let Self {
                 slots,
                 wallets,
                 plan,
                 ..
             } = &mut *self;
+            let (slot, level) = (run[0].0, run[0].2);
             let Some(token) = slots[slot as usize].token.as_mut() else {
                 continue;
             };
-            let added = token.add_mark(level, wallet, key, sides, plan, shape);
-            if added.created {
-                wallets.acquire(wallet);
-            }
-            if added.sides != 0 {
-                effect.wallets.push(WalletMark {
-                    token: token.name.clone(),
-                    wallet: wallets.name(wallet),
-                    level: LEVELS[level],
-                    at: key,
-                    sides: added.sides,
-                });
+            std::hint::black_box(token.warm_marks(level, run.iter().map(|m| m.1)));
+            for &(_, wallet, _, key, sides) in run {
+                let added = token.add_mark(level, wallet, key, sides, plan, shape);
+                if added.created {
+                    wallets.acquire(wallet);
+                }
+                if added.sides != 0 {
+                    effect.wallets.push(WalletMark {
+                        token: token.name.clone(),
+                        wallet: wallets.name(wallet),
+                        level: LEVELS[level],
+                        at: key,
+                        sides: added.sides,
+                    });
+                }
             }
         }
+        pending.marks.clear();
         self.pending = pending;
         (effect, counts)
     }
@@ -737,6 +748,10 @@ impl WindowEngine {
 
 /// Level enum by per-level index.
 const LEVELS: [Level; 2] = [Level::Second, Level::Minute];
+
+/// Marks whose records [`WindowEngine::apply_batch`] reads ahead at a time:
+/// enough misses to overlap, few enough records to stay in L1.
+const WARM_MARKS: usize = 64;
 
 #[inline]
 fn side_bit(side: Side) -> u8 {

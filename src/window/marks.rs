@@ -373,6 +373,21 @@ impl WalletIndex {
         self.records[level].get(position as usize)
     }
 
+    /// Reads the records of `wallets` at `level` (their position-map entries,
+    /// newest marks, and the end of their older marks, where a new newest mark
+    /// pushes the old one) and returns a value made of them, so the adds that
+    /// follow find them in cache: these reads do not depend on one another, so
+    /// the CPU overlaps their misses, where each add waits out its own.
+    fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
+        let records = &self.records[level];
+        wallets
+            .filter_map(|wallet| self.positions.get(&wallet))
+            .filter_map(|positions| records.get(positions[level] as usize))
+            .fold(0, |acc, record| {
+                acc ^ record.newest ^ record.older.last().copied().unwrap_or(0)
+            })
+    }
+
     #[inline]
     fn add(&mut self, level: usize, wallet: u32, key: i64, sides: u8) -> MarkAdded {
         let positions = self.positions.entry(wallet).or_insert([UNLISTED; 2]);
@@ -622,6 +637,16 @@ impl Activity {
                     .map_or(0, |i| sides_of(marks[i].packed))
             }
             Self::Wallets(index) => index.record(level, wallet).map_or(0, |w| w.sides_at(key)),
+        }
+    }
+
+    /// Brings the records `wallets` have at `level` into cache before they
+    /// are added to (see [`WalletIndex::warm`]); the result only keeps the
+    /// reads from being optimized away.
+    pub(crate) fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
+        match self {
+            Self::Flat(_) => 0,
+            Self::Wallets(index) => index.warm(level, wallets),
         }
     }
 

@@ -201,6 +201,12 @@ impl TokenState {
             .add(level, wallet, key, sides, &plan.lens, limits.marks)
     }
 
+    /// Brings the wallet records the next [`TokenState::add_mark`] calls at
+    /// `level` will update into cache (see [`Activity::warm`]).
+    pub(crate) fn warm_marks(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
+        self.activity.warm(level, wallets)
+    }
+
     /// Drops data with keys before `cuts[level]` (second, minute).
     pub(crate) fn trim(&mut self, cuts: [i64; 2], limits: ShapeLimits, release: impl FnMut(u32)) {
         for (series, cut) in self.series.iter_mut().zip(cuts) {
