@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
-use crate::window::{AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint};
+use crate::window::{AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint, WalletMark};
 
 /// Encoded size of one bucket.
 pub const BUCKET_LEN: usize = 108;
@@ -289,6 +289,24 @@ impl<'a> PeriodWrites<'a> {
         }
         &mut self.periods[at]
     }
+
+    /// Adds a record of `mark`'s wallet with side byte `byte` at bucket `at`
+    /// of `level` to the hash of `mark`'s token that holds that bucket.
+    fn mark(
+        &mut self,
+        mark: &'a WalletMark,
+        level: Level,
+        at: i64,
+        byte: u8,
+    ) -> Result<(), StoreError> {
+        let (id, offset) = HashId::of(level, at);
+        put_mark(
+            &mut self.of(&mark.token, id).marks,
+            offset,
+            byte,
+            &mark.wallet,
+        )
+    }
 }
 
 fn bucket_start_ms(level: Level, at: i64) -> i64 {
@@ -470,24 +488,12 @@ pub fn encode_batch<'e>(
             if carried != 0 {
                 *pending &= !carried;
                 sides &= !carried;
-                let (id, offset) = HashId::of(Level::Minute, minute);
                 let second = (w.at - minute * 60 + 1) as u8;
-                put_mark(
-                    &mut periods.of(&w.token, id).marks,
-                    offset,
-                    carried | second << SECOND_SHIFT,
-                    &w.wallet,
-                )?;
+                periods.mark(w, Level::Minute, minute, carried | second << SECOND_SHIFT)?;
             }
         }
         if sides != 0 {
-            let (id, offset) = HashId::of(Level::Second, w.at);
-            put_mark(
-                &mut periods.of(&w.token, id).marks,
-                offset,
-                sides,
-                &w.wallet,
-            )?;
+            periods.mark(w, Level::Second, w.at, sides)?;
         }
     }
     for w in effect.wallets.iter().filter(|w| w.level == Level::Minute) {
@@ -499,13 +505,7 @@ pub fn encode_batch<'e>(
             w.sides & SIDES
         };
         if sides != 0 {
-            let (id, offset) = HashId::of(Level::Minute, w.at);
-            put_mark(
-                &mut periods.of(&w.token, id).marks,
-                offset,
-                sides,
-                &w.wallet,
-            )?;
+            periods.mark(w, Level::Minute, w.at, sides)?;
         }
     }
     let live: Vec<(String, i64, &PeriodWrite)> = periods
@@ -582,7 +582,7 @@ pub fn encode_batch<'e>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::{BucketDelta, WalletMark, SIDE_BUY, SIDE_SELL};
+    use crate::window::{BucketDelta, SIDE_BUY, SIDE_SELL};
 
     fn sample() -> Bucket {
         Bucket {
