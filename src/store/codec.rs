@@ -470,20 +470,18 @@ pub fn encode_batch<'e>(
     // the second level's.
     let carry = lifetimes.minute_keep_ms >= lifetimes.second_keep_ms;
     let address = |name: &Arc<str>| Arc::as_ptr(name) as *const u8 as usize;
+    let carry_key = |w: &WalletMark, minute: i64| (address(&w.token), address(&w.wallet), minute);
     let mut minute_bits: FastMap<(usize, usize, i64), u8> = FastMap::default();
     for w in &effect.wallets {
         seen(&w.token, bucket_start_ms(w.level, w.at));
         if carry && w.level == Level::Minute {
-            *minute_bits
-                .entry((address(&w.token), address(&w.wallet), w.at))
-                .or_default() |= w.sides & SIDES;
+            *minute_bits.entry(carry_key(w, w.at)).or_default() |= w.sides & SIDES;
         }
     }
     for w in effect.wallets.iter().filter(|w| w.level == Level::Second) {
         let minute = w.at.div_euclid(60);
         let mut sides = w.sides & SIDES;
-        if let Some(pending) = minute_bits.get_mut(&(address(&w.token), address(&w.wallet), minute))
-        {
+        if let Some(pending) = minute_bits.get_mut(&carry_key(w, minute)) {
             let carried = *pending & sides;
             if carried != 0 {
                 *pending &= !carried;
@@ -499,8 +497,7 @@ pub fn encode_batch<'e>(
     for w in effect.wallets.iter().filter(|w| w.level == Level::Minute) {
         let sides = if carry {
             // Taken, so a minute that came as two marks (one per side) is written once.
-            let key = (address(&w.token), address(&w.wallet), w.at);
-            minute_bits.remove(&key).unwrap_or(0)
+            minute_bits.remove(&carry_key(w, w.at)).unwrap_or(0)
         } else {
             w.sides & SIDES
         };

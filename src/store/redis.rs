@@ -582,14 +582,12 @@ impl<'s> ChunkDecoder<'s> {
             return decode_marks(bytes, |offset, byte, wallet| {
                 let at = base + offset;
                 let (sides, second) = mark_sides(level, byte)?;
-                // A minute record may carry the mark of one of its seconds.
-                let second = second
-                    .map(|s| (Level::Second, at * 60 + s))
-                    .filter(|&(level, at)| store.within(level, at, now_ms));
-                let minute =
-                    Some((level, at)).filter(|&(level, at)| store.within(level, at, now_ms));
+                // The record's own mark and, for a minute record, the mark of
+                // the second it carries: each kept while within retention.
+                let carried = second.map(|s| (Level::Second, at * 60 + s));
+                let live = |&(level, at): &(Level, i64)| store.within(level, at, now_ms);
                 let mut name: Option<Arc<str>> = None;
-                for (level, at) in minute.into_iter().chain(second) {
+                for (level, at) in std::iter::once((level, at)).chain(carried).filter(live) {
                     out.wallets.push(WalletMark {
                         token: token.clone(),
                         wallet: name.get_or_insert_with(|| Arc::from(wallet)).clone(),

@@ -412,7 +412,7 @@ impl WindowEngine {
             let Some(token) = slots[slot as usize].token.as_mut() else {
                 continue;
             };
-            std::hint::black_box(token.warm_marks(level, run.iter().map(|m| m.1)));
+            token.warm_marks(level, run.iter().map(|m| m.1));
             for &(_, wallet, _, key, sides) in run {
                 let added = token.add_mark(level, wallet, key, sides, plan, shape);
                 if added.created {

@@ -375,17 +375,19 @@ impl WalletIndex {
 
     /// Reads the records of `wallets` at `level` (their position-map entries,
     /// newest marks, and the end of their older marks, where a new newest mark
-    /// pushes the old one) and returns a value made of them, so the adds that
-    /// follow find them in cache: these reads do not depend on one another, so
-    /// the CPU overlaps their misses, where each add waits out its own.
-    fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
+    /// pushes the old one), so the adds that follow find them in cache: these
+    /// reads do not depend on one another, so the CPU overlaps their misses,
+    /// where each add waits out its own. `black_box` keeps the reads, whose
+    /// values nothing uses.
+    fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) {
         let records = &self.records[level];
-        wallets
+        let read = wallets
             .filter_map(|wallet| self.positions.get(&wallet))
             .filter_map(|positions| records.get(positions[level] as usize))
             .fold(0, |acc, record| {
                 acc ^ record.newest ^ record.older.last().copied().unwrap_or(0)
-            })
+            });
+        std::hint::black_box(read);
     }
 
     #[inline]
@@ -641,12 +643,11 @@ impl Activity {
     }
 
     /// Brings the records `wallets` have at `level` into cache before they
-    /// are added to (see [`WalletIndex::warm`]); the result only keeps the
-    /// reads from being optimized away.
-    pub(crate) fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
-        match self {
-            Self::Flat(_) => 0,
-            Self::Wallets(index) => index.warm(level, wallets),
+    /// are added to (see [`WalletIndex::warm`]); the flat shape is small
+    /// enough not to need it.
+    pub(crate) fn warm(&self, level: usize, wallets: impl Iterator<Item = u32>) {
+        if let Self::Wallets(index) = self {
+            index.warm(level, wallets);
         }
     }
 

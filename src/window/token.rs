@@ -203,8 +203,8 @@ impl TokenState {
 
     /// Brings the wallet records the next [`TokenState::add_mark`] calls at
     /// `level` will update into cache (see [`Activity::warm`]).
-    pub(crate) fn warm_marks(&self, level: usize, wallets: impl Iterator<Item = u32>) -> i64 {
-        self.activity.warm(level, wallets)
+    pub(crate) fn warm_marks(&self, level: usize, wallets: impl Iterator<Item = u32>) {
+        self.activity.warm(level, wallets);
     }
 
     /// Drops data with keys before `cuts[level]` (second, minute).
