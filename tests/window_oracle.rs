@@ -78,7 +78,7 @@ impl Oracle {
         let second = at.div_euclid(SECOND);
         self.held.push(Held {
             swap: swap.clone(),
-            tie: price_tie(&swap.event_id),
+            tie: price_tie(key),
             second,
             minute: at.div_euclid(MINUTE),
             in_second: second >= Self::second_cut(now_ms),

@@ -24,9 +24,10 @@ pub fn event_key(event_id: &str) -> EventKey {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-/// The tie-breaker for open/close among swaps of the same millisecond.
-pub fn price_tie(event_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
+/// The tie-breaker for open/close among swaps of the same millisecond: the low
+/// half of the swap's event key, so a swap's id is hashed once.
+pub fn price_tie(key: EventKey) -> u64 {
+    key as u64
 }
 
 /// One bucket of one token touched by a batch. `at` is unix seconds for

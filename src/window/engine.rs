@@ -143,6 +143,12 @@ impl WalletNames {
         id
     }
 
+    /// The id of an interned address, if it is one.
+    #[inline]
+    fn lookup(&self, name: &str) -> Option<u32> {
+        self.ids.get(&wallet_key(name)).copied()
+    }
+
     #[inline]
     fn acquire(&mut self, id: u32) {
         self.refs[id as usize] += 1;
@@ -162,6 +168,18 @@ impl WalletNames {
     fn name(&self, id: u32) -> Arc<str> {
         self.names[id as usize].clone().unwrap_or_default()
     }
+
+    /// Reads the names of `ids` without changing anything, so the effect's
+    /// clones of them that follow do not each wait out a cache miss.
+    fn warm(&self, ids: impl Iterator<Item = u32>) {
+        let mut acc = 0usize;
+        for id in ids {
+            if let Some(Some(name)) = self.names.get(id as usize) {
+                acc ^= Arc::strong_count(name);
+            }
+        }
+        std::hint::black_box(acc);
+    }
 }
 
 /// The key of a wallet address in [`WalletNames`].
@@ -179,8 +197,8 @@ struct PendingBatch {
     bucket_at: FastMap<(u32, u8, i64), u32>,
     /// One entry per swap and level: adding them needs no merge.
     marks: Vec<(u32, u32, usize, i64, u8)>,
-    /// Each swap's event key and dedup outcome.
-    admitted: Vec<(EventKey, ApplyOutcome)>,
+    /// Each swap's event key, dedup outcome and wallet id (when already interned).
+    admitted: Vec<(EventKey, ApplyOutcome, Option<u32>)>,
 }
 
 impl PendingBatch {
@@ -277,7 +295,7 @@ impl WindowEngine {
             ApplyOutcome::Applied => {}
             rejected => return rejected,
         }
-        let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
+        let bucket = Bucket::of_swap(swap, price_tie(key));
         let slot = self.slot_for(&swap.token);
         let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
         let keys = level_keys(swap.executed_at_ms, now_ms);
@@ -320,14 +338,21 @@ impl WindowEngine {
         // one another, so the CPU overlaps their cache misses (the set holds a
         // day of event ids, far beyond the caches): `apply/batches_of_20000`
         // ran 2–28 % faster in 10 of 11 runs alternating with the one-pass
-        // build (6 % slower in one). Interning the wallets in this pass too
-        // was slower there (10k wallets: their map stays cached).
+        // build (6 % slower in one). The wallets already interned are looked
+        // up here too, for the same reason (100k wallets: 2–3 % faster in
+        // alternating batches, 1–2.5 % with 10k); interning new ones in this
+        // pass was slower.
         let mut admitted = std::mem::take(&mut pending.admitted);
         admitted.extend(swaps.iter().map(|swap| {
             let key = event_key(&swap.event_id);
-            (key, self.admit(key, swap.executed_at_ms, now_ms))
+            let outcome = self.admit(key, swap.executed_at_ms, now_ms);
+            let known = match (&swap.wallet, outcome) {
+                (Some(w), ApplyOutcome::Applied) => self.wallets.lookup(w),
+                _ => None,
+            };
+            (key, outcome, known)
         }));
-        for (swap, (key, outcome)) in swaps.iter().zip(admitted.drain(..)) {
+        for (swap, (key, outcome, known)) in swaps.iter().zip(admitted.drain(..)) {
             match outcome {
                 ApplyOutcome::Applied => counts.applied += 1,
                 ApplyOutcome::Duplicate => {
@@ -343,9 +368,10 @@ impl WindowEngine {
                 key,
                 executed_at_ms: swap.executed_at_ms,
             });
-            let bucket = Bucket::of_swap(swap, price_tie(&swap.event_id));
+            let bucket = Bucket::of_swap(swap, price_tie(key));
             let slot = self.slot_for(&swap.token);
-            let wallet = swap.wallet.as_deref().map(|w| self.wallets.intern(w));
+            let wallet =
+                (swap.wallet.as_deref()).map(|w| known.unwrap_or_else(|| self.wallets.intern(w)));
             for (level, key) in level_keys(swap.executed_at_ms, now_ms).iter().enumerate() {
                 let Some(key) = *key else { continue };
                 let next = pending.buckets.len() as u32;
@@ -372,22 +398,34 @@ impl WindowEngine {
             events,
         };
         pending.bucket_at.clear();
-        for (slot, level, key, delta) in pending.buckets.drain(..) {
-            let Some(token) = self.slots[slot as usize].token.as_mut() else {
-                continue;
-            };
-            let total = *token.merge(level, key, &delta, shape);
-            effect.buckets.push(BucketDelta {
-                token: token.name.clone(),
-                level: LEVELS[level],
-                at: key,
-                delta,
-                total,
-            });
-            let mut keys = [None, None];
-            keys[level] = Some(key);
-            self.schedule_keys(slot, keys);
+        // A few dozen buckets at a time: their tokens' newest buckets and
+        // names are read first (misses overlapped), then merged into.
+        let mut buckets = std::mem::take(&mut pending.buckets);
+        for chunk in buckets.chunks(WARM_MARKS) {
+            for &(slot, level, _, _) in chunk {
+                if let Some(token) = &self.slots[slot as usize].token {
+                    token.warm_merge(level);
+                }
+            }
+            for &(slot, level, key, delta) in chunk {
+                let Some(token) = self.slots[slot as usize].token.as_mut() else {
+                    continue;
+                };
+                let total = *token.merge(level, key, &delta, shape);
+                effect.buckets.push(BucketDelta {
+                    token: token.name.clone(),
+                    level: LEVELS[level],
+                    at: key,
+                    delta,
+                    total,
+                });
+                let mut keys = [None, None];
+                keys[level] = Some(key);
+                self.schedule_keys(slot, keys);
+            }
         }
+        buckets.clear();
+        pending.buckets = buckets;
         // Marks are sets of side bits: their order does not matter, and a mark
         // that adds no bit (already held, or repeated in the batch) is not emitted.
         // Sorted by token and level, a token's records and counter pages stay in
@@ -396,7 +434,8 @@ impl WindowEngine {
             .marks
             .sort_unstable_by_key(|&(slot, wallet, level, key, _)| (slot, level, wallet, key));
         // In runs of one (token, level), a few dozen marks at a time: their
-        // records are read first (misses overlapped), then added to.
+        // wallets' names and records are read first (misses overlapped), then
+        // added to.
         for run in pending
             .marks
             .chunk_by(|a, b| (a.0, a.2) == (b.0, b.2))
@@ -412,6 +451,7 @@ impl WindowEngine {
             let Some(token) = slots[slot as usize].token.as_mut() else {
                 continue;
             };
+            wallets.warm(run.iter().map(|m| m.1));
             token.warm_marks(level, run.iter().map(|m| m.1));
             for &(_, wallet, _, key, sides) in run {
                 let added = token.add_mark(level, wallet, key, sides, plan, shape);

@@ -201,6 +201,15 @@ impl TokenState {
             .add(level, wallet, key, sides, &plan.lens, limits.marks)
     }
 
+    /// Reads what merging a bucket of `level` reads first (the newest bucket,
+    /// and the name an effect clones) without changing anything: see
+    /// [`super::WindowEngine::apply_batch`]'s read-ahead.
+    #[inline]
+    pub(crate) fn warm_merge(&self, level: usize) {
+        let newest = self.series[level].last().map_or(0, |entry| entry.0);
+        std::hint::black_box(newest ^ Arc::strong_count(&self.name) as i64);
+    }
+
     /// Brings the wallet records the next [`TokenState::add_mark`] calls at
     /// `level` will update into cache (see [`Activity::warm`]).
     pub(crate) fn warm_marks(&self, level: usize, wallets: impl Iterator<Item = u32>) {
