@@ -106,6 +106,14 @@ struct Slot {
     token: Option<TokenState>,
 }
 
+/// A swap's token slot and wallet id, looked up ahead (see
+/// [`WindowEngine::apply_batch`]); `None` where the engine has none yet.
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownIds {
+    slot: Option<u32>,
+    wallet: Option<u32>,
+}
+
 /// Interned wallet addresses with one reference per mark that uses them.
 ///
 /// The id map is keyed by the address's 128-bit xxh3 hash, as dedup keys
@@ -123,7 +131,7 @@ struct WalletNames {
 impl WalletNames {
     #[inline]
     fn intern(&mut self, name: &str) -> u32 {
-        let key = wallet_key(name);
+        let key = name_key(name);
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
@@ -146,7 +154,7 @@ impl WalletNames {
     /// The id of an interned address, if it is one.
     #[inline]
     fn lookup(&self, name: &str) -> Option<u32> {
-        self.ids.get(&wallet_key(name)).copied()
+        self.ids.get(&name_key(name)).copied()
     }
 
     #[inline]
@@ -159,7 +167,7 @@ impl WalletNames {
         *refs = refs.saturating_sub(1);
         if *refs == 0 {
             if let Some(name) = self.names[id as usize].take() {
-                self.ids.remove(&wallet_key(&name));
+                self.ids.remove(&name_key(&name));
                 self.free.push(id);
             }
         }
@@ -182,9 +190,10 @@ impl WalletNames {
     }
 }
 
-/// The key of a wallet address in [`WalletNames`].
+/// The key of a wallet address in [`WalletNames`] and of a token name in the
+/// engine's token index: its 128-bit xxh3 hash.
 #[inline]
-fn wallet_key(name: &str) -> u128 {
+fn name_key(name: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(name.as_bytes())
 }
 
@@ -197,8 +206,8 @@ struct PendingBatch {
     bucket_at: FastMap<(u32, u8, i64), u32>,
     /// One entry per swap and level: adding them needs no merge.
     marks: Vec<(u32, u32, usize, i64, u8)>,
-    /// Each swap's event key, dedup outcome and wallet id (when already interned).
-    admitted: Vec<(EventKey, ApplyOutcome, Option<u32>)>,
+    /// Each swap's event key, dedup outcome, and token slot and wallet id where known.
+    admitted: Vec<(EventKey, ApplyOutcome, KnownIds)>,
 }
 
 impl PendingBatch {
@@ -240,7 +249,10 @@ pub struct WindowEngine {
     config: EngineConfig,
     tuning: EngineTuning,
     plan: Plan,
-    index: FastMap<Arc<str>, u32>,
+    /// Token slots by the name's [`name_key`]: like [`WalletNames`], a lookup
+    /// compares 16 bytes in the table instead of following a pointer to the
+    /// name (a cache miss per swap with thousands of tokens).
+    index: FastMap<u128, u32>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     wallets: WalletNames,
@@ -338,17 +350,17 @@ impl WindowEngine {
         // one another, so the CPU overlaps their cache misses (the set holds a
         // day of event ids, far beyond the caches): `apply/batches_of_20000`
         // ran 2–28 % faster in 10 of 11 runs alternating with the one-pass
-        // build (6 % slower in one). The wallets already interned are looked
-        // up here too, for the same reason (100k wallets: 2–3 % faster in
-        // alternating batches, 1–2.5 % with 10k); interning new ones in this
-        // pass was slower.
+        // build (6 % slower in one). The tokens and wallets the engine already
+        // has are looked up here too, for the same reason (10k tokens and 100k
+        // wallets, batches alternating in one process: wallets 2–3 % faster,
+        // tokens then 7–9 %); creating new ones in this pass was slower.
         let mut admitted = std::mem::take(&mut pending.admitted);
         admitted.extend(swaps.iter().map(|swap| {
             let key = event_key(&swap.event_id);
             let outcome = self.admit(key, swap.executed_at_ms, now_ms);
-            let known = match (&swap.wallet, outcome) {
-                (Some(w), ApplyOutcome::Applied) => self.wallets.lookup(w),
-                _ => None,
+            let known = match outcome {
+                ApplyOutcome::Applied => self.known_ids(swap),
+                _ => KnownIds::default(),
             };
             (key, outcome, known)
         }));
@@ -369,9 +381,9 @@ impl WindowEngine {
                 executed_at_ms: swap.executed_at_ms,
             });
             let bucket = Bucket::of_swap(swap, price_tie(key));
-            let slot = self.slot_for(&swap.token);
-            let wallet =
-                (swap.wallet.as_deref()).map(|w| known.unwrap_or_else(|| self.wallets.intern(w)));
+            let slot = known.slot.unwrap_or_else(|| self.slot_for(&swap.token));
+            let wallet = (swap.wallet.as_deref())
+                .map(|w| known.wallet.unwrap_or_else(|| self.wallets.intern(w)));
             for (level, key) in level_keys(swap.executed_at_ms, now_ms).iter().enumerate() {
                 let Some(key) = *key else { continue };
                 let next = pending.buckets.len() as u32;
@@ -637,7 +649,7 @@ impl WindowEngine {
             }
             token.trim(cuts, shape, |w| wallets.release(w));
             if token.is_empty() {
-                index.remove(&token.name);
+                index.remove(&name_key(&token.name));
                 token.release_all(|w| wallets.release(w));
                 entry.token = None;
                 entry.generation = entry.generation.wrapping_add(1);
@@ -677,7 +689,7 @@ impl WindowEngine {
             .map(|t| t.heap_bytes() + t.name.len() + 16)
             .sum();
         let slots = self.slots.capacity() * std::mem::size_of::<Slot>();
-        let index = self.index.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1);
+        let index = self.index.capacity() * (std::mem::size_of::<(u128, u32)>() + 1);
         let wallet_names: usize = (self.wallets.names.iter().flatten())
             .map(|name| name.len() + 16)
             .sum::<usize>()
@@ -726,7 +738,7 @@ impl WindowEngine {
 
     /// The token named `token` if it has a minute bucket within retention.
     fn live_token(&self, token: &str, now_ms: i64) -> Option<&TokenState> {
-        let slot = *self.index.get(token)?;
+        let slot = *self.index.get(&name_key(token))?;
         let state = self.slots.get(slot as usize)?.token.as_ref()?;
         let (newest_minute, _) = state.newest()?;
         (newest_minute >= self.minute_cut(now_ms)).then_some(state)
@@ -744,10 +756,21 @@ impl WindowEngine {
         }
     }
 
+    /// The slot of the swap's token and the id of its wallet, where the engine
+    /// already has them.
+    #[inline]
+    fn known_ids(&self, swap: &Swap) -> KnownIds {
+        KnownIds {
+            slot: self.index.get(&name_key(&swap.token)).copied(),
+            wallet: swap.wallet.as_deref().and_then(|w| self.wallets.lookup(w)),
+        }
+    }
+
     /// The slot of `token`, created when absent.
     #[inline]
     fn slot_for(&mut self, token: &str) -> u32 {
-        if let Some(&slot) = self.index.get(token) {
+        let key = name_key(token);
+        if let Some(&slot) = self.index.get(&key) {
             return slot;
         }
         let name: Arc<str> = Arc::from(token);
@@ -765,7 +788,7 @@ impl WindowEngine {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(name, slot);
+        self.index.insert(key, slot);
         slot
     }
 
@@ -905,7 +928,7 @@ mod tests {
 
         // Second buckets of OLD are gone after 2 h; its minute bucket stays.
         engine.expire(T0 + 2 * HOUR + 1000);
-        let old = engine.slots[engine.index["OLD"] as usize]
+        let old = engine.slots[engine.index[&name_key("OLD")] as usize]
             .token
             .as_ref()
             .unwrap();
@@ -990,7 +1013,9 @@ mod tests {
             eager.apply(&s, at);
         }
         let seconds = |engine: &WindowEngine| {
-            let token = engine.slots[engine.index["T"] as usize].token.as_ref();
+            let token = engine.slots[engine.index[&name_key("T")] as usize]
+                .token
+                .as_ref();
             token.map_or(0, |t| t.series[SECOND].len())
         };
         // The first trim is on time; the next waits until the oldest is `slack` overdue.
