@@ -413,7 +413,7 @@ impl WindowEngine {
         // A few dozen buckets at a time: their tokens' newest buckets and
         // names are read first (misses overlapped), then merged into.
         let mut buckets = std::mem::take(&mut pending.buckets);
-        for chunk in buckets.chunks(WARM_MARKS) {
+        for chunk in buckets.chunks(WARM_AHEAD) {
             for &(slot, level, _, _) in chunk {
                 if let Some(token) = &self.slots[slot as usize].token {
                     token.warm_merge(level);
@@ -451,7 +451,7 @@ impl WindowEngine {
         for run in pending
             .marks
             .chunk_by(|a, b| (a.0, a.2) == (b.0, b.2))
-            .flat_map(|run| run.chunks(WARM_MARKS))
+            .flat_map(|run| run.chunks(WARM_AHEAD))
         {
             let Self {
                 slots,
@@ -812,9 +812,9 @@ impl WindowEngine {
 /// Level enum by per-level index.
 const LEVELS: [Level; 2] = [Level::Second, Level::Minute];
 
-/// Marks whose records [`WindowEngine::apply_batch`] reads ahead at a time:
-/// enough misses to overlap, few enough records to stay in L1.
-const WARM_MARKS: usize = 64;
+/// Marks (or buckets) whose data [`WindowEngine::apply_batch`] reads ahead at
+/// a time: enough misses to overlap, few enough lines to stay in L1.
+const WARM_AHEAD: usize = 64;
 
 #[inline]
 fn side_bit(side: Side) -> u8 {
