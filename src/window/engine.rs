@@ -738,7 +738,7 @@ impl WindowEngine {
 
     /// The token named `token` if it has a minute bucket within retention.
     fn live_token(&self, token: &str, now_ms: i64) -> Option<&TokenState> {
-        let slot = *self.index.get(&name_key(token))?;
+        let slot = self.token_slot(token)?;
         let state = self.slots.get(slot as usize)?.token.as_ref()?;
         let (newest_minute, _) = state.newest()?;
         (newest_minute >= self.minute_cut(now_ms)).then_some(state)
@@ -756,12 +756,18 @@ impl WindowEngine {
         }
     }
 
+    /// The slot of `token`, if the engine has it.
+    #[inline]
+    fn token_slot(&self, token: &str) -> Option<u32> {
+        self.index.get(&name_key(token)).copied()
+    }
+
     /// The slot of the swap's token and the id of its wallet, where the engine
     /// already has them.
     #[inline]
     fn known_ids(&self, swap: &Swap) -> KnownIds {
         KnownIds {
-            slot: self.index.get(&name_key(&swap.token)).copied(),
+            slot: self.token_slot(&swap.token),
             wallet: swap.wallet.as_deref().and_then(|w| self.wallets.lookup(w)),
         }
     }
@@ -928,7 +934,7 @@ mod tests {
 
         // Second buckets of OLD are gone after 2 h; its minute bucket stays.
         engine.expire(T0 + 2 * HOUR + 1000);
-        let old = engine.slots[engine.index[&name_key("OLD")] as usize]
+        let old = engine.slots[engine.token_slot("OLD").unwrap() as usize]
             .token
             .as_ref()
             .unwrap();
@@ -1013,7 +1019,7 @@ mod tests {
             eager.apply(&s, at);
         }
         let seconds = |engine: &WindowEngine| {
-            let token = engine.slots[engine.index[&name_key("T")] as usize]
+            let token = engine.slots[engine.token_slot("T").unwrap() as usize]
                 .token
                 .as_ref();
             token.map_or(0, |t| t.series[SECOND].len())
