@@ -30,7 +30,10 @@
 //!   Cluster store and then on the in-memory store, reads `BENCH_STREAM_SWAPS`
 //!   swaps (default 8 chunks) while a thread produces them, at most one chunk
 //!   ahead of what the shard has decoded: the steady state that the rounds,
-//!   a few batches each, never reach. Timed after the first chunk.
+//!   a few batches each, never reach. Timed after the first chunk. Each run
+//!   also says where the machine's CPU went meanwhile, per swap: the shard's
+//!   tokio workers, librdkafka's threads (mock broker and clients), the bench
+//!   producer, the Redis masters and replicas, and what was left idle.
 //!
 //! The order of the five alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
@@ -392,13 +395,14 @@ async fn shard_run<S: Store + 'static>(
 /// cores with the shard. Returns swaps/s from the `lead`-th applied offset
 /// (the pipeline is full by then) to the last.
 async fn shard_streaming<S: Store + 'static>(
+    cluster: &redis_cluster::RedisCluster,
     bootstrap: &str,
     store: Arc<S>,
     settings: &Settings,
     core: Arc<ShardCore>,
     swaps: usize,
     lead: usize,
-) -> f64 {
+) -> StreamRun {
     let mut generator = SwapGenerator::new(&common::shard_stream());
     let payloads: Vec<(String, Vec<u8>)> = (0..swaps)
         .map(|_| {
@@ -410,40 +414,51 @@ async fn shard_streaming<S: Store + 'static>(
     let (_, start) = tokio::task::block_in_place(|| watermarks(bootstrap));
     let last = start + swaps as i64 - 1;
     let stop = StopFlag::default();
-    let producing = std::thread::spawn({
-        let (bootstrap, core, stop) = (bootstrap.to_string(), core.clone(), stop.clone());
-        move || {
-            let producer = lz4_producer(&bootstrap, 5);
-            let decoded = || core.counters.consumed.load(Ordering::Relaxed) as usize;
-            let mut sent = 0;
-            while sent < payloads.len() && !stop.is_set() {
-                let room = (decoded() + lead).saturating_sub(sent);
-                if room == 0 {
-                    // Sleep, not `poll`: the producer's own thread serves its
-                    // events, and polling here spun on the shard's 2 cores.
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
+    let producing = std::thread::Builder::new()
+        .name("bench-producer".into())
+        .spawn({
+            let (bootstrap, core, stop) = (bootstrap.to_string(), core.clone(), stop.clone());
+            move || {
+                let producer = lz4_producer(&bootstrap, 5);
+                let decoded = || core.counters.consumed.load(Ordering::Relaxed) as usize;
+                let mut sent = 0;
+                while sent < payloads.len() && !stop.is_set() {
+                    let room = (decoded() + lead).saturating_sub(sent);
+                    if room == 0 {
+                        // Sleep, not `poll`: the producer's own thread serves its
+                        // events, and polling here spun on the shard's 2 cores.
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    for (token, payload) in
+                        &payloads[sent..(sent + room.min(1000)).min(payloads.len())]
+                    {
+                        send_swap(&producer, token, payload);
+                        sent += 1;
+                    }
                 }
-                for (token, payload) in &payloads[sent..(sent + room.min(1000)).min(payloads.len())]
-                {
-                    send_swap(&producer, token, payload);
-                    sent += 1;
+                producer
+                    .flush(Duration::from_secs(60))
+                    .expect("flush producer");
+                // Alive (with its librdkafka threads) until the run is measured:
+                // the CPU of a thread that has exited is no longer in its group.
+                while !stop.is_set() {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            producer
-                .flush(Duration::from_secs(60))
-                .expect("flush producer");
-        }
-    });
+        })
+        .expect("spawn producer thread");
     let task = spawn_shard(bootstrap, store, settings, &core, start, &stop);
     let deadline = Instant::now() + Duration::from_secs(600);
     wait_applied(&core, start + lead as i64 - 1, deadline).await;
-    let (from, started) = (
+    let (from, started, cpu_before) = (
         core.counters.applied_offset.load(Ordering::Relaxed),
         Instant::now(),
+        CpuSnapshot::take(cluster),
     );
     wait_applied(&core, last, deadline).await;
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
+    let cpu = CpuSnapshot::take(cluster).split_since(&cpu_before, (last - from) as f64);
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
     tokio::task::block_in_place(|| producing.join()).expect("producer thread");
@@ -452,7 +467,87 @@ async fn shard_streaming<S: Store + 'static>(
         swaps as u64,
         "streaming shard read every swap once"
     );
-    rate
+    StreamRun { rate, cpu }
+}
+
+/// A streaming run: its rate, and where the machine's CPU went meanwhile.
+struct StreamRun {
+    rate: f64,
+    cpu: CpuSplit,
+}
+
+/// CPU of a streaming run in µs per swap, by who spent it; and the share of
+/// the machine's cores left idle (what the 2 cores had to spare).
+struct CpuSplit {
+    /// The tokio workers: the shard's pipeline, engine and Redis client.
+    shard: f64,
+    /// librdkafka's threads: the mock broker, the shard's consumer and the
+    /// bench producer's client.
+    kafka: f64,
+    /// The rest of this process: the bench's producing thread, main thread.
+    bench: f64,
+    redis_masters: f64,
+    redis_replicas: f64,
+    idle_share: f64,
+}
+
+impl CpuSplit {
+    fn print(&self, row: &str) {
+        println!(
+            "    CPU, {row}: shard {:.2} µs/swap (tokio workers), Kafka {:.2} (mock broker + clients), bench producer {:.2}, Redis masters {:.2}, replicas {:.2}; machine idle {:.0} %",
+            self.shard, self.kafka, self.bench, self.redis_masters, self.redis_replicas, self.idle_share * 100.0
+        );
+    }
+}
+
+/// CPU counters of this process's threads, the Redis nodes and the machine.
+struct CpuSnapshot {
+    threads: Vec<(String, u64)>,
+    process: u64,
+    redis: (f64, f64),
+    machine: (u64, u64),
+}
+
+impl CpuSnapshot {
+    fn take(cluster: &redis_cluster::RedisCluster) -> Self {
+        Self {
+            threads: common::thread_cpu_ticks(),
+            process: common::cpu_ticks("self"),
+            redis: cluster.cpu_seconds(),
+            machine: common::machine_ticks(),
+        }
+    }
+
+    /// What was spent between `before` and this snapshot, per swap of `swaps`.
+    fn split_since(&self, before: &Self, swaps: f64) -> CpuSplit {
+        // Ticks are 10 ms: µs per swap = ticks × 10,000 / swaps.
+        let per_swap = |ticks: u64| ticks as f64 * 10_000.0 / swaps;
+        let spent = |matches: &dyn Fn(&str) -> bool| {
+            let sum = |threads: &[(String, u64)]| -> u64 {
+                threads
+                    .iter()
+                    .filter(|(name, _)| matches(name))
+                    .map(|(_, ticks)| ticks)
+                    .sum()
+            };
+            sum(&self.threads).saturating_sub(sum(&before.threads))
+        };
+        let shard = spent(&|name| name == "tokio-rt-worker");
+        let kafka = spent(&|name| name.starts_with("rdk:"));
+        let process = self.process.saturating_sub(before.process);
+        let idle = self.machine.0.saturating_sub(before.machine.0);
+        let all = self.machine.1.saturating_sub(before.machine.1).max(1);
+        CpuSplit {
+            shard: per_swap(shard),
+            kafka: per_swap(kafka),
+            bench: per_swap(process.saturating_sub(shard + kafka)),
+            redis_masters: (self.redis.0 - before.redis.0) * 1e6 / swaps,
+            redis_replicas: ((self.redis.1 - self.redis.0) - (before.redis.1 - before.redis.0))
+                * 1e6
+                / swaps,
+            idle_share: idle as f64 / all as f64,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -928,6 +1023,7 @@ fn main() {
         let offline = offline_split(&settings, &payloads, mean_batch);
         let stream_swaps = common::env_usize("BENCH_STREAM_SWAPS").unwrap_or(8 * chunk);
         let streaming_redis = shard_streaming(
+            &cluster,
             &bootstrap,
             store.clone(),
             &settings,
@@ -938,6 +1034,7 @@ fn main() {
         .await;
         store_partition += 1;
         let streaming_memory = shard_streaming(
+            &cluster,
             &bootstrap,
             Arc::new(MemoryStore::default()),
             &settings,
@@ -990,10 +1087,14 @@ fn main() {
             "(e) streaming, steady state ({stream_swaps} swaps produced while read, at most {chunk} ahead; rate after the first {chunk}):"
         );
         println!(
-            "    shard → Redis {streaming_redis:.0} swaps/s = {:.2} × bare(poll)   shard, in-memory store {streaming_memory:.0} swaps/s = {:.2} × bare(poll)",
-            streaming_redis / off.base_rate(),
-            streaming_memory / off.base_rate()
+            "    shard → Redis {:.0} swaps/s = {:.2} × bare(poll)   shard, in-memory store {:.0} swaps/s = {:.2} × bare(poll)",
+            streaming_redis.rate,
+            streaming_redis.rate / off.base_rate(),
+            streaming_memory.rate,
+            streaming_memory.rate / off.base_rate()
         );
+        streaming_redis.cpu.print("→ Redis");
+        streaming_memory.cpu.print("in-memory store");
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(
             "spans received: {} ({batch_spans} apply_batch, {persist_spans} store.persist)",

@@ -138,26 +138,6 @@ fn median_of(rows: &[&Restart], pick: impl Fn(&Restart) -> f64) -> f64 {
     median(&sorted_by(rows, pick))
 }
 
-/// CPU seconds (user + system, main thread and children) summed over the
-/// cluster's live nodes, from `INFO cpu`.
-fn redis_cpu_s(cluster: &redis_cluster::RedisCluster) -> f64 {
-    cluster
-        .live_ports()
-        .into_iter()
-        .map(|port| {
-            let info: String =
-                redis_cluster::query(port, redis::cmd("INFO").arg("cpu")).unwrap_or_default();
-            info.lines()
-                .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-                .filter_map(|l| {
-                    l.split_once(':')
-                        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-                })
-                .sum::<f64>()
-        })
-        .sum()
-}
-
 /// Nodes forking a background save (an AOF rewrite, with `appendonly yes`
 /// after the fill's writes, or an RDB save) right now: its child competes
 /// with the restart for the 2 cores, and its CPU is not in `INFO cpu`'s
@@ -213,7 +193,7 @@ fn restart_once(
     log_path: &std::path::Path,
     cluster: &redis_cluster::RedisCluster,
 ) -> Restart {
-    let redis_before = redis_cpu_s(cluster);
+    let redis_before = cluster.cpu_seconds().1;
     let saves_at_spawn = background_saves(cluster);
     let port = free_port();
     let log = std::fs::File::create(log_path).expect("log file");
@@ -248,7 +228,7 @@ fn restart_once(
     let stat = common::process_stat(child.id());
     let shard_cpu_s = stat.cpu_ticks() as f64 / 100.0;
     let rss_mib = process_rss_mib(child.id());
-    let redis_cpu_s = redis_cpu_s(cluster) - redis_before;
+    let redis_cpu_s = cluster.cpu_seconds().1 - redis_before;
     let saves_at_ready = background_saves(cluster);
     child.kill().expect("kill -9");
     let _ = child.wait();

@@ -215,9 +215,56 @@ impl ProcessStat {
 
 /// The fields of `/proc/<pid>/stat` the benches report.
 pub fn process_stat(pid: impl std::fmt::Display) -> ProcessStat {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return ProcessStat::default();
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| parse_stat(&stat))
+        .unwrap_or_default()
+}
+
+/// CPU ticks (user + system) of this process's live threads, summed per thread
+/// name (`comm`, e.g. `tokio-rt-worker`, `rdk:broker1`), from
+/// `/proc/self/task/*/stat`. Threads that have exited are not in it: the
+/// process total ([`process_stat`]) still counts them.
+pub fn thread_cpu_ticks() -> Vec<(String, u64)> {
+    let mut totals: Vec<(String, u64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return totals;
     };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(comm, _)| comm);
+        let ticks = parse_stat(&stat).cpu_ticks();
+        match totals.iter_mut().find(|(name, _)| name == comm) {
+            Some((_, total)) => *total += ticks,
+            None => totals.push((comm.to_string(), ticks)),
+        }
+    }
+    totals
+}
+
+/// The machine's (idle, all) CPU ticks so far, summed over its cores, from
+/// the `cpu` line of `/proc/stat` (idle counts iowait too).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).unwrap_or(&0) + fields.get(4).unwrap_or(&0);
+    (idle, fields.iter().sum())
+}
+
+/// The fields of one `/proc/.../stat` line the benches report.
+fn parse_stat(stat: &str) -> ProcessStat {
     // Fields after the `(comm)`, which may hold spaces: state is the 3rd
     // field, minflt the 10th, utime the 14th, stime the 15th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);

@@ -381,17 +381,40 @@ impl RedisCluster {
     /// `used_memory` summed over the masters, and over every node whose
     /// process runs (a node that does not answer counts 0).
     pub fn used_memory(&self) -> (u64, u64) {
+        self.sum_by_role("memory", |info| {
+            info_field(info, "used_memory")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+
+    /// CPU seconds (user + system, every thread; not forked children) summed
+    /// over the masters, and over every node whose process runs, from `INFO cpu`.
+    pub fn cpu_seconds(&self) -> (f64, f64) {
+        self.sum_by_role("cpu", |info| {
+            ["used_cpu_sys", "used_cpu_user"]
+                .iter()
+                .filter_map(|name| info_field(info, name).and_then(|v| v.parse::<f64>().ok()))
+                .sum()
+        })
+    }
+
+    /// `value` of each live node's `INFO section`, summed over the masters and
+    /// over every node (a node that does not answer reads as an empty section).
+    fn sum_by_role<T: std::ops::AddAssign + Default + Copy>(
+        &self,
+        section: &str,
+        value: impl Fn(&str) -> T,
+    ) -> (T, T) {
         let info = |port: u16, section: &str| -> String {
             query(port, redis::cmd("INFO").arg(section)).unwrap_or_default()
         };
-        let (mut masters, mut all) = (0, 0);
+        let (mut masters, mut all) = (T::default(), T::default());
         for port in self.live_ports() {
-            let used: u64 = info_field(&info(port, "memory"), "used_memory")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            all += used;
+            let v = value(&info(port, section));
+            all += v;
             if info_field(&info(port, "replication"), "role").as_deref() == Some("master") {
-                masters += used;
+                masters += v;
             }
         }
         (masters, all)
