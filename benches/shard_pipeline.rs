@@ -489,13 +489,15 @@ struct CpuSplit {
     redis_masters: f64,
     redis_replicas: f64,
     idle_share: f64,
+    /// This process's minor page faults per swap: fresh memory it touched.
+    faults: f64,
 }
 
 impl CpuSplit {
     fn print(&self, row: &str) {
         println!(
-            "    CPU, {row}: shard {:.2} µs/swap (tokio workers), Kafka {:.2} (mock broker + clients), bench producer {:.2}, Redis masters {:.2}, replicas {:.2}; machine idle {:.0} %",
-            self.shard, self.kafka, self.bench, self.redis_masters, self.redis_replicas, self.idle_share * 100.0
+            "    CPU, {row}: shard {:.2} µs/swap (tokio workers), Kafka {:.2} (mock broker + clients), bench producer {:.2}, Redis masters {:.2}, replicas {:.2}; machine idle {:.0} %; bench process {:.2} page faults/swap",
+            self.shard, self.kafka, self.bench, self.redis_masters, self.redis_replicas, self.idle_share * 100.0, self.faults
         );
     }
 }
@@ -503,7 +505,7 @@ impl CpuSplit {
 /// CPU counters of this process's threads, the Redis nodes and the machine.
 struct CpuSnapshot {
     threads: Vec<(String, u64)>,
-    process: u64,
+    process: common::ProcessStat,
     redis: (f64, f64),
     machine: (u64, u64),
 }
@@ -512,7 +514,7 @@ impl CpuSnapshot {
     fn take(cluster: &redis_cluster::RedisCluster) -> Self {
         Self {
             threads: common::thread_cpu_ticks(),
-            process: common::cpu_ticks("self"),
+            process: common::process_stat("self"),
             redis: cluster.cpu_seconds(),
             machine: common::machine_ticks(),
         }
@@ -534,7 +536,10 @@ impl CpuSnapshot {
         };
         let shard = spent(&|name| name == "tokio-rt-worker");
         let kafka = spent(&|name| name.starts_with("rdk:"));
-        let process = self.process.saturating_sub(before.process);
+        let process = self
+            .process
+            .cpu_ticks()
+            .saturating_sub(before.process.cpu_ticks());
         let idle = self.machine.0.saturating_sub(before.machine.0);
         let all = self.machine.1.saturating_sub(before.machine.1).max(1);
         CpuSplit {
@@ -546,6 +551,11 @@ impl CpuSnapshot {
                 * 1e6
                 / swaps,
             idle_share: idle as f64 / all as f64,
+            faults: self
+                .process
+                .minor_faults
+                .saturating_sub(before.process.minor_faults) as f64
+                / swaps,
         }
     }
 }
