@@ -367,6 +367,11 @@ impl BatchArgs {
             .map(|(start, &end)| &self.bytes[start..end])
     }
 
+    /// Number of arguments.
+    pub fn arg_count(&self) -> usize {
+        self.ends.len()
+    }
+
     /// Total bytes of all arguments.
     pub fn byte_len(&self) -> usize {
         self.bytes.len()

@@ -193,22 +193,21 @@ impl Conn {
     /// not followed by the client, so on one this sends a harmless keyed command
     /// the normal way, which makes the client refresh its slot map; the caller
     /// sees the error and retries.
-    async fn master_pipe(
-        &self,
-        key: &str,
-        pipe: &Pipeline,
-        lane: usize,
-    ) -> RedisResult<Vec<Value>> {
+    ///
+    /// Takes the pipeline: a batch's is ~1 MB, and the cluster client needs
+    /// one it owns to send (a borrowed one would be copied).
+    async fn master_pipe(&self, key: &str, pipe: Pipeline, lane: usize) -> RedisResult<Vec<Value>> {
         match self {
             Conn::Single(lanes) => {
                 let cm = &lanes[lane % WRITE_LANES];
-                cm.clone().req_packed_commands(pipe, 0, pipe.len()).await
+                cm.clone().req_packed_commands(&pipe, 0, pipe.len()).await
             }
             Conn::Cluster { primary, .. } => {
                 let primary = &primary[lane % WRITE_LANES];
+                let count = pipe.len();
                 let replies = primary
                     .clone()
-                    .route_pipeline(pipe.clone(), 0, pipe.len(), master_route(key))
+                    .route_pipeline(pipe, 0, count, master_route(key))
                     .await?;
                 let redirected = replies.iter().any(|v| match v {
                     Value::ServerError(e) => {
@@ -514,7 +513,7 @@ impl RedisStore {
             }
             None => {
                 let pipe = hgetall_pipeline(&keys);
-                let replies = self.conn.master_pipe(applied_key, &pipe, lane).await?;
+                let replies = self.conn.master_pipe(applied_key, pipe, lane).await?;
                 decoder.replies(replies)?;
             }
         }
@@ -961,8 +960,14 @@ impl Store for RedisStore {
             })?;
         let key = keys::applied(batch.partition);
         let build = |verb: &str, script: &str| {
-            let mut cmd = redis::cmd(verb);
-            cmd.arg(script)
+            // Sized up front (the batch, plus the verb, script, key and six
+            // numbers): growing a ~1 MB command copies it again and again.
+            let mut cmd = redis::Cmd::with_capacity(
+                args.arg_count() + 10,
+                args.byte_len() + verb.len() + script.len() + key.len() + 6 * 20,
+            );
+            cmd.arg(verb)
+                .arg(script)
                 .arg(1)
                 .arg(&key)
                 .arg(batch.first_offset)
@@ -988,11 +993,11 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.add_command(build("EVALSHA", self.apply.get_hash()));
         let lane = batch.lane;
-        let mut replies = self.conn.master_pipe(&key, &with_wait(pipe), lane).await?;
+        let mut replies = self.conn.master_pipe(&key, with_wait(pipe), lane).await?;
         if matches!(replies.first(), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT") {
             let mut pipe = redis::pipe();
             pipe.add_command(build("EVAL", APPLY_BATCH_LUA));
-            replies = self.conn.master_pipe(&key, &with_wait(pipe), lane).await?;
+            replies = self.conn.master_pipe(&key, with_wait(pipe), lane).await?;
         }
         let mut replies = replies.into_iter();
         let (status, offset, replicas) = parse_apply_reply(next_reply(&mut replies)?)?;
@@ -1089,7 +1094,7 @@ impl Store for RedisStore {
         }
         let mut replies = self
             .conn
-            .master_pipe(&applied_key, &pipe, 0)
+            .master_pipe(&applied_key, pipe, 0)
             .await?
             .into_iter();
         let applied = parse_applied(next_reply(&mut replies)?)?;
