@@ -248,46 +248,48 @@ impl HashId {
     }
 
     /// Name of `token`'s hash of this period.
-    fn key(self, partition: u32, token: &str) -> String {
+    fn key(self, partition: u32, token: &str) -> keys::PeriodKey<'_> {
         match self.level {
-            Level::Second => keys::seconds(partition, token, self.period),
-            Level::Minute => keys::minutes(partition, token, self.period),
+            Level::Second => keys::PeriodKey::seconds(partition, token, self.period),
+            Level::Minute => keys::PeriodKey::minutes(partition, token, self.period),
         }
     }
 }
 
-/// What a batch writes for one period of one token.
-struct PeriodWrite<'a> {
-    token: &'a str,
-    id: HashId,
-    /// Bucket offset and the bucket's new value (a batch touches a bucket once).
-    buckets: Vec<(i64, &'a Bucket)>,
-    /// Wallet mark records.
-    marks: Vec<u8>,
-}
-
 /// A batch's writes grouped by token and period, in first-seen order (hash
-/// lookups: this runs for every bucket and mark of every batch).
+/// lookups: this runs for every bucket and mark of every batch). The buckets
+/// and mark records of all periods are kept in two flat lists, tagged with
+/// their period, and gathered per period once at the end: a batch touches
+/// thousands of periods, and a `Vec` each was thousands of allocations.
 #[derive(Default)]
 struct PeriodWrites<'a> {
-    periods: Vec<PeriodWrite<'a>>,
-    index: FastMap<(&'a str, HashId), usize>,
+    /// Token and period of each period written, in first-seen order.
+    periods: Vec<(&'a str, HashId)>,
+    index: FastMap<(&'a str, HashId), u32>,
+    /// Period, bucket offset and the bucket's new value (a batch touches a
+    /// bucket once).
+    buckets: Vec<(u32, (i64, &'a Bucket))>,
+    /// Period and where its record is in `mark_bytes`.
+    marks: Vec<(u32, std::ops::Range<usize>)>,
+    /// Wallet mark records, one after another.
+    mark_bytes: Vec<u8>,
 }
 
 impl<'a> PeriodWrites<'a> {
-    /// The writes of `token`'s period `id`, created empty on first use.
-    fn of(&mut self, token: &'a str, id: HashId) -> &mut PeriodWrite<'a> {
-        let next = self.periods.len();
+    /// Index of `token`'s period `id`, added on first use.
+    fn of(&mut self, token: &'a str, id: HashId) -> u32 {
+        let next = self.periods.len() as u32;
         let at = *self.index.entry((token, id)).or_insert(next);
         if at == next {
-            self.periods.push(PeriodWrite {
-                token,
-                id,
-                buckets: Vec::new(),
-                marks: Vec::new(),
-            });
+            self.periods.push((token, id));
         }
-        &mut self.periods[at]
+        at
+    }
+
+    /// Adds the bucket at `offset` of `token`'s period `id`.
+    fn bucket(&mut self, token: &'a str, id: HashId, offset: i64, bucket: &'a Bucket) {
+        let period = self.of(token, id);
+        self.buckets.push((period, (offset, bucket)));
     }
 
     /// Adds a record of `mark`'s wallet with side byte `byte` at bucket `at`
@@ -300,12 +302,59 @@ impl<'a> PeriodWrites<'a> {
         byte: u8,
     ) -> Result<(), StoreError> {
         let (id, offset) = HashId::of(level, at);
-        put_mark(
-            &mut self.of(&mark.token, id).marks,
-            offset,
-            byte,
-            &mark.wallet,
+        let period = self.of(&mark.token, id);
+        let start = self.mark_bytes.len();
+        put_mark(&mut self.mark_bytes, offset, byte, &mark.wallet)?;
+        self.marks.push((period, start..self.mark_bytes.len()));
+        Ok(())
+    }
+
+    /// Each period's buckets, and its mark records as `mark_bytes` ranges, in
+    /// the order they were added.
+    fn gathered(
+        &self,
+    ) -> (
+        Gathered<(i64, &'a Bucket)>,
+        Gathered<std::ops::Range<usize>>,
+    ) {
+        (
+            Gathered::new(self.periods.len(), &self.buckets),
+            Gathered::new(self.periods.len(), &self.marks),
         )
+    }
+}
+
+/// Items tagged with a period, gathered per period in the order they came (a
+/// counting sort).
+struct Gathered<T> {
+    /// Period `p`'s items are `items[starts[p]..starts[p + 1]]`.
+    starts: Vec<usize>,
+    items: Vec<T>,
+}
+
+impl<T: Clone> Gathered<T> {
+    fn new(periods: usize, tagged: &[(u32, T)]) -> Self {
+        let mut starts = vec![0; periods + 1];
+        for &(period, _) in tagged {
+            starts[period as usize + 1] += 1;
+        }
+        for p in 0..periods {
+            starts[p + 1] += starts[p];
+        }
+        let mut order = vec![0; tagged.len()];
+        let mut next = starts.clone();
+        for (i, &(period, _)) in tagged.iter().enumerate() {
+            order[next[period as usize]] = i;
+            next[period as usize] += 1;
+        }
+        Self {
+            starts,
+            items: order.into_iter().map(|i| tagged[i].1.clone()).collect(),
+        }
+    }
+
+    fn of(&self, period: usize) -> &[T] {
+        &self.items[self.starts[period]..self.starts[period + 1]]
     }
 }
 
@@ -463,7 +512,7 @@ pub fn encode_batch<'e>(
             },
         );
         let (id, offset) = HashId::of(d.level, d.at);
-        periods.of(&d.token, id).buckets.push((offset, &d.total));
+        periods.bucket(&d.token, id, offset, &d.total);
     }
     // A minute mark's bits are carried, where they can be, by the same
     // batch's second mark that added them (see the module doc): `minute_bits`
@@ -510,12 +559,14 @@ pub fn encode_batch<'e>(
             periods.mark(w, Level::Minute, w.at, sides)?;
         }
     }
-    let live: Vec<(String, i64, &PeriodWrite)> = periods
+    let live: Vec<(usize, i64)> = periods
         .periods
         .iter()
-        .map(|p| (p.id.key(partition, p.token), lifetimes.expire_at(p.id), p))
-        .filter(|(_, expire_at, _)| *expire_at > now_ms)
+        .enumerate()
+        .map(|(p, &(_, id))| (p, lifetimes.expire_at(id)))
+        .filter(|&(_, expire_at)| expire_at > now_ms)
         .collect();
+    let (buckets, marks) = periods.gathered();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for e in &effect.events {
         encode_event(
@@ -536,25 +587,30 @@ pub fn encode_batch<'e>(
 
     let mut args = BatchArgs::with_capacity(
         64 + effect.buckets.len() * (BUCKET_LEN + 4)
-            + effect.wallets.len() * 24
+            + periods.mark_bytes.len()
             + effect.events.len() * EVENT_LEN
             + live.len() * 64,
         4 + 2 * effect.buckets.len() + 5 * live.len() + 3 * expiring.len() + 2 * tokens.len(),
     );
     args.push_display(live.len());
-    for (key, expire_at, period) in &live {
-        let has_marks = !period.marks.is_empty();
-        args.push(key.as_bytes());
+    for &(p, expire_at) in &live {
+        let (token, id) = periods.periods[p];
+        let (buckets, marks) = (buckets.of(p), marks.of(p));
+        args.push_display(id.key(partition, token));
         args.push_display(expire_at);
-        args.push_display(period.buckets.len() + usize::from(has_marks));
-        for &(offset, bucket) in &period.buckets {
+        args.push_display(buckets.len() + usize::from(!marks.is_empty()));
+        for &(offset, bucket) in buckets {
             args.push_display(offset);
             encode_bucket(bucket, &mut args.bytes);
             args.end();
         }
-        if has_marks {
+        if !marks.is_empty() {
             args.push_display(format_args!("w{first_offset}"));
-            args.push(&period.marks);
+            for record in marks {
+                args.bytes
+                    .extend_from_slice(&periods.mark_bytes[record.clone()]);
+            }
+            args.end();
         }
     }
     args.push_display(expiring.len());
@@ -608,6 +664,16 @@ mod tests {
             high: 7.25,
             low: f64::MIN_POSITIVE,
         }
+    }
+
+    #[test]
+    fn gathered_keeps_each_periods_items_in_order() {
+        let tagged = [(2, 'a'), (0, 'b'), (2, 'c'), (0, 'd'), (2, 'e')];
+        let gathered = Gathered::new(4, &tagged);
+        assert_eq!(gathered.of(0), ['b', 'd']);
+        assert_eq!(gathered.of(1), [] as [char; 0]);
+        assert_eq!(gathered.of(2), ['a', 'c', 'e']);
+        assert_eq!(gathered.of(3), [] as [char; 0]);
     }
 
     #[test]

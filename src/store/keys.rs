@@ -31,7 +31,7 @@ pub fn tokens(partition: u32) -> String {
 /// hour>` (0..3599) → encoded bucket; field `w<offset>` → the wallet mark
 /// records written by the batch starting at source offset `offset`.
 pub fn seconds(partition: u32, token: &str, hour: i64) -> String {
-    format!("ss:{{{partition}}}:s:{token}:{hour}")
+    PeriodKey::seconds(partition, token, hour).to_string()
 }
 
 /// `ss:{p}:m:<token>:<day>` — hash of the token's minute buckets and
@@ -40,7 +40,53 @@ pub fn seconds(partition: u32, token: &str, hour: i64) -> String {
 /// [`seconds`], each of which may also carry one of its seconds' marks (see
 /// [`super::codec`]).
 pub fn minutes(partition: u32, token: &str, day: i64) -> String {
-    format!("ss:{{{partition}}}:m:{token}:{day}")
+    PeriodKey::minutes(partition, token, day).to_string()
+}
+
+/// The name of one of a token's period hashes ([`seconds`], [`minutes`]) as
+/// a `Display`: a batch writes thousands of them straight into its argument
+/// buffer, with no `String` each.
+#[derive(Debug, Clone, Copy)]
+pub struct PeriodKey<'a> {
+    partition: u32,
+    /// `s` (an hour of second buckets) or `m` (a day of minute buckets).
+    kind: char,
+    token: &'a str,
+    period: i64,
+}
+
+impl<'a> PeriodKey<'a> {
+    /// `ss:{p}:s:<token>:<hour>`.
+    pub fn seconds(partition: u32, token: &'a str, hour: i64) -> Self {
+        Self {
+            partition,
+            kind: 's',
+            token,
+            period: hour,
+        }
+    }
+
+    /// `ss:{p}:m:<token>:<day>`.
+    pub fn minutes(partition: u32, token: &'a str, day: i64) -> Self {
+        Self {
+            partition,
+            kind: 'm',
+            token,
+            period: day,
+        }
+    }
+}
+
+impl std::fmt::Display for PeriodKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            partition,
+            kind,
+            token,
+            period,
+        } = self;
+        write!(f, "ss:{{{partition}}}:{kind}:{token}:{period}")
+    }
 }
 
 /// `ss:{p}:e:<hour>` — string of applied event ids whose block time falls in
