@@ -123,6 +123,34 @@ impl<'de> Deserialize<'de> for WireId {
     }
 }
 
+/// A JSON string, borrowed from the message unless it has escapes. (serde
+/// borrows a `Cow<str>` field only when it is not inside an `Option`: an
+/// `Option<Cow<str>>` always allocates.)
+struct WireText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = WireText<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(WireText(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireText(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
 /// A JSON string (borrowed from the message when it has no escapes) or number.
 enum Scalar<'a> {
     Number(serde_json::Number),
@@ -169,7 +197,7 @@ struct WireSwap<'a> {
     token_id: Option<String>,
     wallet: Option<String>,
     #[serde(borrow)]
-    side: Option<Cow<'a, str>>,
+    side: Option<WireText<'a>>,
     amount: Option<f64>,
     usd: Option<f64>,
     rate: Option<f64>,
@@ -198,7 +226,7 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     if let Some(wallet) = &wire.wallet {
         check_string("wallet", wallet, limits)?;
     }
-    let side = wire.side.ok_or_else(|| missing("side"))?;
+    let WireText(side) = wire.side.ok_or_else(|| missing("side"))?;
     let side = if side.eq_ignore_ascii_case("buy") {
         Side::Buy
     } else if side.eq_ignore_ascii_case("sell") {
