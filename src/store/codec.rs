@@ -47,6 +47,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
@@ -270,7 +271,7 @@ struct PeriodWrites<'a> {
     /// bucket once).
     buckets: Vec<(u32, (i64, &'a Bucket))>,
     /// Period and where its record is in `mark_bytes`.
-    marks: Vec<(u32, std::ops::Range<usize>)>,
+    marks: Vec<(u32, Range<usize>)>,
     /// Wallet mark records, one after another.
     mark_bytes: Vec<u8>,
 }
@@ -311,12 +312,7 @@ impl<'a> PeriodWrites<'a> {
 
     /// Each period's buckets, and its mark records as `mark_bytes` ranges, in
     /// the order they were added.
-    fn gathered(
-        &self,
-    ) -> (
-        Gathered<(i64, &'a Bucket)>,
-        Gathered<std::ops::Range<usize>>,
-    ) {
+    fn gathered(&self) -> (Gathered<(i64, &'a Bucket)>, Gathered<Range<usize>>) {
         (
             Gathered::new(self.periods.len(), &self.buckets),
             Gathered::new(self.periods.len(), &self.marks),
@@ -586,7 +582,7 @@ pub fn encode_batch<'e>(
         .map(|(p, &(_, id))| (p, lifetimes.expire_at(id)))
         .filter(|&(_, expire_at)| expire_at > now_ms)
         .collect();
-    let (buckets, marks) = periods.gathered();
+    let (period_buckets, period_marks) = periods.gathered();
     let mut hours: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for e in &effect.events {
         encode_event(
@@ -615,7 +611,7 @@ pub fn encode_batch<'e>(
     args.push_display(live.len());
     for &(p, expire_at) in &live {
         let (token, id) = periods.periods[p];
-        let (buckets, marks) = (buckets.of(p), marks.of(p));
+        let (buckets, marks) = (period_buckets.of(p), period_marks.of(p));
         args.push_display(id.key(partition, token));
         args.push_display(expire_at);
         args.push_display(buckets.len() + usize::from(!marks.is_empty()));
