@@ -64,32 +64,33 @@ pub struct ChangeFeed {
 
 #[derive(Debug, Default)]
 struct Dirty {
-    tokens: HashSet<String>,
+    /// The engine's own names (shared: a batch marks thousands).
+    tokens: HashSet<Arc<str>>,
     /// Empty unless tracing export is on.
-    traces: HashMap<String, SpanContext>,
+    traces: HashMap<Arc<str>, SpanContext>,
 }
 
 impl ChangeFeed {
     /// Marks tokens as changed and wakes the coalescer.
-    pub fn mark<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+    pub fn mark(&self, tokens: impl IntoIterator<Item = Arc<str>>) {
         self.mark_traced(tokens, None);
     }
 
     /// Like [`ChangeFeed::mark`], remembering `trace` (the changing batch's span)
     /// as the parent of each token's next WS push. `None` costs nothing extra.
-    pub fn mark_traced<'a>(
+    pub fn mark_traced(
         &self,
-        tokens: impl IntoIterator<Item = &'a str>,
+        tokens: impl IntoIterator<Item = Arc<str>>,
         trace: Option<SpanContext>,
     ) {
         if let Ok(mut dirty) = self.dirty.lock() {
             let dirty = &mut *dirty;
             match trace {
-                None => dirty.tokens.extend(tokens.into_iter().map(str::to_owned)),
+                None => dirty.tokens.extend(tokens),
                 Some(trace) => {
                     for token in tokens {
-                        dirty.tokens.insert(token.to_owned());
-                        dirty.traces.insert(token.to_owned(), trace.clone());
+                        dirty.traces.insert(token.clone(), trace.clone());
+                        dirty.tokens.insert(token);
                     }
                 }
             }
@@ -98,7 +99,7 @@ impl ChangeFeed {
     }
 
     /// Takes the changed tokens (empty if none).
-    pub fn take(&self) -> HashSet<String> {
+    pub fn take(&self) -> HashSet<Arc<str>> {
         self.dirty
             .lock()
             .map(|mut d| {
@@ -109,7 +110,7 @@ impl ChangeFeed {
     }
 
     /// Takes the changed tokens, each with the trace context it was marked with.
-    pub fn take_traced(&self) -> Vec<(String, Option<SpanContext>)> {
+    pub fn take_traced(&self) -> Vec<(Arc<str>, Option<SpanContext>)> {
         let Ok(mut dirty) = self.dirty.lock() else {
             return Vec::new();
         };

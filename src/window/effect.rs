@@ -87,11 +87,14 @@ impl BatchEffect {
         self.buckets.is_empty() && self.events.is_empty()
     }
 
-    /// The distinct tokens this effect touches.
-    pub fn tokens(&self) -> Vec<&str> {
-        let mut tokens: Vec<&str> = self.buckets.iter().map(|d| &*d.token).collect();
-        tokens.sort_unstable();
-        tokens.dedup();
+    /// The tokens this effect touches, each name once per allocation: the
+    /// engine's effects share one per token, so these are distinct there
+    /// (shared, not copied: a batch touches thousands).
+    pub fn tokens(&self) -> Vec<Arc<str>> {
+        let address = |token: &Arc<str>| Arc::as_ptr(token) as *const u8 as usize;
+        let mut tokens: Vec<Arc<str>> = self.buckets.iter().map(|d| d.token.clone()).collect();
+        tokens.sort_unstable_by_key(address);
+        tokens.dedup_by(|a, b| Arc::ptr_eq(a, b));
         tokens
     }
 }

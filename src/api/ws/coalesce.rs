@@ -22,10 +22,11 @@ pub async fn run_coalescer(
     interval: Duration,
     stop: StopFlag,
 ) {
-    let mut last_sent: HashMap<String, Instant> = HashMap::new();
-    let mut pending: HashMap<String, Instant> = HashMap::new();
+    // Keyed by the engine's own token names (shared, not copied).
+    let mut last_sent: HashMap<Arc<str>, Instant> = HashMap::new();
+    let mut pending: HashMap<Arc<str>, Instant> = HashMap::new();
     // Trace context of the latest batch behind a pending token (tracing export only).
-    let mut pending_traces: HashMap<String, SpanContext> = HashMap::new();
+    let mut pending_traces: HashMap<Arc<str>, SpanContext> = HashMap::new();
     let mut last_cleanup = Instant::now();
     while !stop.is_set() {
         let wake = pending
@@ -55,7 +56,7 @@ pub async fn run_coalescer(
                 }
             }
         }
-        let due: Vec<String> = pending
+        let due: Vec<Arc<str>> = pending
             .iter()
             .filter(|(_, at)| **at <= now)
             .map(|(t, _)| t.clone())
