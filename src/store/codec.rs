@@ -48,11 +48,12 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::ops::Range;
-use std::sync::Arc;
 
 use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
-use crate::window::{AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint, WalletMark};
+use crate::window::{
+    name_address, AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint, WalletMark,
+};
 
 /// Encoded size of one bucket.
 pub const BUCKET_LEN: usize = 108;
@@ -533,8 +534,8 @@ pub fn encode_batch<'e>(
     // it as long as) the hours' hashes of its day: a retention of at least
     // the second level's.
     let carry = lifetimes.minute_keep_ms >= lifetimes.second_keep_ms;
-    let address = |name: &Arc<str>| Arc::as_ptr(name) as *const u8 as usize;
-    let carry_key = |w: &WalletMark, minute: i64| (address(&w.token), address(&w.wallet), minute);
+    let carry_key =
+        |w: &WalletMark, minute: i64| (name_address(&w.token), name_address(&w.wallet), minute);
     let mut minute_bits: FastMap<(usize, usize, i64), u8> = FastMap::default();
     for w in &effect.wallets {
         seen(&w.token, bucket_start_ms(w.level, w.at));
@@ -657,6 +658,7 @@ pub fn encode_batch<'e>(
 mod tests {
     use super::*;
     use crate::window::{BucketDelta, SIDE_BUY, SIDE_SELL};
+    use std::sync::Arc;
 
     fn sample() -> Bucket {
         Bucket {

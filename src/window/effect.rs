@@ -91,12 +91,19 @@ impl BatchEffect {
     /// engine's effects share one per token, so these are distinct there
     /// (shared, not copied: a batch touches thousands).
     pub fn tokens(&self) -> Vec<Arc<str>> {
-        let address = |token: &Arc<str>| Arc::as_ptr(token) as *const u8 as usize;
         let mut tokens: Vec<Arc<str>> = self.buckets.iter().map(|d| d.token.clone()).collect();
-        tokens.sort_unstable_by_key(address);
+        tokens.sort_unstable_by_key(name_address);
         tokens.dedup_by(|a, b| Arc::ptr_eq(a, b));
         tokens
     }
+}
+
+/// The address of a name's shared allocation. An engine's effects clone one
+/// allocation per token and per wallet, so within them equal addresses mean
+/// equal names; equal names at other addresses (built apart) only compare
+/// unequal, which costs the callers a saving, never correctness.
+pub fn name_address(name: &Arc<str>) -> usize {
+    Arc::as_ptr(name) as *const u8 as usize
 }
 
 /// Counts of what happened to a batch's swaps.

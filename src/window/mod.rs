@@ -15,8 +15,8 @@ mod token;
 
 pub use bucket::{Bucket, PricePoint};
 pub use effect::{
-    event_key, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta, EventKey, Level,
-    WalletMark, SIDE_BUY, SIDE_SELL,
+    event_key, name_address, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta,
+    EventKey, Level, WalletMark, SIDE_BUY, SIDE_SELL,
 };
 pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine};
 pub(crate) use hash::FastMap;
