@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::flat::{read_flat_object, FlatValue};
 use super::{Side, Swap};
 
 /// Why a swap was rejected; each reason is counted separately.
@@ -92,12 +93,14 @@ impl Default for SwapLimits {
 
 /// A timestamp as sent: RFC 3339 text (borrowed from the message unless it has
 /// escapes) or unix milliseconds.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum WireTime<'a> {
     Millis(f64),
     Text(Cow<'a, str>),
 }
 
 /// An event id as sent: a string, or a number (kept as its JSON text).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireId(String);
 
 /// Hand-written so that neither type buffers the value and tries variants in
@@ -126,6 +129,7 @@ impl<'de> Deserialize<'de> for WireId {
 /// A JSON string, borrowed from the message unless it has escapes. (serde
 /// borrows a `Cow<str>` field only when it is not inside an `Option`: an
 /// `Option<Cow<str>>` always allocates.)
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireText<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for WireText<'a> {
@@ -191,7 +195,8 @@ impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
 /// The JSON object as it arrives; everything optional so a missing field is a
 /// [`RejectReason::MissingField`], not a parse error. The side and the times
 /// are borrowed from the message: only what [`Swap`] keeps is allocated.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireSwap<'a> {
     event_id: Option<WireId>,
     token_id: Option<String>,
@@ -207,6 +212,94 @@ struct WireSwap<'a> {
     executed_at: Option<WireTime<'a>>,
 }
 
+impl<'a> WireSwap<'a> {
+    /// The message read directly when it is a flat object of plain strings,
+    /// unsigned numbers and nulls (see [`read_flat_object`]), each field at
+    /// most once and of a type serde would take for it; `None` for anything
+    /// else, which serde_json then reads. Numbers are read correctly rounded,
+    /// as serde_json's `float_roundtrip` reads them, so the two readings agree.
+    fn read_flat(text: &'a str) -> Option<Self> {
+        let mut wire = WireSwap::default();
+        let mut seen = 0_u16;
+        read_flat_object(text, |key, value| {
+            let bit = match key {
+                "event_id" => {
+                    wire.event_id = flat_text(value)?.map(|t| WireId(t.to_owned()));
+                    1
+                }
+                "token_id" => {
+                    wire.token_id = flat_text(value)?.map(str::to_owned);
+                    2
+                }
+                "wallet" => {
+                    wire.wallet = flat_text(value)?.map(str::to_owned);
+                    4
+                }
+                "side" => {
+                    wire.side = flat_text(value)?.map(|t| WireText(Cow::Borrowed(t)));
+                    8
+                }
+                "amount" => {
+                    wire.amount = flat_number(value)?;
+                    16
+                }
+                "usd" => {
+                    wire.usd = flat_number(value)?;
+                    32
+                }
+                "rate" => {
+                    wire.rate = flat_number(value)?;
+                    64
+                }
+                "created_at" => {
+                    wire.created_at = flat_time(value)?;
+                    128
+                }
+                "executed_at" => {
+                    wire.executed_at = flat_time(value)?;
+                    256
+                }
+                // serde ignores any other field, whatever its value.
+                _ => 0,
+            };
+            // A field given twice is serde_json's error to report.
+            (seen & bit == 0).then(|| seen |= bit)
+        })?;
+        Some(wire)
+    }
+}
+
+/// A string field's value (`Some(None)`: null); `None` for a number, which
+/// serde_json reads (an id's spelling) or refuses.
+fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
+    match value {
+        FlatValue::Text(text) => Some(Some(text)),
+        FlatValue::Null => Some(None),
+        FlatValue::Number(_) => None,
+    }
+}
+
+/// A number field's value (`Some(None)`: null); `None` for a string, which
+/// serde_json refuses, and for a number beyond `f64`, which it refuses too.
+fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
+    match value {
+        FlatValue::Number(digits) => {
+            let n: f64 = digits.parse().ok()?;
+            n.is_finite().then_some(Some(n))
+        }
+        FlatValue::Null => Some(None),
+        FlatValue::Text(_) => None,
+    }
+}
+
+/// A time field's value (`Some(None)`: null): text or unix milliseconds.
+fn flat_time(value: FlatValue<'_>) -> Option<Option<WireTime<'_>>> {
+    match value {
+        FlatValue::Text(text) => Some(Some(WireTime::Text(Cow::Borrowed(text)))),
+        _ => flat_number(value).map(|ms| ms.map(WireTime::Millis)),
+    }
+}
+
 /// Decodes and validates one swap from its JSON bytes. `now_ms` is the clock used
 /// for the future-skew check.
 pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swap, Rejection> {
@@ -215,8 +308,11 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     // the check serde_json would make of every key and string value.
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Rejection::new(Malformed, format!("not UTF-8: {e}")))?;
-    let wire: WireSwap =
-        serde_json::from_str(text).map_err(|e| Rejection::new(Malformed, e.to_string()))?;
+    // The shape producers send is read directly; serde_json reads the rest.
+    let wire = match WireSwap::read_flat(text) {
+        Some(wire) => wire,
+        None => serde_json::from_str(text).map_err(|e| Rejection::new(Malformed, e.to_string()))?,
+    };
     let missing = |name: &str| Rejection::new(MissingField, format!("`{name}` is required"));
 
     let WireId(event_id) = wire.event_id.ok_or_else(|| missing("event_id"))?;
@@ -419,6 +515,8 @@ fn plain_rfc3339_ms(text: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000;
@@ -601,6 +699,96 @@ mod tests {
             "2023-11-14T22:13:20",
         ] {
             assert_eq!(plain_rfc3339_ms(left_to_the_time_crate.as_bytes()), None);
+        }
+    }
+
+    /// What serde_json alone reads from `text`.
+    fn serde_reading(text: &str) -> Option<WireSwap<'_>> {
+        serde_json::from_str(text).ok()
+    }
+
+    #[test]
+    fn producers_messages_are_read_directly_and_as_serde_reads_them() {
+        let settings = crate::config::GeneratorSettings {
+            wallets: 1000,
+            seed: 3,
+            ..Default::default()
+        };
+        let mut generator = crate::source::SwapGenerator::new(&settings);
+        for _ in 0..2000 {
+            let payload = encode_swap(&generator.next_swap(NOW));
+            let text = std::str::from_utf8(&payload).unwrap();
+            let direct = WireSwap::read_flat(text);
+            assert!(direct.is_some(), "{text}");
+            assert_eq!(direct, serde_reading(text), "{text}");
+        }
+        // Nulls, whitespace, unknown fields and unix milliseconds too.
+        let text = r#" { "event_id" : "e", "token_id":"T", "wallet":null, "side":"buy",
+            "amount":1.5e2, "usd":0, "rate":null, "extra":"x", "n":12,
+            "created_at":null, "executed_at":1699999999000 } "#;
+        assert!(WireSwap::read_flat(text).is_some());
+        assert_eq!(WireSwap::read_flat(text), serde_reading(text));
+    }
+
+    #[test]
+    fn what_the_direct_reading_leaves_serde_still_decides() {
+        let rest = r#""token_id":"T","amount":1,"usd":1,"side":"buy","executed_at":1"#;
+        for (event_id, expected) in [
+            (r#""e","event_id":"f""#, Err(RejectReason::Malformed)),
+            ("7", Ok("7")),
+            (r#""e\u0031""#, Ok("e1")),
+        ] {
+            let text = format!(r#"{{"event_id":{event_id},{rest}}}"#);
+            assert!(WireSwap::read_flat(&text).is_none(), "{text}");
+            let id = decode(&text).map(|s| s.event_id).map_err(|e| e.reason);
+            assert_eq!(id, expected.map(str::to_owned), "{text}");
+        }
+        let text = format!(r#"{{"event_id":"e",{rest},"amount":"1"}}"#);
+        assert!(WireSwap::read_flat(&text).is_none());
+        assert_eq!(reason(&text), RejectReason::Malformed);
+        let text = format!(r#"{{"event_id":"e",{rest},"rate":1e400}}"#);
+        assert!(WireSwap::read_flat(&text).is_none());
+        assert_eq!(reason(&text), RejectReason::Malformed);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Whatever the direct reading accepts, serde_json reads the same
+        /// (numbers to the bit, strings, nulls, repeated and unknown fields).
+        #[test]
+        fn the_direct_reading_agrees_with_serde_json(
+            members in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::sample::select(vec![
+                            "event_id", "token_id", "wallet", "side", "amount", "usd",
+                            "rate", "created_at", "executed_at", "other",
+                        ]).prop_map(str::to_owned),
+                        "[a-z_]{0,3}",
+                    ],
+                    proptest::prop_oneof![
+                        4 => r#""[ -~&&[^"\\]]{0,12}""#,
+                        1 => r#""[a-z]{0,3}\\[n"u][a-z0-9]{0,4}""#,
+                        4 => "(0|[1-9][0-9]{0,24})(\\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?",
+                        1 => "-?[0-9.eE+-]{1,6}",
+                        2 => proptest::sample::select(vec![
+                            "null", "true", "[1]", r#"{"a":1}"#, "nul",
+                            r#""2023-11-14T22:13:19.5Z""#, "1699999999000",
+                        ]).prop_map(str::to_owned),
+                    ],
+                    proptest::sample::select(vec!["", " ", "\n\t"]),
+                ),
+                0..8,
+            ),
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(key, value, space)| format!(r#"{space}"{key}"{space}:{space}{value}{space}"#))
+                .collect();
+            let text = format!("{{{}}}", body.join(","));
+            if let Some(direct) = WireSwap::read_flat(&text) {
+                proptest::prop_assert_eq!(Some(direct), serde_reading(&text), "{}", text);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The swap: its wire format, decoding and validation.
 
 mod decode;
+mod flat;
 mod model;
 
 pub use decode::{decode_swap, encode_swap, RejectReason, Rejection, SwapLimits};
