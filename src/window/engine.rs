@@ -204,8 +204,8 @@ fn name_key(name: &str) -> u128 {
 struct PendingBatch {
     buckets: Vec<(u32, usize, i64, Bucket)>,
     bucket_at: FastMap<(u32, u8, i64), u32>,
-    /// One entry per swap and level: adding them needs no merge.
-    marks: Vec<(u32, u32, usize, i64, u8)>,
+    /// One entry per swap, per level: adding them needs no merge.
+    marks: [Vec<PendingMark>; 2],
     /// Each swap's event key, dedup outcome, and token slot and wallet id where known.
     admitted: Vec<(EventKey, ApplyOutcome, KnownIds)>,
 }
@@ -217,9 +217,46 @@ impl PendingBatch {
             v.capacity() * std::mem::size_of::<T>()
         }
         bytes(&self.buckets)
-            + bytes(&self.marks)
+            + self.marks.iter().map(bytes).sum::<usize>()
             + bytes(&self.admitted)
             + self.bucket_at.capacity() * (std::mem::size_of::<((u32, u8, i64), u32)>() + 1)
+    }
+}
+
+/// A swap's wallet mark at one level while a batch is built: token slot,
+/// wallet id, key and side bits packed in one integer whose order is (slot,
+/// wallet, key), so sorting a batch's marks compares integers, not tuples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PendingMark(u128);
+
+impl PendingMark {
+    #[inline]
+    fn new(slot: u32, wallet: u32, key: i64, sides: u8) -> Self {
+        // `key << 2 | sides` with the sign bit flipped: unsigned order is
+        // then the keys' signed order. (A key is a second or a minute of unix
+        // ms, far from overflowing two bits.)
+        let packed = ((key << 2) | i64::from(sides)) as u64 ^ (1 << 63);
+        Self(u128::from(slot) << 96 | u128::from(wallet) << 64 | u128::from(packed))
+    }
+
+    #[inline]
+    fn slot(self) -> u32 {
+        (self.0 >> 96) as u32
+    }
+
+    #[inline]
+    fn wallet(self) -> u32 {
+        (self.0 >> 64) as u32
+    }
+
+    #[inline]
+    fn key(self) -> i64 {
+        (self.0 as u64 ^ (1 << 63)) as i64 >> 2
+    }
+
+    #[inline]
+    fn sides(self) -> u8 {
+        (self.0 & 3) as u8
     }
 }
 
@@ -396,9 +433,12 @@ impl WindowEngine {
                     None => pending.buckets.push((slot, level, key, bucket)),
                 }
                 if let Some(wallet) = wallet {
-                    pending
-                        .marks
-                        .push((slot, wallet, level, key, side_bit(swap.side)));
+                    pending.marks[level].push(PendingMark::new(
+                        slot,
+                        wallet,
+                        key,
+                        side_bit(swap.side),
+                    ));
                 }
             }
         }
@@ -406,7 +446,7 @@ impl WindowEngine {
         let shape = self.tuning.shape();
         let mut effect = BatchEffect {
             buckets: Vec::with_capacity(pending.buckets.len()),
-            wallets: Vec::with_capacity(pending.marks.len()),
+            wallets: Vec::with_capacity(pending.marks.iter().map(Vec::len).sum()),
             events,
         };
         pending.bucket_at.clear();
@@ -440,48 +480,48 @@ impl WindowEngine {
         pending.buckets = buckets;
         // Marks are sets of side bits: their order does not matter, and a mark
         // that adds no bit (already held, or repeated in the batch) is not emitted.
-        // Sorted by token and level, a token's records and counter pages stay in
+        // Sorted by level and token, a token's records and counter pages stay in
         // cache while its marks go in (a quarter faster than arrival order).
-        pending
-            .marks
-            .sort_unstable_by_key(|&(slot, wallet, level, key, _)| (slot, level, wallet, key));
-        // In runs of one (token, level), a few dozen marks at a time: their
-        // wallets' names and records are read first (misses overlapped), then
-        // added to.
-        for run in pending
-            .marks
-            .chunk_by(|a, b| (a.0, a.2) == (b.0, b.2))
-            .flat_map(|run| run.chunks(WARM_AHEAD))
-        {
-            let Self {
-                slots,
-                wallets,
-                plan,
-                ..
-            } = &mut *self;
-            let (slot, level) = (run[0].0, run[0].2);
-            let Some(token) = slots[slot as usize].token.as_mut() else {
-                continue;
-            };
-            wallets.warm(run.iter().map(|m| m.1));
-            token.warm_marks(level, run.iter().map(|m| m.1));
-            for &(_, wallet, _, key, sides) in run {
-                let added = token.add_mark(level, wallet, key, sides, plan, shape);
-                if added.created {
-                    wallets.acquire(wallet);
-                }
-                if added.sides != 0 {
-                    effect.wallets.push(WalletMark {
-                        token: token.name.clone(),
-                        wallet: wallets.name(wallet),
-                        level: LEVELS[level],
-                        at: key,
-                        sides: added.sides,
-                    });
+        for (level, marks) in pending.marks.iter_mut().enumerate() {
+            marks.sort_unstable();
+            // In runs of one token, a few dozen marks at a time: their
+            // wallets' names and records are read first (misses overlapped),
+            // then added to.
+            for run in marks
+                .chunk_by(|a, b| a.slot() == b.slot())
+                .flat_map(|run| run.chunks(WARM_AHEAD))
+            {
+                let Self {
+                    slots,
+                    wallets,
+                    plan,
+                    ..
+                } = &mut *self;
+                let Some(token) = slots[run[0].slot() as usize].token.as_mut() else {
+                    continue;
+                };
+                wallets.warm(run.iter().map(|m| m.wallet()));
+                token.warm_marks(level, run.iter().map(|m| m.wallet()));
+                for &mark in run {
+                    let wallet = mark.wallet();
+                    let added =
+                        token.add_mark(level, wallet, mark.key(), mark.sides(), plan, shape);
+                    if added.created {
+                        wallets.acquire(wallet);
+                    }
+                    if added.sides != 0 {
+                        effect.wallets.push(WalletMark {
+                            token: token.name.clone(),
+                            wallet: wallets.name(wallet),
+                            level: LEVELS[level],
+                            at: mark.key(),
+                            sides: added.sides,
+                        });
+                    }
                 }
             }
+            marks.clear();
         }
-        pending.marks.clear();
         self.pending = pending;
         (effect, counts)
     }
@@ -1061,6 +1101,33 @@ mod tests {
         assert!(effect.wallets.iter().all(|m| m.level == Level::Minute));
         assert_eq!(effect.buckets.len(), 1);
         assert_eq!(effect.wallets.len(), 1);
+    }
+
+    #[test]
+    fn pending_marks_unpack_and_sort_by_slot_wallet_key() {
+        let marks = [
+            (0, 0, i64::MIN >> 3, 1),
+            (0, 0, -61, 2),
+            (0, 0, -1, 3),
+            (0, 0, 0, 1),
+            (0, 7, -5, 2),
+            (0, u32::MAX, 3, 1),
+            (1, 0, i64::MAX >> 3, 2),
+            (u32::MAX, 2, 1_700_000_000, 3),
+        ];
+        let packed: Vec<PendingMark> = marks
+            .iter()
+            .map(|&(slot, wallet, key, sides)| PendingMark::new(slot, wallet, key, sides))
+            .collect();
+        let mut sorted = packed.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, packed);
+        for (mark, &(slot, wallet, key, sides)) in packed.iter().zip(&marks) {
+            assert_eq!(
+                (mark.slot(), mark.wallet(), mark.key(), mark.sides()),
+                (slot, wallet, key, sides)
+            );
+        }
     }
 
     #[test]
