@@ -790,6 +790,44 @@ mod tests {
                 proptest::prop_assert_eq!(Some(direct), serde_reading(&text), "{}", text);
             }
         }
+
+        /// A producer's message with a few bytes changed, inserted or
+        /// removed (any byte, the text kept UTF-8): the direct reading never
+        /// panics, and whatever it accepts serde_json reads the same.
+        #[test]
+        fn damaged_messages_are_read_as_serde_reads_them(
+            edits in proptest::collection::vec(
+                (0_usize..400, proptest::num::u8::ANY, 0_u8..3),
+                1..6,
+            ),
+        ) {
+            let swap = crate::swap::Swap {
+                event_id: "g7-12".into(),
+                token: "TKN11".into(),
+                wallet: Some("W75496".into()),
+                side: Side::Sell,
+                amount: 85.43094859148825,
+                usd: 6691.833053064817,
+                rate: 78.33031428766724,
+                created_at_ms: Some(NOW),
+                executed_at_ms: NOW - 828,
+            };
+            let mut bytes = encode_swap(&swap);
+            for (at, byte, edit) in edits {
+                let at = at % (bytes.len() + 1);
+                match edit {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(direct) = WireSwap::read_flat(&text) {
+                proptest::prop_assert_eq!(Some(direct), serde_reading(&text), "{}", text);
+            }
+        }
     }
 
     #[test]
