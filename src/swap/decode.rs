@@ -216,8 +216,12 @@ impl<'a> WireSwap<'a> {
     /// The message read directly when it is a flat object of plain strings,
     /// unsigned numbers and nulls (see [`read_flat_object`]), each field at
     /// most once and of a type serde would take for it; `None` for anything
-    /// else, which serde_json then reads. Numbers are read correctly rounded,
-    /// as serde_json's `float_roundtrip` reads them, so the two readings agree.
+    /// else, which serde_json then reads. Numbers are read correctly rounded
+    /// (`str::parse`): the very `f64` a producer wrote in shortest form.
+    /// serde_json's default reading, which the other shapes get, is off in
+    /// the last place somewhere in ~28 % of the generator's messages; its exact
+    /// `float_roundtrip` reading would slow every JSON this crate reads (the
+    /// router's too), so the two readings may differ in a number's last bit.
     fn read_flat(text: &'a str) -> Option<Self> {
         let mut wire = WireSwap::default();
         let mut seen = 0_u16;
@@ -707,6 +711,34 @@ mod tests {
         serde_json::from_str(text).ok()
     }
 
+    /// The direct reading of `text` is `serde`'s: the same strings and nulls,
+    /// numbers equal but for serde_json's last-place error (see
+    /// [`WireSwap::read_flat`]).
+    fn reads_like(direct: &WireSwap, serde: Option<&WireSwap>) -> bool {
+        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => {
+                let gap = (x - y).abs();
+                gap <= 4.0 * f64::EPSILON * x.abs().max(y.abs()) || gap < 1e-300
+            }
+            (x, y) => x.is_none() && y.is_none(),
+        };
+        let time = |x: &Option<WireTime>, y: &Option<WireTime>| match (x, y) {
+            (Some(WireTime::Millis(x)), Some(WireTime::Millis(y))) => close(Some(*x), Some(*y)),
+            _ => x == y,
+        };
+        serde.is_some_and(|serde| {
+            direct.event_id == serde.event_id
+                && direct.token_id == serde.token_id
+                && direct.wallet == serde.wallet
+                && direct.side == serde.side
+                && close(direct.amount, serde.amount)
+                && close(direct.usd, serde.usd)
+                && close(direct.rate, serde.rate)
+                && time(&direct.created_at, &serde.created_at)
+                && time(&direct.executed_at, &serde.executed_at)
+        })
+    }
+
     #[test]
     fn producers_messages_are_read_directly_and_as_serde_reads_them() {
         let settings = crate::config::GeneratorSettings {
@@ -716,18 +748,24 @@ mod tests {
         };
         let mut generator = crate::source::SwapGenerator::new(&settings);
         for _ in 0..2000 {
-            let payload = encode_swap(&generator.next_swap(NOW));
+            let swap = generator.next_swap(NOW);
+            let payload = encode_swap(&swap);
             let text = std::str::from_utf8(&payload).unwrap();
-            let direct = WireSwap::read_flat(text);
-            assert!(direct.is_some(), "{text}");
-            assert_eq!(direct, serde_reading(text), "{text}");
+            let direct = WireSwap::read_flat(text).unwrap();
+            assert!(reads_like(&direct, serde_reading(text).as_ref()), "{text}");
+            // Read back exactly as written.
+            assert_eq!(
+                decode_swap(&payload, &SwapLimits::default(), NOW + 10_000).as_ref(),
+                Ok(&swap),
+                "{text}"
+            );
         }
         // Nulls, whitespace, unknown fields and unix milliseconds too.
         let text = r#" { "event_id" : "e", "token_id":"T", "wallet":null, "side":"buy",
             "amount":1.5e2, "usd":0, "rate":null, "extra":"x", "n":12,
             "created_at":null, "executed_at":1699999999000 } "#;
-        assert!(WireSwap::read_flat(text).is_some());
-        assert_eq!(WireSwap::read_flat(text), serde_reading(text));
+        let direct = WireSwap::read_flat(text).unwrap();
+        assert!(reads_like(&direct, serde_reading(text).as_ref()));
     }
 
     #[test]
@@ -754,7 +792,8 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// Whatever the direct reading accepts, serde_json reads the same
-        /// (numbers to the bit, strings, nulls, repeated and unknown fields).
+        /// (strings, nulls, repeated and unknown fields; numbers but for
+        /// serde_json's last-place error).
         #[test]
         fn the_direct_reading_agrees_with_serde_json(
             members in proptest::collection::vec(
@@ -787,7 +826,7 @@ mod tests {
                 .collect();
             let text = format!("{{{}}}", body.join(","));
             if let Some(direct) = WireSwap::read_flat(&text) {
-                proptest::prop_assert_eq!(Some(direct), serde_reading(&text), "{}", text);
+                proptest::prop_assert!(reads_like(&direct, serde_reading(&text).as_ref()), "{}", text);
             }
         }
 
@@ -825,7 +864,7 @@ mod tests {
             }
             let text = String::from_utf8_lossy(&bytes);
             if let Some(direct) = WireSwap::read_flat(&text) {
-                proptest::prop_assert_eq!(Some(direct), serde_reading(&text), "{}", text);
+                proptest::prop_assert!(reads_like(&direct, serde_reading(&text).as_ref()), "{}", text);
             }
         }
     }
