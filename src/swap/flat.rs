@@ -155,7 +155,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Index of the first `"`, `\\` or control character (below 0x20) at or
+/// Index of the first `"`, `\` or control character (below 0x20) at or
 /// after `at`: what ends a string's plain run. Eight bytes at a time (the
 /// byte-by-byte loop was most of this reader's time): a byte's high bit is set
 /// in `hits` where it is one of them, exactly for the lowest such byte (a

@@ -233,8 +233,8 @@ impl PendingMark {
     #[inline]
     fn new(slot: u32, wallet: u32, key: i64, sides: u8) -> Self {
         // `key << 2 | sides` with the sign bit flipped: unsigned order is
-        // then the keys' signed order. (A key is a second or a minute of unix
-        // ms, far from overflowing two bits.)
+        // then the keys' signed order. (A key is unix ms divided by 1,000 or
+        // 60,000, so shifting it by two never overflows.)
         let packed = ((key << 2) | i64::from(sides)) as u64 ^ (1 << 63);
         Self(u128::from(slot) << 96 | u128::from(wallet) << 64 | u128::from(packed))
     }
