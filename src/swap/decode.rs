@@ -711,7 +711,7 @@ mod tests {
         serde_json::from_str(text).ok()
     }
 
-    /// The direct reading of `text` is `serde`'s: the same strings and nulls,
+    /// `direct` reads as `serde` does: the same strings and nulls, and
     /// numbers equal but for serde_json's last-place error (see
     /// [`WireSwap::read_flat`]).
     fn reads_like(direct: &WireSwap, serde: Option<&WireSwap>) -> bool {
