@@ -214,7 +214,7 @@ struct WireSwap<'a> {
 
 impl<'a> WireSwap<'a> {
     /// The message read directly when it is a flat object of plain strings,
-    /// unsigned numbers and nulls (see [`read_flat_object`]), each field at
+    /// unsigned numbers, booleans and nulls (see [`read_flat_object`]), each field at
     /// most once and of a type serde would take for it; `None` for anything
     /// else, which serde_json then reads. Numbers are read correctly rounded
     /// (`str::parse`): the very `f64` a producer wrote in shortest form.
@@ -274,17 +274,19 @@ impl<'a> WireSwap<'a> {
 }
 
 /// A string field's value (`Some(None)`: null); `None` for a number, which
-/// serde_json reads (an id's spelling) or refuses.
+/// serde_json reads (an id's spelling) or refuses, and for a boolean, which
+/// it refuses.
 fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
     match value {
         FlatValue::Text(text) => Some(Some(text)),
         FlatValue::Null => Some(None),
-        FlatValue::Number(_) => None,
+        FlatValue::Number(_) | FlatValue::Bool(_) => None,
     }
 }
 
-/// A number field's value (`Some(None)`: null); `None` for a string, which
-/// serde_json refuses, and for a number beyond `f64`, which it refuses too.
+/// A number field's value (`Some(None)`: null); `None` for a string or a
+/// boolean, which serde_json refuses, and for a number beyond `f64`, which it
+/// refuses too.
 fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
     match value {
         FlatValue::Number(digits) => {
@@ -292,7 +294,7 @@ fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
             n.is_finite().then_some(Some(n))
         }
         FlatValue::Null => Some(None),
-        FlatValue::Text(_) => None,
+        FlatValue::Text(_) | FlatValue::Bool(_) => None,
     }
 }
 
@@ -762,7 +764,7 @@ mod tests {
         }
         // Nulls, whitespace, unknown fields and unix milliseconds too.
         let text = r#" { "event_id" : "e", "token_id":"T", "wallet":null, "side":"buy",
-            "amount":1.5e2, "usd":0, "rate":null, "extra":"x", "n":12,
+            "amount":1.5e2, "usd":0, "rate":null, "extra":"x", "n":12, "ok":true,
             "created_at":null, "executed_at":1699999999000 } "#;
         let direct = WireSwap::read_flat(text).unwrap();
         assert!(reads_like(&direct, serde_reading(text).as_ref()));
@@ -781,9 +783,11 @@ mod tests {
             let id = decode(&text).map(|s| s.event_id).map_err(|e| e.reason);
             assert_eq!(id, expected.map(str::to_owned), "{text}");
         }
-        let text = format!(r#"{{"event_id":"e",{rest},"amount":"1"}}"#);
-        assert!(WireSwap::read_flat(&text).is_none());
-        assert_eq!(reason(&text), RejectReason::Malformed);
+        for wrong_type in [r#""rate":"1""#, r#""wallet":true"#, r#""created_at":false"#] {
+            let text = format!(r#"{{"event_id":"e",{rest},{wrong_type}}}"#);
+            assert!(WireSwap::read_flat(&text).is_none(), "{text}");
+            assert_eq!(reason(&text), RejectReason::Malformed, "{text}");
+        }
         let text = format!(r#"{{"event_id":"e",{rest},"rate":1e400}}"#);
         assert!(WireSwap::read_flat(&text).is_none());
         assert_eq!(reason(&text), RejectReason::Malformed);
@@ -811,7 +815,7 @@ mod tests {
                         4 => "(0|[1-9][0-9]{0,24})(\\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?",
                         1 => "-?[0-9.eE+-]{1,6}",
                         2 => proptest::sample::select(vec![
-                            "null", "true", "[1]", r#"{"a":1}"#, "nul",
+                            "null", "true", "false", "[1]", r#"{"a":1}"#, "nul",
                             r#""2023-11-14T22:13:19.5Z""#, "1699999999000",
                         ]).prop_map(str::to_owned),
                     ],
