@@ -53,6 +53,7 @@ use super::keys::{self, DAY_MS, HOUR_MS};
 use super::StoreError;
 use crate::window::{
     name_address, AppliedEvent, BatchEffect, Bucket, FastMap, Level, PricePoint, WalletMark,
+    WARM_AHEAD,
 };
 
 /// Encoded size of one bucket.
@@ -354,9 +355,6 @@ impl<T: Clone> Gathered<T> {
         &self.items[self.starts[period]..self.starts[period + 1]]
     }
 }
-
-/// Marks whose wallet names are read ahead at once (see [`warm_wallets`]).
-const WARM_AHEAD: usize = 64;
 
 /// Reads the first byte of the wallet name of each mark of `level`, so the
 /// records written next find the names in cache: these reads do not depend

@@ -1,10 +1,10 @@
 //! A direct reader for the JSON shape every producer we know sends: one flat
 //! object whose values are strings without escapes, non-negative numbers,
 //! `true`, `false` and `null`. It answers `None` for anything else (escapes,
-//! nesting, a minus sign, text that is not JSON), and the caller then hands the message
-//! to serde_json, which accepts or rejects it with its message. A swap's
-//! decode went from ~520 to ~380 ns with it (`cargo bench --bench engine --
-//! decode/`), of the shard's ~3 µs of CPU per swap.
+//! nesting, a minus sign, text that is not JSON), and the caller then hands
+//! the message to serde_json, which accepts or rejects it with its message. A
+//! swap's decode went from ~520 to ~380 ns with it (`cargo bench --bench
+//! engine -- decode/`), of the shard's ~3 µs of CPU per swap.
 
 /// One member's value, borrowed from the message.
 #[derive(Debug, Clone, Copy, PartialEq)]

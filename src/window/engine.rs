@@ -858,9 +858,11 @@ impl WindowEngine {
 /// Level enum by per-level index.
 const LEVELS: [Level; 2] = [Level::Second, Level::Minute];
 
-/// Marks (or buckets) whose data [`WindowEngine::apply_batch`] reads ahead at
-/// a time: enough misses to overlap, few enough lines to stay in L1.
-const WARM_AHEAD: usize = 64;
+/// Items whose data a read-ahead reads at a time before the work that needs
+/// it (marks or buckets in [`WindowEngine::apply_batch`], wallet names in the
+/// store's batch encoding): enough misses to overlap, few enough lines to
+/// stay in L1.
+pub(crate) const WARM_AHEAD: usize = 64;
 
 #[inline]
 fn side_bit(side: Side) -> u8 {

@@ -18,6 +18,7 @@ pub use effect::{
     event_key, name_address, price_tie, AppliedEvent, BatchCounts, BatchEffect, BucketDelta,
     EventKey, Level, WalletMark, SIDE_BUY, SIDE_SELL,
 };
+pub(crate) use engine::WARM_AHEAD;
 pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine};
 pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
