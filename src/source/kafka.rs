@@ -134,14 +134,11 @@ impl RecordSource for KafkaPartitionSource {
         loop {
             match self.consumer.recv().await {
                 Ok(message) => {
-                    let traceparent = message.headers().and_then(|headers| {
-                        headers
-                            .iter()
-                            .find(|h| h.key == TRACEPARENT_HEADER)
-                            .and_then(|h| h.value)
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .map(str::to_owned)
-                    });
+                    // Only read for span links: librdkafka parses a message's
+                    // headers on first access, even to find there are none.
+                    let traceparent = crate::telemetry::tracing_enabled()
+                        .then(|| traceparent_of(&message))
+                        .flatten();
                     let offset = message.offset();
                     self.next_offset.store(offset + 1, Ordering::Relaxed);
                     return Ok(Some(SourceRecord {
@@ -175,6 +172,17 @@ impl RecordSource for KafkaPartitionSource {
         let high = self.high_watermark.load(Ordering::Relaxed);
         (high >= 0).then(|| (high - self.next_offset.load(Ordering::Relaxed)).max(0))
     }
+}
+
+/// The record's W3C `traceparent` header, if it carries one.
+fn traceparent_of(message: &impl Message) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == TRACEPARENT_HEADER)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
 }
 
 /// Sends rejected records to the dead-letter topic with the reason and the
