@@ -9,8 +9,9 @@
 //!
 //! - `bare/base`:   rdkafka `BaseConsumer`, manual assign, `fetch.wait.max.ms=10`,
 //!   counts messages only;
-//! - `bare/stream`: rdkafka `StreamConsumer::recv` (the consumer type the shard
-//!   uses), same settings, counts messages only;
+//! - `bare/stream`: rdkafka `StreamConsumer::recv` (the async consumer the
+//!   shard used until it read its partition's own queue in batches), same
+//!   settings, counts messages only;
 //! - `shard`:       `KafkaPartitionSource::assign` → `run_pipeline` with a real
 //!   `RedisStore` on the cluster, engine/pipeline configuration from the
 //!   default `Settings`, `LogDeadLetters`. Timed from `assign` until
@@ -222,7 +223,7 @@ fn bare_base(bootstrap: &str, first: i64, last: i64) -> Run {
     }
 }
 
-/// Bare `StreamConsumer::recv` loop (the shard's consumer type), counting only.
+/// Bare `StreamConsumer::recv` loop (rdkafka's async consumer), counting only.
 async fn bare_stream(bootstrap: &str, first: i64, last: i64) -> Run {
     let started = Instant::now();
     let consumer: StreamConsumer = consumer_config(bootstrap, "bench-bare")

@@ -3,8 +3,12 @@
 
 mod support;
 
+use std::time::Duration;
 use support::kafka::MockKafka;
+
 use swapstats::partition::partition_for;
+use swapstats::shard::{RecordSource, SourceRecord, StopFlag};
+use swapstats::source::kafka::KafkaPartitionSource;
 use swapstats::swap::{decode_swap, SwapLimits};
 
 #[test]
@@ -34,4 +38,72 @@ fn produce_writes_each_swap_to_its_tokens_partition() {
         }
     }
     assert_eq!(total, 3000);
+}
+
+/// The source's next record, within 30 s.
+async fn next(source: &mut KafkaPartitionSource) -> SourceRecord {
+    tokio::time::timeout(Duration::from_secs(30), source.next_record())
+        .await
+        .expect("a record in time")
+        .expect("no source error")
+        .expect("not ended")
+}
+
+/// The shard's Kafka source reads only its partition, from the offset it is
+/// given, in order; it waits on an empty partition and wakes for new
+/// messages, also for more than one read batch at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_reads_its_partition_in_order_and_wakes_for_new_messages() {
+    let kafka = std::sync::Arc::new(MockKafka::start(2));
+    let payloads = |partition: i32, offsets: std::ops::Range<i64>| -> Vec<(String, Vec<u8>)> {
+        offsets
+            .map(|o| (format!("k{o}"), format!("p{partition}-{o}").into_bytes()))
+            .collect()
+    };
+    let produce = |partition: i32, offsets: std::ops::Range<i64>| {
+        let (kafka, messages) = (kafka.clone(), payloads(partition, offsets));
+        tokio::task::spawn_blocking(move || kafka.produce_raw("swaps", partition, &messages))
+    };
+    produce(0, 0..10).await.expect("produce p0");
+    produce(1, 0..5).await.expect("produce p1");
+
+    let stop = StopFlag::default();
+    let mut source =
+        KafkaPartitionSource::assign(&kafka.bootstrap, "swaps", 1, Some(2), stop.clone())
+            .expect("assign");
+    for offset in 2..5 {
+        let record = next(&mut source).await;
+        assert_eq!(
+            (record.offset, record.payload),
+            (offset, format!("p1-{offset}").into_bytes())
+        );
+        assert_eq!(
+            record.traceparent, None,
+            "headers are not read while spans are not exported"
+        );
+    }
+    // Caught up: the source waits (and never hands out partition 0's messages).
+    let idle = tokio::time::timeout(Duration::from_millis(500), source.next_record()).await;
+    assert!(idle.is_err(), "no record past the partition's end");
+
+    // Messages that arrive while it waits wake it, more than one read batch.
+    let later = produce(1, 5..2505);
+    for offset in 5..2505 {
+        let record = next(&mut source).await;
+        assert_eq!(
+            (record.offset, record.payload),
+            (offset, format!("p1-{offset}").into_bytes())
+        );
+    }
+    later.await.expect("produce later");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while source.lag() != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {:?}",
+            source.lag()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.set();
 }

@@ -1,29 +1,41 @@
 //! Kafka: one partition consumed by manual assignment (no group rebalance), the
 //! dead-letter producer, and the swap producer used by `produce`.
 
+use std::collections::VecDeque;
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::partition_queue::{PartitionQueue, SplitError};
 use crate::shard::{DeadLetterSink, RecordSource, SourceError, SourceRecord, StopFlag};
 use crate::swap::Rejection;
 
 /// The consumer group used only for committed offsets (assignment is manual).
 pub const GROUP_ID: &str = "swapstats-shards";
 /// Header carrying W3C trace context.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const TRACEPARENT_HEADER: &str = match TRACEPARENT_HEADER_C.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("header name is ASCII"),
+};
+/// [`TRACEPARENT_HEADER`] for librdkafka's header lookup.
+pub const TRACEPARENT_HEADER_C: &CStr = c"traceparent";
+/// Most messages one read takes off the partition's queue.
+const READ_BATCH: usize = 1024;
 
 /// Kafka client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    #[error("kafka: {0}")]
+    Split(#[from] SplitError),
 }
 
 /// Base client settings shared by consumers and producers.
@@ -36,7 +48,14 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// Consumes exactly one partition of a topic, starting at a given offset.
+///
+/// The partition's messages are read in batches off a queue of their own
+/// ([`PartitionQueue`]) and handed out one by one; the consumer's queue is left
+/// with errors, logs and commit results, which a task serves.
 pub struct KafkaPartitionSource {
+    queue: PartitionQueue,
+    /// Read off the queue, not handed out yet.
+    waiting: VecDeque<SourceRecord>,
     consumer: Arc<StreamConsumer>,
     topic: String,
     partition: i32,
@@ -76,14 +95,21 @@ impl KafkaPartitionSource {
             .set("fetch.wait.max.ms", "10")
             .set("enable.partition.eof", "false")
             .create()?;
+        let consumer = Arc::new(consumer);
+        // Before the partition is assigned: none of its messages may land on
+        // the consumer's queue.
+        let queue = PartitionQueue::split(&consumer, topic, partition as i32, READ_BATCH)?;
         let source = Self {
-            consumer: Arc::new(consumer),
+            queue,
+            waiting: VecDeque::with_capacity(READ_BATCH),
+            consumer,
             topic: topic.to_string(),
             partition: partition as i32,
             next_offset: Arc::new(AtomicI64::new(0)),
             high_watermark: Arc::new(AtomicI64::new(-1)),
         };
-        source.watch_watermark(stop);
+        source.watch_watermark(stop.clone());
+        source.serve_consumer_queue(stop);
         Ok(source)
     }
 
@@ -100,6 +126,29 @@ impl KafkaPartitionSource {
         self.next_offset
             .store(start.unwrap_or(0), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Serves the consumer's queue until `stop`: broker errors (an outage
+    /// shows here; librdkafka reconnects by itself), logs and commit results.
+    /// The partition's messages go to its own queue, so none come here.
+    fn serve_consumer_queue(&self, stop: StopFlag) {
+        let consumer = self.consumer.clone();
+        tokio::spawn(async move {
+            while !stop.is_set() {
+                match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+                    // Unreachable: the queue is split before assignment, and
+                    // librdkafka never re-forwards a queue the application
+                    // forwarded. Loud, should a librdkafka change break that.
+                    Ok(Ok(message)) => tracing::error!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "message on the consumer's queue, not the partition's; skipped"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "kafka error; librdkafka retries"),
+                    Err(_idle) => {}
+                }
+            }
+        });
     }
 
     /// Refreshes the partition's high watermark every 500 ms (a blocking call,
@@ -132,27 +181,14 @@ impl KafkaPartitionSource {
 impl RecordSource for KafkaPartitionSource {
     async fn next_record(&mut self) -> Result<Option<SourceRecord>, SourceError> {
         loop {
-            match self.consumer.recv().await {
-                Ok(message) => {
-                    // Only read for span links: librdkafka parses a message's
-                    // headers on first access, even to find there are none.
-                    let traceparent = crate::telemetry::tracing_enabled()
-                        .then(|| traceparent_of(&message))
-                        .flatten();
-                    let offset = message.offset();
-                    self.next_offset.store(offset + 1, Ordering::Relaxed);
-                    return Ok(Some(SourceRecord {
-                        offset,
-                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        traceparent,
-                    }));
-                }
-                // Broker outages surface here as transient errors: log and keep
-                // polling; librdkafka reconnects by itself.
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka receive error; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            if let Some(record) = self.waiting.pop_front() {
+                self.next_offset.store(record.offset + 1, Ordering::Relaxed);
+                return Ok(Some(record));
+            }
+            // Span links are the only use of a record's traceparent.
+            let traceparent = crate::telemetry::tracing_enabled();
+            if self.queue.read_waiting(&mut self.waiting, traceparent) == 0 {
+                self.queue.readable().await;
             }
         }
     }
@@ -172,17 +208,6 @@ impl RecordSource for KafkaPartitionSource {
         let high = self.high_watermark.load(Ordering::Relaxed);
         (high >= 0).then(|| (high - self.next_offset.load(Ordering::Relaxed)).max(0))
     }
-}
-
-/// The record's W3C `traceparent` header, if it carries one.
-fn traceparent_of(message: &impl Message) -> Option<String> {
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == TRACEPARENT_HEADER)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned)
 }
 
 /// Sends rejected records to the dead-letter topic with the reason and the

@@ -7,3 +7,4 @@ pub mod generator;
 pub use channel::ChannelSource;
 pub use generator::SwapGenerator;
 pub mod kafka;
+mod partition_queue;
