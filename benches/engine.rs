@@ -405,6 +405,21 @@ fn bench_decode(c: &mut Criterion) {
             }
         })
     });
+    // As the shard decodes: into the swaps of an earlier batch, reusing their
+    // strings (what each decode above allocates, and drops, is not paid here).
+    let mut kept: Vec<swapstats::swap::Swap> = payloads
+        .iter()
+        .filter_map(|p| swapstats::swap::decode_swap(p, &limits, now).ok())
+        .collect();
+    group.bench_function("generator_payloads_100k_into_kept_swaps", |b| {
+        b.iter(|| {
+            for (payload, swap) in payloads.iter().rev().zip(kept.iter_mut()) {
+                let _ = black_box(swapstats::swap::decode_swap_into(
+                    payload, &limits, now, swap,
+                ));
+            }
+        })
+    });
     group.finish();
 }
 

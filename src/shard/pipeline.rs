@@ -18,7 +18,7 @@ use tracing::{Instrument, Span};
 use super::{ShardCore, StopFlag};
 use crate::config::Settings;
 use crate::store::{PersistBatch, PersistOutcome, Store};
-use crate::swap::{decode_swap, Rejection, Swap, SwapLimits};
+use crate::swap::{decode_swap, decode_swap_into, Rejection, Swap, SwapLimits};
 use crate::window::BatchEffect;
 
 /// One message from the source: its offset in the partition and raw payload.
@@ -127,7 +127,8 @@ struct InFlight {
 /// A batch being applied to the engine in a task of its own, while the loop
 /// reads and decodes the next one.
 struct Applying {
-    task: tokio::task::JoinHandle<AppliedBatch>,
+    /// The applied batch, and its decoded swaps back for the next decode.
+    task: tokio::task::JoinHandle<(AppliedBatch, DecodedSwaps)>,
     /// Woken when the task is done (a loop waiting for a first record goes on).
     done: Arc<Notify>,
 }
@@ -149,6 +150,9 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     stop: StopFlag,
 ) -> Result<(), PipelineError> {
     let mut records = Vec::with_capacity(config.batch_max_swaps);
+    // What the next batch is decoded into: the swaps of the batch applied
+    // before the one applying now.
+    let mut spare = DecodedSwaps::default();
     let mut applying: Option<Applying> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     // What the next batch follows: the restored applied offset, then each
@@ -183,12 +187,15 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
                 Err(e) => break Err(e.into()),
             };
             update_readiness(&core, &source, &config);
-            decoded = decode_records(&core, &records, &mut dead_letters, &config).await;
+            decoded = decode_records(&core, &records, &mut dead_letters, &config, &mut spare).await;
         }
         // The batch read last time round has been applied meanwhile.
         let applied = match applying.take() {
             Some(stage) => match stage.task.await {
-                Ok(applied) => Some(applied),
+                Ok((applied, swaps)) => {
+                    spare = swaps;
+                    Some(applied)
+                }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Cancelled: the runtime is shutting down.
                 Err(_) => {
@@ -418,31 +425,66 @@ struct StagedBatch<T> {
 }
 
 /// A batch's good swaps, decoded and waiting for the engine.
-type DecodedBatch = StagedBatch<Vec<Swap>>;
+type DecodedBatch = StagedBatch<DecodedSwaps>;
+
+/// Decoded swaps in a vector kept from batch to batch: each is decoded into a
+/// swap of an earlier batch ([`decode_swap_into`]), whose strings it reuses,
+/// so decoding a batch allocates nothing for the strings that fit.
+#[derive(Default)]
+struct DecodedSwaps {
+    swaps: Vec<Swap>,
+    /// How many of `swaps` are this batch's; the rest are kept for later.
+    len: usize,
+}
+
+impl DecodedSwaps {
+    /// Decodes one record's payload as the batch's next swap.
+    fn decode(
+        &mut self,
+        payload: &[u8],
+        limits: &SwapLimits,
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
+        match self.swaps.get_mut(self.len) {
+            Some(kept) => decode_swap_into(payload, limits, now_ms, kept)?,
+            None => self.swaps.push(decode_swap(payload, limits, now_ms)?),
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// This batch's swaps.
+    fn as_slice(&self) -> &[Swap] {
+        &self.swaps[..self.len]
+    }
+}
 
 /// A batch decoded and applied to the engine (its effect), waiting to be persisted.
 type AppliedBatch = StagedBatch<BatchEffect>;
 
 impl DecodedBatch {
-    /// Applies the swaps to the engine.
-    fn apply(self, core: &ShardCore) -> AppliedBatch {
-        StagedBatch {
-            content: core.apply_batch(&self.content, self.now_ms).0,
+    /// Applies the swaps to the engine; hands them back for reuse.
+    fn apply(self, core: &ShardCore) -> (AppliedBatch, DecodedSwaps) {
+        let applied = StagedBatch {
+            content: core.apply_batch(self.content.as_slice(), self.now_ms).0,
             first_offset: self.first_offset,
             last_offset: self.last_offset,
             now_ms: self.now_ms,
             span: self.span,
             started: self.started,
-        }
+        };
+        (applied, self.content)
     }
 }
 
-/// Decodes `records`, bad ones to the dead-letter sink. `None` for an empty batch.
+/// Decodes `records` into `spare` (taken), bad ones to the dead-letter sink.
+/// `None` for an empty batch.
 async fn decode_records<D: DeadLetterSink>(
     core: &ShardCore,
     records: &[SourceRecord],
     dead_letters: &mut D,
     config: &PipelineConfig,
+    spare: &mut DecodedSwaps,
 ) -> Option<DecodedBatch> {
     let (first_offset, last_offset) = (records.first()?.offset, records.last()?.offset);
     let started = std::time::Instant::now();
@@ -453,15 +495,13 @@ async fn decode_records<D: DeadLetterSink>(
             .batch_swaps
             .with_label_values(&[core.partition.to_string().as_str()])
             .observe(records.len() as f64);
-        let mut swaps: Vec<Swap> = Vec::with_capacity(records.len());
+        let mut swaps = std::mem::take(spare);
+        swaps.len = 0;
         for record in records {
-            match decode_swap(&record.payload, &config.limits, now_ms) {
-                Ok(swap) => swaps.push(swap),
-                Err(rejection) => {
-                    core.counters.reject(rejection.reason);
-                    core.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    dead_letters.send(record, core.partition, &rejection).await;
-                }
+            if let Err(rejection) = swaps.decode(&record.payload, &config.limits, now_ms) {
+                core.counters.reject(rejection.reason);
+                core.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                dead_letters.send(record, core.partition, &rejection).await;
             }
         }
         core.counters

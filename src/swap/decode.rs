@@ -99,9 +99,10 @@ enum WireTime<'a> {
     Text(Cow<'a, str>),
 }
 
-/// An event id as sent: a string, or a number (kept as its JSON text).
+/// An event id as sent: a string (borrowed from the message unless it has
+/// escapes), or a number (kept as its JSON text).
 #[cfg_attr(test, derive(Debug, PartialEq))]
-struct WireId(String);
+struct WireId<'a>(Cow<'a, str>);
 
 /// Hand-written so that neither type buffers the value and tries variants in
 /// turn (what `#[serde(untagged)]` does, building an error per failed try):
@@ -116,12 +117,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireTime<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for WireId {
+impl<'de: 'a, 'a> Deserialize<'de> for WireId<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ScalarVisitor("`event_id` as a string or number"))
             .map(|scalar| match scalar {
-                Scalar::Number(n) => WireId(n.to_string()),
-                Scalar::Text(text) => WireId(text.into_owned()),
+                Scalar::Number(n) => WireId(Cow::Owned(n.to_string())),
+                Scalar::Text(text) => WireId(text),
             })
     }
 }
@@ -193,14 +194,18 @@ impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
 }
 
 /// The JSON object as it arrives; everything optional so a missing field is a
-/// [`RejectReason::MissingField`], not a parse error. The side and the times
-/// are borrowed from the message: only what [`Swap`] keeps is allocated.
+/// [`RejectReason::MissingField`], not a parse error. Its strings are borrowed
+/// from the message (unless they have escapes): what [`Swap`] keeps is copied
+/// into it, into strings a caller may reuse ([`decode_swap_into`]).
 #[derive(Deserialize, Default)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireSwap<'a> {
-    event_id: Option<WireId>,
-    token_id: Option<String>,
-    wallet: Option<String>,
+    #[serde(borrow)]
+    event_id: Option<WireId<'a>>,
+    #[serde(borrow)]
+    token_id: Option<WireText<'a>>,
+    #[serde(borrow)]
+    wallet: Option<WireText<'a>>,
     #[serde(borrow)]
     side: Option<WireText<'a>>,
     amount: Option<f64>,
@@ -228,15 +233,15 @@ impl<'a> WireSwap<'a> {
         read_flat_object(text, |key, value| {
             let bit = match key {
                 "event_id" => {
-                    wire.event_id = flat_text(value)?.map(|t| WireId(t.to_owned()));
+                    wire.event_id = flat_text(value)?.map(|t| WireId(Cow::Borrowed(t)));
                     1
                 }
                 "token_id" => {
-                    wire.token_id = flat_text(value)?.map(str::to_owned);
+                    wire.token_id = flat_text(value)?.map(|t| WireText(Cow::Borrowed(t)));
                     2
                 }
                 "wallet" => {
-                    wire.wallet = flat_text(value)?.map(str::to_owned);
+                    wire.wallet = flat_text(value)?.map(|t| WireText(Cow::Borrowed(t)));
                     4
                 }
                 "side" => {
@@ -309,6 +314,30 @@ fn flat_time(value: FlatValue<'_>) -> Option<Option<WireTime<'_>>> {
 /// Decodes and validates one swap from its JSON bytes. `now_ms` is the clock used
 /// for the future-skew check.
 pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swap, Rejection> {
+    let mut swap = Swap {
+        event_id: String::new(),
+        token: String::new(),
+        wallet: None,
+        side: Side::Buy,
+        amount: 0.0,
+        usd: 0.0,
+        rate: 0.0,
+        created_at_ms: None,
+        executed_at_ms: 0,
+    };
+    decode_swap_into(bytes, limits, now_ms, &mut swap)?;
+    Ok(swap)
+}
+
+/// [`decode_swap`] into `out`, whose strings are reused: a batch decoded into
+/// last batch's swaps allocates nothing for the strings that fit. On a
+/// rejection `out` holds a mix of old and new fields.
+pub fn decode_swap_into(
+    bytes: &[u8],
+    limits: &SwapLimits,
+    now_ms: i64,
+    out: &mut Swap,
+) -> Result<(), Rejection> {
     use RejectReason::*;
     // One UTF-8 check of the whole message: parsing from `&str` then skips
     // the check serde_json would make of every key and string value.
@@ -322,10 +351,10 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
     let missing = |name: &str| Rejection::new(MissingField, format!("`{name}` is required"));
 
     let WireId(event_id) = wire.event_id.ok_or_else(|| missing("event_id"))?;
-    let token = wire.token_id.ok_or_else(|| missing("token_id"))?;
+    let WireText(token) = wire.token_id.ok_or_else(|| missing("token_id"))?;
     check_string("event_id", &event_id, limits)?;
     check_string("token_id", &token, limits)?;
-    if let Some(wallet) = &wire.wallet {
+    if let Some(WireText(wallet)) = &wire.wallet {
         check_string("wallet", wallet, limits)?;
     }
     let WireText(side) = wire.side.ok_or_else(|| missing("side"))?;
@@ -360,17 +389,25 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
             format!("executed_at is {} ms ahead of now", executed_at_ms - now_ms),
         ));
     }
-    Ok(Swap {
-        event_id,
-        token,
-        wallet: wire.wallet,
-        side,
-        amount,
-        usd,
-        rate,
-        created_at_ms,
-        executed_at_ms,
-    })
+    replace_text(&mut out.event_id, &event_id);
+    replace_text(&mut out.token, &token);
+    match (wire.wallet, &mut out.wallet) {
+        (Some(WireText(wallet)), Some(kept)) => replace_text(kept, &wallet),
+        (wallet, kept) => *kept = wallet.map(|WireText(w)| w.into_owned()),
+    }
+    out.side = side;
+    out.amount = amount;
+    out.usd = usd;
+    out.rate = rate;
+    out.created_at_ms = created_at_ms;
+    out.executed_at_ms = executed_at_ms;
+    Ok(())
+}
+
+/// Sets `kept` to `text`, in the allocation it has when that is large enough.
+fn replace_text(kept: &mut String, text: &str) {
+    kept.clear();
+    kept.push_str(text);
 }
 
 /// Encodes a swap in the wire format (times as RFC 3339), as the producer sends it.
@@ -739,6 +776,46 @@ mod tests {
                 && time(&direct.created_at, &serde.created_at)
                 && time(&direct.executed_at, &serde.executed_at)
         })
+    }
+
+    /// Decoding into a kept swap gives what a fresh decode gives, whatever
+    /// the kept swap held: longer or shorter strings, a wallet or none, text
+    /// with escapes (serde_json's reading), and after a rejection.
+    #[test]
+    fn decoding_into_a_kept_swap_equals_a_fresh_decode() {
+        let limits = SwapLimits::default();
+        let settings = crate::config::GeneratorSettings {
+            wallets: 1000,
+            seed: 5,
+            ..Default::default()
+        };
+        let mut generator = crate::source::SwapGenerator::new(&settings);
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        for i in 0..200 {
+            let mut swap = generator.next_swap(NOW);
+            if i % 3 == 0 {
+                swap.wallet = None;
+            }
+            if i % 5 == 0 {
+                swap.event_id = format!("{}-a-much-longer-event-id-than-the-others", swap.event_id);
+            }
+            payloads.push(encode_swap(&swap));
+        }
+        payloads.push(br#"{"event_id":"e\"1","token_id":"T\u0041","wallet":"w\n","side":"buy","amount":1,"usd":2,"executed_at":1700000000000}"#.to_vec());
+        payloads.push(br#"{"event_id":7,"token_id":"T","side":"sell","amount":1,"usd":2,"executed_at":1700000000000}"#.to_vec());
+        payloads.push(br#"{"event_id":"x","token_id":"T","side":"hold","amount":1,"usd":2,"executed_at":1700000000000}"#.to_vec());
+        let mut kept = decode_swap(&payloads[1], &limits, NOW + 10_000).unwrap();
+        for payload in payloads.iter().chain(payloads.iter().rev()) {
+            let fresh = decode_swap(payload, &limits, NOW + 10_000);
+            let into = decode_swap_into(payload, &limits, NOW + 10_000, &mut kept);
+            match fresh {
+                Ok(fresh) => {
+                    assert_eq!(into, Ok(()));
+                    assert_eq!(kept, fresh, "{}", String::from_utf8_lossy(payload));
+                }
+                Err(rejection) => assert_eq!(into, Err(rejection)),
+            }
+        }
     }
 
     #[test]
