@@ -71,13 +71,9 @@ struct Dirty {
 }
 
 impl ChangeFeed {
-    /// Marks tokens as changed and wakes the coalescer.
-    pub fn mark(&self, tokens: impl IntoIterator<Item = Arc<str>>) {
-        self.mark_traced(tokens, None);
-    }
-
-    /// Like [`ChangeFeed::mark`], remembering `trace` (the changing batch's span)
-    /// as the parent of each token's next WS push. `None` costs nothing extra.
+    /// Marks tokens as changed and wakes the coalescer, remembering `trace`
+    /// (the changing batch's span) as the parent of each token's next WS
+    /// push. `None` costs nothing extra.
     pub fn mark_traced(
         &self,
         tokens: impl IntoIterator<Item = Arc<str>>,
@@ -96,17 +92,6 @@ impl ChangeFeed {
             }
         }
         self.notify.notify_one();
-    }
-
-    /// Takes the changed tokens (empty if none).
-    pub fn take(&self) -> HashSet<Arc<str>> {
-        self.dirty
-            .lock()
-            .map(|mut d| {
-                d.traces.clear();
-                std::mem::take(&mut d.tokens)
-            })
-            .unwrap_or_default()
     }
 
     /// Takes the changed tokens, each with the trace context it was marked with.
