@@ -141,4 +141,8 @@ async fn shard_batch_links_the_producer_and_parents_persist_and_ws_push() {
     assert_eq!(push.parent_span_id, batch.span_id);
     assert_eq!(push.attr("token"), Some("BTC"));
     assert_eq!(push.attr("clients"), Some("1"));
+
+    // SIGTERM: the shard drains, closes its Kafka consumer (the partition's
+    // split-off queue first) and exits cleanly.
+    shard.terminate(Duration::from_secs(20)).await;
 }

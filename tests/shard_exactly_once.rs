@@ -325,18 +325,9 @@ async fn a_shard_exits_when_the_store_is_not_where_it_left_it() {
     )
     .expect("SET applied");
     kafka.produce_raw("swaps", p, &swaps(20, 30));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = shard.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the shard kept running:\n{}",
-            shard.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = shard
+        .wait_exit("after the store moved", Duration::from_secs(30))
+        .await;
     assert!(!status.success(), "{status}");
     assert!(
         shard.log_tail().contains("restart to restore"),

@@ -77,6 +77,42 @@ impl Service {
         }
     }
 
+    /// SIGTERM, then waits up to `timeout` for the process to exit, and
+    /// asserts it exited cleanly (the graceful shutdown path).
+    pub async fn terminate(&mut self, timeout: Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let status = self.wait_exit("after SIGTERM", timeout).await;
+        assert!(
+            status.success(),
+            "exit after SIGTERM: {status}\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; panics with
+    /// the log if it keeps running (`when` says when an exit was due).
+    pub async fn wait_exit(&mut self, when: &str, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {timeout:?} {when}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts the same command again on the same port.
     pub fn restart(&mut self) {
         self.kill9();
