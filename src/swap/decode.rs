@@ -331,7 +331,7 @@ pub fn decode_swap(bytes: &[u8], limits: &SwapLimits, now_ms: i64) -> Result<Swa
 
 /// [`decode_swap`] into `out`, whose strings are reused: a batch decoded into
 /// last batch's swaps allocates nothing for the strings that fit. On a
-/// rejection `out` holds a mix of old and new fields.
+/// rejection `out` is left as it was (it is written once all checks passed).
 pub fn decode_swap_into(
     bytes: &[u8],
     limits: &SwapLimits,
