@@ -51,7 +51,8 @@ async fn next(source: &mut KafkaPartitionSource) -> SourceRecord {
 
 /// The shard's Kafka source reads only its partition, from the offset it is
 /// given, in order; it waits on an empty partition and wakes for new
-/// messages, also for more than one read batch at once.
+/// messages, also for more than one read batch at once; re-assigned, it reads
+/// from the new offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_reads_its_partition_in_order_and_wakes_for_new_messages() {
     let kafka = std::sync::Arc::new(MockKafka::start(2));
@@ -96,6 +97,14 @@ async fn kafka_source_reads_its_partition_in_order_and_wakes_for_new_messages() 
         );
     }
     later.await.expect("produce later");
+    // Re-assigned, it reads from the new offset, through the same queue, and
+    // drops what it had read ahead (2001.. after the first start_at).
+    source.start_at(Some(2000)).expect("start at 2000");
+    assert_eq!(next(&mut source).await.offset, 2000);
+    source.start_at(Some(100)).expect("start at 100");
+    for offset in 100..103 {
+        assert_eq!(next(&mut source).await.offset, offset);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while source.lag() != Some(0) {
         assert!(

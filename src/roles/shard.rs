@@ -125,7 +125,7 @@ async fn run_with_store<S: Store>(
     let kafka = &settings.kafka;
     // Connected before the restore, so the partition's end is known by the
     // time the restore is done.
-    let source =
+    let mut source =
         KafkaPartitionSource::connect(&kafka.brokers, &kafka.topic, partition, stop.clone())?;
     let started = std::time::Instant::now();
     // Restored part by part while reading; a failed read starts over.

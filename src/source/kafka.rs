@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub struct KafkaPartitionSource {
     queue: PartitionQueue,
     /// Read off the queue, not handed out yet.
     waiting: VecDeque<SourceRecord>,
+    /// Set if a message of the partition ever shows on the consumer's queue.
+    misrouted: Arc<AtomicBool>,
     consumer: Arc<StreamConsumer>,
     topic: String,
     partition: i32,
@@ -73,7 +75,7 @@ impl KafkaPartitionSource {
         start: Option<i64>,
         stop: StopFlag,
     ) -> Result<Self, KafkaError> {
-        let source = Self::connect(brokers, topic, partition, stop)?;
+        let mut source = Self::connect(brokers, topic, partition, stop)?;
         source.start_at(start)?;
         Ok(source)
     }
@@ -102,6 +104,7 @@ impl KafkaPartitionSource {
         let source = Self {
             queue,
             waiting: VecDeque::with_capacity(READ_BATCH),
+            misrouted: Arc::new(AtomicBool::new(false)),
             consumer,
             topic: topic.to_string(),
             partition: partition as i32,
@@ -114,8 +117,9 @@ impl KafkaPartitionSource {
     }
 
     /// Starts reading at `start` (the offset after the last applied one;
-    /// `None` = from the beginning).
-    pub fn start_at(&self, start: Option<i64>) -> Result<(), KafkaError> {
+    /// `None` = from the beginning); records read before are dropped.
+    pub fn start_at(&mut self, start: Option<i64>) -> Result<(), KafkaError> {
+        self.waiting.clear();
         let mut assignment = TopicPartitionList::new();
         let offset = match start {
             Some(o) => Offset::Offset(o),
@@ -130,20 +134,26 @@ impl KafkaPartitionSource {
 
     /// Serves the consumer's queue until `stop`: broker errors (an outage
     /// shows here; librdkafka reconnects by itself), logs and commit results.
-    /// The partition's messages go to its own queue, so none come here.
+    /// The partition's messages go to its own queue, so none come here; if
+    /// one ever did, the source fails (see `next_record`).
     fn serve_consumer_queue(&self, stop: StopFlag) {
-        let consumer = self.consumer.clone();
+        let (consumer, misrouted) = (self.consumer.clone(), self.misrouted.clone());
         tokio::spawn(async move {
             while !stop.is_set() {
                 match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
                     // Unreachable: the queue is split before assignment, and
                     // librdkafka never re-forwards a queue the application
-                    // forwarded. Loud, should a librdkafka change break that.
-                    Ok(Ok(message)) => tracing::error!(
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "message on the consumer's queue, not the partition's; skipped"
-                    ),
+                    // forwarded (a re-assignment keeps it, too). Should a
+                    // librdkafka change break that, the shard stops rather
+                    // than skip the message.
+                    Ok(Ok(message)) => {
+                        tracing::error!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "message on the consumer's queue, not the partition's"
+                        );
+                        misrouted.store(true, Ordering::Relaxed);
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "kafka error; librdkafka retries"),
                     Err(_idle) => {}
                 }
@@ -184,6 +194,14 @@ impl RecordSource for KafkaPartitionSource {
             if let Some(record) = self.waiting.pop_front() {
                 self.next_offset.store(record.offset + 1, Ordering::Relaxed);
                 return Ok(Some(record));
+            }
+            // Everything after a misrouted message would come there too: stop
+            // before any of it is skipped; the restart resumes after the
+            // last applied offset. (The pipeline calls again while idle.)
+            if self.misrouted.load(Ordering::Relaxed) {
+                return Err(SourceError::Fatal(
+                    "kafka: a message bypassed the partition's queue; restart to resume".into(),
+                ));
             }
             // Span links are the only use of a record's traceparent.
             let traceparent = crate::telemetry::tracing_enabled();
