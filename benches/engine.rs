@@ -22,7 +22,8 @@
 //!
 //! - `decode/*`: the shard's decode step alone (JSON → validated `Swap`) on
 //!   100,000 payloads of the built-in generator as `swapstats produce` sends
-//!   them (RFC 3339 times, string ids).
+//!   them (RFC 3339 times, string ids); and the same with a producer's extra
+//!   fields (a nested object, an escaped string, a negative number) in front.
 //!
 //! Run: `cargo bench --bench engine` (about three minutes, plus ~30 s to build
 //! the day and ~20 s to warm the steady engine).
@@ -417,6 +418,32 @@ fn bench_decode(c: &mut Criterion) {
                 let _ = black_box(swapstats::swap::decode_swap_into(
                     payload, &limits, now, swap,
                 ));
+            }
+        })
+    });
+    // A producer that adds its own metadata: a nested object, an escaped
+    // string and a negative number before the swap's fields, which the direct
+    // reading skips (serde_json checks them) instead of handing the whole
+    // message to serde_json.
+    let extra =
+        br#"{"meta":{"venue":"dex-1","route":[3,-1,{"hop":null}]},"note":"a\"b","delta":-3,"#;
+    let with_extra: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| [&extra[..], &p[1..]].concat())
+        .collect();
+    let decoded = |all: &[Vec<u8>]| {
+        let ok = |p: &&Vec<u8>| swapstats::swap::decode_swap(p, &limits, now).is_ok();
+        all.iter().filter(ok).count()
+    };
+    assert_eq!(
+        decoded(&with_extra),
+        decoded(&payloads),
+        "the extra fields broke swaps"
+    );
+    group.bench_function("with_nested_extra_fields_100k", |b| {
+        b.iter(|| {
+            for payload in &with_extra {
+                let _ = black_box(swapstats::swap::decode_swap(payload, &limits, now));
             }
         })
     });

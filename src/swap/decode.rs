@@ -218,8 +218,9 @@ struct WireSwap<'a> {
 }
 
 impl<'a> WireSwap<'a> {
-    /// The message read directly when it is a flat object of plain strings,
-    /// unsigned numbers, booleans and nulls (see [`read_flat_object`]), each field at
+    /// The message read directly when it is a flat object whose swap fields
+    /// hold plain strings, unsigned numbers and nulls (see
+    /// [`read_flat_object`]; other fields may hold any JSON), each field at
     /// most once and of a type serde would take for it; `None` for anything
     /// else, which serde_json then reads. Numbers are read correctly rounded
     /// (`str::parse`): the very `f64` a producer wrote in shortest form.
@@ -281,17 +282,19 @@ impl<'a> WireSwap<'a> {
 /// A string field's value (`Some(None)`: null); `None` for a number, which
 /// serde_json reads (an id's spelling) or refuses, and for a boolean, which
 /// it refuses.
+#[inline(always)]
 fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
     match value {
         FlatValue::Text(text) => Some(Some(text)),
         FlatValue::Null => Some(None),
-        FlatValue::Number(_) | FlatValue::Bool(_) => None,
+        FlatValue::Number(_) | FlatValue::Bool(_) | FlatValue::Skipped => None,
     }
 }
 
 /// A number field's value (`Some(None)`: null); `None` for a string or a
 /// boolean, which serde_json refuses, and for a number beyond `f64`, which it
 /// refuses too.
+#[inline(always)]
 fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
     match value {
         FlatValue::Number(digits) => {
@@ -299,11 +302,12 @@ fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
             n.is_finite().then_some(Some(n))
         }
         FlatValue::Null => Some(None),
-        FlatValue::Text(_) | FlatValue::Bool(_) => None,
+        FlatValue::Text(_) | FlatValue::Bool(_) | FlatValue::Skipped => None,
     }
 }
 
 /// A time field's value (`Some(None)`: null): text or unix milliseconds.
+#[inline(always)]
 fn flat_time(value: FlatValue<'_>) -> Option<Option<WireTime<'_>>> {
     match value {
         FlatValue::Text(text) => Some(Some(WireTime::Text(Cow::Borrowed(text)))),
@@ -847,6 +851,35 @@ mod tests {
         assert!(reads_like(&direct, serde_reading(text).as_ref()));
     }
 
+    /// A producer's extra fields of any shape (nested, negative, escaped)
+    /// keep the direct reading; a swap field of such a shape goes to serde_json.
+    #[test]
+    fn extra_fields_of_any_shape_are_skipped() {
+        let swap = crate::swap::Swap {
+            event_id: "e-1".into(),
+            token: "TKN".into(),
+            wallet: Some("W1".into()),
+            side: Side::Buy,
+            amount: 2.5,
+            usd: 10.0,
+            rate: 4.0,
+            created_at_ms: None,
+            executed_at_ms: NOW - 1000,
+        };
+        let payload = String::from_utf8(encode_swap(&swap)).unwrap();
+        let extra = r#""meta":{"src":"dex","path":[1,-2,{"q":null}]},"note":"a\"b","delta":-3,"#;
+        let text = payload.replacen('{', &format!("{{{extra}"), 1);
+        let direct = WireSwap::read_flat(&text).unwrap();
+        assert!(reads_like(&direct, serde_reading(&text).as_ref()), "{text}");
+        assert_eq!(decode(&text), Ok(swap.clone()));
+        let text = payload.replacen(r#""usd":"#, r#""usd":-1,"was":"#, 1);
+        assert!(WireSwap::read_flat(&text).is_none(), "{text}");
+        assert_eq!(reason(&text), RejectReason::BadNumber);
+        let text = payload.replacen(r#""wallet":"W1""#, r#""wallet":"W\u0031""#, 1);
+        assert!(WireSwap::read_flat(&text).is_none(), "{text}");
+        assert_eq!(decode(&text), Ok(swap));
+    }
+
     #[test]
     fn what_the_direct_reading_leaves_serde_still_decides() {
         let rest = r#""token_id":"T","amount":1,"usd":1,"side":"buy","executed_at":1"#;
@@ -894,6 +927,13 @@ mod tests {
                         2 => proptest::sample::select(vec![
                             "null", "true", "false", "[1]", r#"{"a":1}"#, "nul",
                             r#""2023-11-14T22:13:19.5Z""#, "1699999999000",
+                        ]).prop_map(str::to_owned),
+                        // Nested values, valid or not, for the skipping.
+                        2 => proptest::sample::select(vec![
+                            "[]", "{}", r#"[1,{"a":[true,null,-2.5e-3,"x\\y"]}]"#,
+                            r#"{"a":{"b":{}},"c":[[]]}"#, "[1,]", r#"{"a"}"#, "[1}",
+                            r#"{"a":1,"a":2}"#, r#"["\ud800"]"#, r#"["\x"]"#, "[-]",
+                            "[1e400]", r#"{"a":nul}"#, "[01]",
                         ]).prop_map(str::to_owned),
                     ],
                     proptest::sample::select(vec!["", " ", "\n\t"]),
