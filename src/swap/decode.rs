@@ -280,8 +280,9 @@ impl<'a> WireSwap<'a> {
 }
 
 /// A string field's value (`Some(None)`: null); `None` for a number, which
-/// serde_json reads (an id's spelling) or refuses, and for a boolean, which
-/// it refuses.
+/// serde_json reads (an id's spelling) or refuses, for a boolean, which it
+/// refuses, and for a skipped value (a string with escapes, which serde_json
+/// decodes; anything else, which it refuses).
 #[inline(always)]
 fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
     match value {
@@ -292,8 +293,9 @@ fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
 }
 
 /// A number field's value (`Some(None)`: null); `None` for a string or a
-/// boolean, which serde_json refuses, and for a number beyond `f64`, which it
-/// refuses too.
+/// boolean, which serde_json refuses, for a number beyond `f64`, which it
+/// refuses too, and for a skipped value (a negative number, which serde_json
+/// reads for validation to reject; anything else, which it refuses).
 #[inline(always)]
 fn flat_number(value: FlatValue<'_>) -> Option<Option<f64>> {
     match value {
