@@ -306,6 +306,11 @@ mod tests {
                 ("z", Number("1")),
             ])
         );
+        // Right before the object's end too.
+        for last in [r#""b\"c""#, "-1", "[]", r#"{"p":[-0.5]}"#] {
+            let text = format!(r#"{{"a":{last}}}"#);
+            assert_eq!(members(&text), Some(vec![("a", Skipped)]), "{text}");
+        }
         // Deep nesting too: serde_json walks an ignored value without recursion.
         let deep = format!(
             r#"{{"a":{}0{},"z":1}}"#,
