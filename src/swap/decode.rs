@@ -282,7 +282,8 @@ impl<'a> WireSwap<'a> {
 /// A string field's value (`Some(None)`: null); `None` for a number, which
 /// serde_json reads (an id's spelling) or refuses, for a boolean, which it
 /// refuses, and for a skipped value (a string with escapes, which serde_json
-/// decodes; anything else, which it refuses).
+/// decodes; a negative number, read like any number; an object or array,
+/// which it refuses).
 #[inline(always)]
 fn flat_text(value: FlatValue<'_>) -> Option<Option<&str>> {
     match value {
