@@ -2,10 +2,12 @@
 //! Applying the same effects to an empty engine rebuilds the same state, which is
 //! how a shard restarts from Redis.
 
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::hash::FastMap;
 use super::Bucket;
 
 /// Bucket resolution: second buckets cover the last two hours (for windows up to
@@ -87,6 +89,46 @@ impl BatchEffect {
         self.buckets.is_empty() && self.events.is_empty()
     }
 
+    /// Adds the effect of a batch applied right after this one, as if the two
+    /// had been one batch (a large store write applied in engine-sized parts).
+    ///
+    /// A bucket both touched stays one entry, with the later total and the two
+    /// deltas merged: the store writes each touched bucket once, its total, so
+    /// it persists what one batch would have. Restoring the merged delta gives
+    /// the engine's state up to the rounding of the float sums (a restart from
+    /// the store restores totals, so it is bit-identical). Wallet marks and
+    /// events are appended: a mark carries only the bits its batch added and an
+    /// event is applied once, so neither repeats across the two.
+    pub fn absorb(&mut self, later: BatchEffect) {
+        if self.buckets.is_empty() && self.wallets.is_empty() && self.events.is_empty() {
+            *self = later;
+            return;
+        }
+        // Keyed by the name, not its allocation: equal names must become one
+        // entry whatever their addresses, or the store would get a field twice.
+        let mut at: FastMap<(Arc<str>, Level, i64), usize> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((d.token.clone(), d.level, d.at), i))
+            .collect();
+        for d in later.buckets {
+            match at.entry((d.token.clone(), d.level, d.at)) {
+                Entry::Occupied(i) => {
+                    let kept = &mut self.buckets[*i.get()];
+                    kept.delta.merge(&d.delta);
+                    kept.total = d.total;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(self.buckets.len());
+                    self.buckets.push(d);
+                }
+            }
+        }
+        self.wallets.extend(later.wallets);
+        self.events.extend(later.events);
+    }
+
     /// The tokens this effect touches, each name once per allocation: the
     /// engine's effects share one per token, so these are distinct there
     /// (shared, not copied: a batch touches thousands).
@@ -113,4 +155,12 @@ pub struct BatchCounts {
     pub duplicates: u64,
     /// Block time older than the dedup horizon / retention: dropped.
     pub late: u64,
+}
+
+impl std::ops::AddAssign for BatchCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+    }
 }
