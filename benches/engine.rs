@@ -3,7 +3,8 @@
 //! - `apply/*`: 1 M pre-decoded arrivals (1000 tokens Zipf(1.0), 10k wallets
 //!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
 //!   up to a minute) into a fresh engine, one swap at a time and in batches of
-//!   500 and of 20,000 (the shard's `batch_max_swaps`).
+//!   500 and of 20,000 (the shard's `APPLY_CHUNK_SWAPS`: the part of a batch
+//!   it applies under one engine lock).
 //! - `apply/steady_*`: the same stream continued, 1 M swaps at a time, into one
 //!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
 //!   shard's apply, where every mark added is also trimmed later and the
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use common::{default_config, Stream, HOUR, SECOND, T0};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use swapstats::shard::APPLY_CHUNK_SWAPS;
 use swapstats::swap::{Side, Swap};
 use swapstats::window::{BatchEffect, EngineConfig, RankBy, WindowEngine};
 
@@ -63,8 +65,8 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    // 500, and the shard's batch size at full rate (`shard.batch_max_swaps`).
-    for size in [500, 20_000] {
+    // 500, and the part of a batch the shard applies at once.
+    for size in [500, APPLY_CHUNK_SWAPS] {
         group.bench_function(format!("batches_of_{size}_with_expire_1M"), |b| {
             b.iter_batched(
                 || WindowEngine::new(default_config()),
@@ -128,7 +130,7 @@ fn bench_apply_steady(
     stream: &mut Stream,
 ) {
     const STEADY_WARM_HOURS: i64 = 3;
-    const BATCH: usize = 20_000;
+    const BATCH: usize = APPLY_CHUNK_SWAPS;
     let apply = |engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64]| {
         for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
             let now = chunk_clocks.iter().copied().max().unwrap_or(T0);

@@ -140,6 +140,11 @@ pub struct ShardSettings {
     /// batches to this size (a backlog after a restart, or a rate the store
     /// only keeps up with in large batches: hot tokens' buckets then merge);
     /// a quiet one sends what has arrived as soon as the store is free.
+    /// Larger batches cost Redis less per swap (a batch writes each touched
+    /// token hash once), but each script call runs longer and a busy shard's
+    /// updates come less often; the engine applies a batch in parts of
+    /// [`crate::shard::APPLY_CHUNK_SWAPS`], so queries never wait for a
+    /// whole batch.
     pub batch_max_swaps: usize,
     /// Longest a batch waits for more swaps after its first one, while the
     /// store is busy with earlier batches. When the store could take the batch
@@ -155,7 +160,7 @@ impl Default for ShardSettings {
         Self {
             partition: None,
             partitions: 1,
-            batch_max_swaps: 20_000,
+            batch_max_swaps: 50_000,
             batch_max_delay: Duration::from_millis(50),
             ready_max_lag: 1000,
         }
