@@ -30,7 +30,7 @@
 //! - `streaming` (once, after phase 1's rounds): a fresh shard, on the Redis
 //!   Cluster store and then on the in-memory store, reads `BENCH_STREAM_SWAPS`
 //!   swaps (default 8 chunks) while a thread produces them, at most one chunk
-//!   ahead of what the shard has decoded: the steady state that the rounds,
+//!   ahead of what the shard has read: the steady state that the rounds,
 //!   a few batches each, never reach. Timed after the first chunk. Each run
 //!   also says where the machine's CPU went meanwhile, per swap: the shard's
 //!   tokio workers, librdkafka's threads (mock broker and clients), the bench
@@ -391,7 +391,7 @@ async fn shard_run<S: Store + 'static>(
 /// The shard in its steady state, which the rounds (a few batches each: the
 /// mock broker keeps only ~5 MiB) do not reach. A fresh shard on `store` reads
 /// `swaps` generator swaps while a thread produces them, never more than `lead`
-/// messages ahead of what the shard has decoded, so nothing it has yet to
+/// messages ahead of what the shard has read, so nothing it has yet to
 /// fetch leaves the broker. The payloads are encoded beforehand: the thread
 /// only hands them to librdkafka (lz4, 5 ms linger), which still shares the 2
 /// cores with the shard. Returns swaps/s from the `lead`-th applied offset
@@ -422,10 +422,10 @@ async fn shard_streaming<S: Store + 'static>(
             let (bootstrap, core, stop) = (bootstrap.to_string(), core.clone(), stop.clone());
             move || {
                 let producer = lz4_producer(&bootstrap, 5);
-                let decoded = || core.counters.consumed.load(Ordering::Relaxed) as usize;
+                let read = || core.counters.consumed.load(Ordering::Relaxed) as usize;
                 let mut sent = 0;
                 while sent < payloads.len() && !stop.is_set() {
-                    let room = (decoded() + lead).saturating_sub(sent);
+                    let room = (read() + lead).saturating_sub(sent);
                     if room == 0 {
                         // Sleep, not `poll`: the producer's own thread serves its
                         // events, and polling here spun on the shard's 2 cores.

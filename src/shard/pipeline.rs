@@ -490,6 +490,10 @@ async fn decode_records<D: DeadLetterSink>(
     let started = std::time::Instant::now();
     let span = batch_span(core.partition, records);
     let now_ms = crate::now_ms();
+    // Counted as read before the decoding: what has left the source.
+    core.counters
+        .consumed
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
     let swaps = async {
         crate::telemetry::metrics()
             .batch_swaps
@@ -504,9 +508,6 @@ async fn decode_records<D: DeadLetterSink>(
                 dead_letters.send(record, core.partition, &rejection).await;
             }
         }
-        core.counters
-            .consumed
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
         swaps
     }
     .instrument(span.clone())
