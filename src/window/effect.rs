@@ -106,12 +106,14 @@ impl BatchEffect {
         }
         // Keyed by the name, not its allocation: equal names must become one
         // entry whatever their addresses, or the store would get a field twice.
-        let mut at: FastMap<(Arc<str>, Level, i64), usize> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, d)| ((d.token.clone(), d.level, d.at), i))
-            .collect();
+        let mut at: FastMap<(Arc<str>, Level, i64), usize> = FastMap::with_capacity_and_hasher(
+            self.buckets.len() + later.buckets.len(),
+            Default::default(),
+        );
+        for (i, d) in self.buckets.iter().enumerate() {
+            at.insert((d.token.clone(), d.level, d.at), i);
+        }
+        self.buckets.reserve(later.buckets.len());
         for d in later.buckets {
             match at.entry((d.token.clone(), d.level, d.at)) {
                 Entry::Occupied(i) => {
