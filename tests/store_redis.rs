@@ -13,14 +13,16 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use support::redis_cluster::{command_stats, query, RedisCluster, RedisServer};
-use swapstats::config::{StoreKind, StoreSettings};
+use swapstats::config::{Settings, StoreKind, StoreSettings};
+use swapstats::shard::{engine_config, ShardCore, APPLY_CHUNK_SWAPS};
 use swapstats::store::codec::encode_batch;
 use swapstats::store::{
     keys, sort_effect, PersistBatch, PersistOutcome, RedisStore, RedisStoreOptions, Store,
     StoreError,
 };
+use swapstats::swap::{Side, Swap};
 use swapstats::window::{
-    AppliedEvent, BatchEffect, Bucket, BucketDelta, Level, PricePoint, WalletMark,
+    AppliedEvent, BatchEffect, Bucket, BucketDelta, Level, PricePoint, WalletMark, WindowEngine,
 };
 
 const TOKENS: &[&str] = &[
@@ -914,6 +916,77 @@ async fn cluster_every_key_has_a_ttl() {
         .iter()
         .all(|b| &*b.token != "ancient"));
     assert!(restored.effect.events.iter().all(|e| e.key != 42));
+}
+
+/// A shard batch larger than one engine part (`APPLY_CHUNK_SWAPS`) is applied
+/// part by part and persisted as one effect: every key it writes has its TTL
+/// (each bucket is written once, so the script sees the hash as new), and a
+/// restore of what the store holds answers what the shard answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_batch_of_several_engine_parts_persists_whole() {
+    let cluster = RedisCluster::shared();
+    let store = cluster_store(&cluster).await;
+    let partition = 8;
+    let now = now_ms();
+    let config = engine_config(&Settings::default());
+    let core = ShardCore::new(partition, config.clone(), Arc::default());
+    let n = APPLY_CHUNK_SWAPS + 3_000;
+    let mut rng = SmallRng::seed_from_u64(8);
+    let swaps: Vec<Swap> = (0..n)
+        .map(|i| Swap {
+            event_id: format!("e{i}"),
+            token: TOKENS[rng.random_range(0..TOKENS.len())].to_string(),
+            wallet: Some(format!("w{}", rng.random_range(0..500))),
+            side: if rng.random_bool(0.5) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            amount: rng.random::<f64>() * 10.0,
+            usd: rng.random::<f64>() * 1e3,
+            rate: 1.0 + rng.random::<f64>(),
+            created_at_ms: None,
+            // Every part touches the same seconds and minutes.
+            executed_at_ms: now - rng.random_range(0..120_000),
+        })
+        .collect();
+    let (effect, counts) = core.apply_batch(&swaps, now);
+    assert_eq!(counts.applied, n as u64);
+    assert_eq!(
+        persist_retrying(&store, partition, 0, n as i64 - 1, &effect).await,
+        PersistOutcome::Applied
+    );
+
+    let port = cluster
+        .master_of_slot(keys::slot(partition))
+        .expect("master");
+    for (name, (_, expires_at)) in &dump(port, partition, true) {
+        let name = String::from_utf8_lossy(name);
+        assert!(*expires_at > now, "{name} has no TTL ({expires_at})");
+    }
+    let restored = store.load(partition, now_ms()).await.expect("load");
+    assert_eq!(restored.applied_offset, Some(n as i64 - 1));
+    let mut engine = WindowEngine::new(config);
+    engine.restore(&restored.effect);
+    for token in TOKENS {
+        let (Some(shard), Some(store)) = (core.stats(token, now), engine.stats(token, now)) else {
+            panic!("{token}: missing");
+        };
+        for (name, w) in &shard.windows.0 {
+            let r = store.windows.get(name).expect("window");
+            for (a, b) in [(&r.current, &w.current), (&r.previous, &w.previous)] {
+                assert_eq!(
+                    (a.txns, a.unique_wallets, a.unique_buyers, a.unique_sellers),
+                    (b.txns, b.unique_wallets, b.unique_buyers, b.unique_sellers),
+                    "{token} {name}"
+                );
+                assert!(
+                    (a.volume_usd - b.volume_usd).abs() <= 1e-9 * b.volume_usd.max(1.0),
+                    "{token} {name}"
+                );
+            }
+        }
+    }
 }
 
 fn command_calls(port: u16, command: &str) -> u64 {
