@@ -272,6 +272,11 @@ struct PeriodWrites<'a> {
     /// Period, bucket offset and the bucket's new value (a batch touches a
     /// bucket once).
     buckets: Vec<(u32, (i64, &'a Bucket))>,
+    /// Buckets added so far, checked in debug builds: a field named twice in
+    /// one `HSET` would keep `apply_batch.lua` from setting a new hash's
+    /// expiry (it counts the fields the call added against the fields sent).
+    #[cfg(debug_assertions)]
+    seen: std::collections::HashSet<(u32, i64)>,
     /// Period and where its record is in `mark_bytes`.
     marks: Vec<(u32, Range<usize>)>,
     /// Wallet mark records, one after another.
@@ -292,6 +297,11 @@ impl<'a> PeriodWrites<'a> {
     /// Adds the bucket at `offset` of `token`'s period `id`.
     fn bucket(&mut self, token: &'a str, id: HashId, offset: i64, bucket: &'a Bucket) {
         let period = self.of(token, id);
+        #[cfg(debug_assertions)]
+        assert!(
+            self.seen.insert((period, offset)),
+            "bucket {offset} of {token} written twice in one batch"
+        );
         self.buckets.push((period, (offset, bucket)));
     }
 
@@ -1015,5 +1025,37 @@ mod tests {
         assert_eq!(index_score(3_599_999), 3_599_999);
         assert_eq!(index_score(3_600_000), 7_199_999);
         assert_eq!(index_score(-1), -1);
+    }
+
+    /// A bucket named twice in one batch is a bug upstream (the engine and
+    /// `BatchEffect::absorb` write each once): debug builds stop on it.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "written twice in one batch")]
+    fn a_bucket_twice_in_one_batch_is_refused_in_debug_builds() {
+        let now_ms = 1_700_000_000_000;
+        let delta = |at| BucketDelta {
+            token: "T".into(),
+            level: Level::Second,
+            at,
+            delta: sample(),
+            total: sample(),
+        };
+        let effect = BatchEffect {
+            buckets: vec![
+                delta(now_ms / 1000),
+                delta(now_ms / 1000 - 1),
+                delta(now_ms / 1000),
+            ],
+            wallets: vec![],
+            events: vec![],
+        };
+        let lifetimes = KeyLifetimes {
+            second_keep_ms: 7_200_000,
+            minute_keep_ms: 172_800_000,
+            dedup_ms: 86_400_000,
+            margin_ms: 600_000,
+        };
+        let _ = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false);
     }
 }
