@@ -10,6 +10,9 @@
 //! one engine into effects once, then persisted in rounds that alternate the
 //! two modes, each into a fresh partition (fresh keys; every batch `Applied`).
 //! Each round's partition is chosen so both modes of a pair use the same master.
+//! Meanwhile a thread sends `PING` to that master every millisecond and reports
+//! the round trips: how long a batch's script keeps the master's other clients
+//! (other partitions, loads) waiting, the price of larger batches.
 //!
 //! Knobs (env): `BENCH_ROUNDS` (pairs, default 4), `BENCH_BATCHES` (batches per
 //! round, default 10), `BENCH_BATCH_MAX` (swaps per batch, default the
@@ -25,6 +28,9 @@ mod common;
 #[allow(dead_code)]
 mod redis_cluster;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -75,6 +81,44 @@ async fn persist_all(
     }
     while in_flight.next().await.is_some() {}
     (effects.len() * batch) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Round trips of `PING` to the server at `port`, one every millisecond or so,
+/// until `stop`: how long a master that runs the batches' scripts keeps its
+/// other clients waiting (other partitions' writes, loads), which grows with
+/// the batch size.
+fn ping_while(port: u16, stop: &AtomicBool) -> Vec<f64> {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Vec::new();
+    };
+    let _ = conn.set_nodelay(true);
+    let mut reply = [0u8; 7]; // +PONG\r\n
+    let mut round_trips = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        if conn.write_all(b"PING\r\n").is_err() || conn.read_exact(&mut reply).is_err() {
+            break;
+        }
+        round_trips.push(started.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    round_trips
+}
+
+/// `p50 / p99 / max` of round trips in ms.
+fn latency_summary(round_trips: &mut [f64]) -> String {
+    if round_trips.is_empty() {
+        return "no samples".into();
+    }
+    round_trips.sort_by(f64::total_cmp);
+    let at = |q: f64| round_trips[((round_trips.len() - 1) as f64 * q) as usize];
+    format!(
+        "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        round_trips.len()
+    )
 }
 
 /// A partition above `after` whose slot is served by the same master as `like`'s.
@@ -149,6 +193,7 @@ fn main() {
     }
     let (memory_before, _) = cluster.used_memory();
     let (mut one, mut two) = (Vec::new(), Vec::new());
+    let (mut one_pings, mut two_pings) = (Vec::new(), Vec::new());
     let mut partition = 100;
     for round in 0..rounds {
         let first = partition_like(&cluster, partition, partition);
@@ -157,7 +202,21 @@ fn main() {
         // Alternate which mode goes first.
         let modes = if round % 2 == 0 { [1, 2] } else { [2, 1] };
         for (depth, p) in modes.into_iter().zip([first, second]) {
-            let rate = runtime.block_on(persist_all(&store, p, &effects, batch, depth, now));
+            let stop = AtomicBool::new(false);
+            let master = cluster.master_of_slot(keys::slot(p));
+            let (rate, round_trips) = std::thread::scope(|scope| {
+                let pinger =
+                    scope.spawn(|| master.map_or_else(Vec::new, |port| ping_while(port, &stop)));
+                let rate = runtime.block_on(persist_all(&store, p, &effects, batch, depth, now));
+                stop.store(true, Ordering::Relaxed);
+                (rate, pinger.join().unwrap_or_default())
+            });
+            if depth == 1 {
+                &mut one_pings
+            } else {
+                &mut two_pings
+            }
+            .extend(round_trips);
             eprintln!(
                 "round {}: {depth} in flight (partition {p}): {rate:.0} swaps/s",
                 round + 1
@@ -195,6 +254,11 @@ fn main() {
         "two in flight         {:>9.0} swaps/s  ({})",
         mean(&two),
         show(&two)
+    );
+    println!(
+        "a PING to the partition's master meanwhile: one at a time {}; two in flight {}",
+        latency_summary(&mut one_pings),
+        latency_summary(&mut two_pings)
     );
     let swaps = (2 * rounds * batches * batch) as f64;
     let commands = cluster.command_stats();
