@@ -668,6 +668,17 @@ mod tests {
     use crate::window::{BucketDelta, SIDE_BUY, SIDE_SELL};
     use std::sync::Arc;
 
+    /// The lifetimes of the default settings: 2 h of seconds, 48 h of
+    /// minutes, a 24 h dedup horizon, a 10 min margin.
+    fn lifetimes() -> KeyLifetimes {
+        KeyLifetimes {
+            second_keep_ms: 7_200_000,
+            minute_keep_ms: 172_800_000,
+            dedup_ms: 86_400_000,
+            margin_ms: 600_000,
+        }
+    }
+
     fn sample() -> Bucket {
         Bucket {
             txns: 3,
@@ -811,12 +822,7 @@ mod tests {
                 executed_at_ms: now_ms,
             }],
         };
-        let lifetimes = KeyLifetimes {
-            second_keep_ms: 7_200_000,
-            minute_keep_ms: 172_800_000,
-            dedup_ms: 86_400_000,
-            margin_ms: 600_000,
-        };
+        let lifetimes = lifetimes();
         let mut encoded = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false).unwrap();
         let args: Vec<&[u8]> = encoded.iter().collect();
         let text = |a: &[u8]| String::from_utf8(a.to_vec()).unwrap();
@@ -959,12 +965,7 @@ mod tests {
             ],
             events: vec![],
         };
-        let lifetimes = KeyLifetimes {
-            second_keep_ms: 7_200_000,
-            minute_keep_ms: 172_800_000,
-            dedup_ms: 86_400_000,
-            margin_ms: 600_000,
-        };
+        let lifetimes = lifetimes();
         let args = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false).unwrap();
         let (hour, day) = (second.div_euclid(3600), minute.div_euclid(1440));
         let s_off = second - hour * 3600;
@@ -1050,12 +1051,7 @@ mod tests {
             wallets: vec![],
             events: vec![],
         };
-        let lifetimes = KeyLifetimes {
-            second_keep_ms: 7_200_000,
-            minute_keep_ms: 172_800_000,
-            dedup_ms: 86_400_000,
-            margin_ms: 600_000,
-        };
+        let lifetimes = lifetimes();
         let _ = encode_batch(3, 42, &effect, now_ms, &lifetimes, &|_, _| false);
     }
 }
