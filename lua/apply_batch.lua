@@ -101,9 +101,11 @@ for _ = 1, nh do
   for from = first, last, 2 * CHUNK do
     added = added + redis.call('HSET', key, unpack(ARGV, from, math.min(from + 2 * CHUNK - 1, last)))
   end
-  -- Only a key this call created needs its expiry: every field new, and no
-  -- others (HLEN is O(1) and, unlike PEXPIREAT, not a write to replicate).
-  if nf > 0 and added == nf and redis.call('HLEN', key) == nf then
+  -- Only a key without an expiry needs one: a key this call created. Asked of
+  -- the key itself (PTTL is O(1) and, unlike PEXPIREAT, not a write to
+  -- replicate), not inferred from the fields added, so no batch can leave a
+  -- key that lives forever.
+  if added > 0 and redis.call('PTTL', key) == -1 then
     redis.call('PEXPIREAT', key, expire_at)
   end
   i = last + 1

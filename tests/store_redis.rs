@@ -919,8 +919,8 @@ async fn cluster_every_key_has_a_ttl() {
 }
 
 /// A shard batch larger than one engine part (`APPLY_CHUNK_SWAPS`) is applied
-/// part by part and persisted as one effect: every key it writes has its TTL
-/// (each bucket is written once, so the script sees the hash as new), and a
+/// part by part and persisted as one effect (each bucket once: the encoder
+/// stops on a repeat in debug builds): every key it writes has its TTL, and a
 /// restore of what the store holds answers what the shard answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_batch_of_several_engine_parts_persists_whole() {
@@ -987,6 +987,45 @@ async fn cluster_a_batch_of_several_engine_parts_persists_whole() {
             }
         }
     }
+}
+
+/// A key the script creates gets its expiry whatever the batch holds: even a
+/// hash field named twice (the encoder never sends one; debug builds stop on
+/// it) leaves no key that lives forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_hash_gets_its_expiry_even_with_a_field_named_twice() {
+    let server = start_server().await;
+    let port = server.port();
+    let partition = 12;
+    let now = now_ms();
+    let key = keys::seconds(partition, "T", now / keys::HOUR_MS);
+    let expire_at = now + 3 * keys::HOUR_MS;
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(include_str!("../lua/apply_batch.lua"))
+        .arg(1)
+        .arg(keys::applied(partition))
+        .arg(0) // first offset
+        .arg(0) // last offset
+        .arg(now)
+        .arg(86_400_000) // index keep
+        .arg(86_400_000) // applied keep
+        .arg(-1) // follows: the partition's first batch
+        .arg(1) // one hash, two fields, the same one twice
+        .arg(&key)
+        .arg(expire_at)
+        .arg(2)
+        .arg("17")
+        .arg("first")
+        .arg("17")
+        .arg("second")
+        .arg(0) // no event strings
+        .arg(0); // no tokens
+    let reply: Vec<redis::Value> = query(port, &cmd).expect("apply_batch");
+    assert_eq!(reply.first(), Some(&redis::Value::Int(1)), "applied");
+    let value: String = query(port, redis::cmd("HGET").arg(&key).arg("17")).expect("HGET");
+    assert_eq!(value, "second");
+    let expires: i64 = query(port, redis::cmd("PEXPIRETIME").arg(&key)).expect("PEXPIRETIME");
+    assert_eq!(expires, expire_at, "{key} has no expiry");
 }
 
 fn command_calls(port: u16, command: &str) -> u64 {

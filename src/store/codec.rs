@@ -272,9 +272,9 @@ struct PeriodWrites<'a> {
     /// Period, bucket offset and the bucket's new value (a batch touches a
     /// bucket once).
     buckets: Vec<(u32, (i64, &'a Bucket))>,
-    /// Buckets added so far, checked in debug builds: a field named twice in
-    /// one `HSET` would keep `apply_batch.lua` from setting a new hash's
-    /// expiry (it counts the fields the call added against the fields sent).
+    /// Buckets added so far, checked in debug builds: the engine and
+    /// `BatchEffect::absorb` hand over each bucket once, so a bucket named
+    /// twice is a bug upstream (the store would keep only the last total).
     #[cfg(debug_assertions)]
     seen: std::collections::HashSet<(u32, i64)>,
     /// Period and where its record is in `mark_bytes`.
