@@ -165,13 +165,16 @@ impl ShardCore {
     /// the whole batch (one store write), applied [`APPLY_CHUNK_SWAPS`] swaps
     /// per hold of the engine lock.
     pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
-        let mut effect = BatchEffect::default();
         let mut counts = BatchCounts::default();
-        for chunk in swaps.chunks(APPLY_CHUNK_SWAPS) {
-            let (chunk_effect, chunk_counts) = self.engine().apply_batch(chunk, now_ms);
-            effect.absorb(chunk_effect);
-            counts += chunk_counts;
-        }
+        let parts: Vec<BatchEffect> = swaps
+            .chunks(APPLY_CHUNK_SWAPS)
+            .map(|chunk| {
+                let (part, part_counts) = self.engine().apply_batch(chunk, now_ms);
+                counts += part_counts;
+                part
+            })
+            .collect();
+        let effect = BatchEffect::merged(parts);
         self.counters
             .applied
             .fetch_add(counts.applied, Ordering::Relaxed);

@@ -75,6 +75,9 @@ pub struct AppliedEvent {
     pub executed_at_ms: i64,
 }
 
+/// Where each bucket of an effect is, by token name, level and key.
+type BucketIndex = FastMap<(Arc<str>, Level, i64), usize>;
+
 /// Everything one batch changed. Bucket deltas are pre-merged per (token, level, at).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchEffect {
@@ -89,46 +92,52 @@ impl BatchEffect {
         self.buckets.is_empty() && self.events.is_empty()
     }
 
-    /// Adds the effect of a batch applied right after this one, as if the two
-    /// had been one batch (a large store write applied in engine-sized parts).
+    /// The effects of consecutive batches as the effect of one batch (a large
+    /// store write applied in engine-sized parts), in the order applied.
     ///
-    /// A bucket both touched stays one entry, with the later total and the two
-    /// deltas merged: the store writes each touched bucket once, its total, so
-    /// it persists what one batch would have. Restoring the merged delta gives
-    /// the engine's state up to the rounding of the float sums (a restart from
-    /// the store restores totals, so it is bit-identical). Wallet marks and
-    /// events are appended: a mark carries only the bits its batch added and an
-    /// event is applied once, so neither repeats across the two.
-    pub fn absorb(&mut self, later: BatchEffect) {
-        if self.buckets.is_empty() && self.wallets.is_empty() && self.events.is_empty() {
-            *self = later;
-            return;
-        }
+    /// A bucket several parts touched stays one entry, with the last total and
+    /// the deltas merged: the store writes each touched bucket once, its total,
+    /// so it persists what one batch would have. Restoring the merged delta
+    /// gives the engine's state up to the rounding of the float sums (a restart
+    /// from the store restores totals, so it is bit-identical). Wallet marks
+    /// and events are appended: a mark carries only the bits its part added and
+    /// an event is applied once, so neither repeats across parts. One part
+    /// comes back as it is; the bucket index is built once for all the others.
+    pub fn merged(parts: impl IntoIterator<Item = BatchEffect>) -> BatchEffect {
+        let mut parts = parts.into_iter();
+        let mut merged = parts.next().unwrap_or_default();
         // Keyed by the name, not its allocation: equal names must become one
         // entry whatever their addresses, or the store would get a field twice.
-        let mut at: FastMap<(Arc<str>, Level, i64), usize> = FastMap::with_capacity_and_hasher(
-            self.buckets.len() + later.buckets.len(),
-            Default::default(),
-        );
-        for (i, d) in self.buckets.iter().enumerate() {
-            at.insert((d.token.clone(), d.level, d.at), i);
-        }
-        self.buckets.reserve(later.buckets.len());
-        for d in later.buckets {
-            match at.entry((d.token.clone(), d.level, d.at)) {
-                Entry::Occupied(i) => {
-                    let kept = &mut self.buckets[*i.get()];
-                    kept.delta.merge(&d.delta);
-                    kept.total = d.total;
+        let mut at: Option<BucketIndex> = None;
+        for later in parts {
+            let at = at.get_or_insert_with(|| {
+                let mut at = BucketIndex::with_capacity_and_hasher(
+                    merged.buckets.len() + later.buckets.len(),
+                    Default::default(),
+                );
+                for (i, d) in merged.buckets.iter().enumerate() {
+                    at.insert((d.token.clone(), d.level, d.at), i);
                 }
-                Entry::Vacant(slot) => {
-                    slot.insert(self.buckets.len());
-                    self.buckets.push(d);
+                at
+            });
+            merged.buckets.reserve(later.buckets.len());
+            for d in later.buckets {
+                match at.entry((d.token.clone(), d.level, d.at)) {
+                    Entry::Occupied(i) => {
+                        let kept = &mut merged.buckets[*i.get()];
+                        kept.delta.merge(&d.delta);
+                        kept.total = d.total;
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(merged.buckets.len());
+                        merged.buckets.push(d);
+                    }
                 }
             }
+            merged.wallets.extend(later.wallets);
+            merged.events.extend(later.events);
         }
-        self.wallets.extend(later.wallets);
-        self.events.extend(later.events);
+        merged
     }
 
     /// The tokens this effect touches, each name once per allocation: the
