@@ -273,7 +273,7 @@ struct PeriodWrites<'a> {
     /// bucket once).
     buckets: Vec<(u32, (i64, &'a Bucket))>,
     /// Buckets added so far, checked in debug builds: the engine and
-    /// `BatchEffect::absorb` hand over each bucket once, so a bucket named
+    /// `BatchEffect::merged` hand over each bucket once, so a bucket named
     /// twice is a bug upstream (the store would keep only the last total).
     #[cfg(debug_assertions)]
     seen: std::collections::HashSet<(u32, i64)>,
@@ -671,12 +671,7 @@ mod tests {
     /// The lifetimes of the default settings: 2 h of seconds, 48 h of
     /// minutes, a 24 h dedup horizon, a 10 min margin.
     fn lifetimes() -> KeyLifetimes {
-        KeyLifetimes {
-            second_keep_ms: 7_200_000,
-            minute_keep_ms: 172_800_000,
-            dedup_ms: 86_400_000,
-            margin_ms: 600_000,
-        }
+        crate::store::RedisStoreOptions::default().lifetimes()
     }
 
     fn sample() -> Bucket {
@@ -1029,7 +1024,7 @@ mod tests {
     }
 
     /// A bucket named twice in one batch is a bug upstream (the engine and
-    /// `BatchEffect::absorb` write each once): debug builds stop on it.
+    /// `BatchEffect::merged` write each once): debug builds stop on it.
     #[test]
     #[cfg(debug_assertions)]
     #[should_panic(expected = "written twice in one batch")]
