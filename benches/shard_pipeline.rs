@@ -34,7 +34,9 @@
 //!   a few batches each, never reach. Timed after the first chunk. Each run
 //!   also says where the machine's CPU went meanwhile, per swap: the shard's
 //!   tokio workers, librdkafka's threads (mock broker and clients), the bench
-//!   producer, the Redis masters and replicas, and what was left idle.
+//!   producer, the Redis masters and replicas, and what was left idle; and
+//!   how long the busiest token's stats took meanwhile (a query waits while
+//!   the engine applies part of a batch).
 //!
 //! The order of the five alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
@@ -458,9 +460,19 @@ async fn shard_streaming<S: Store + 'static>(
         Instant::now(),
         CpuSnapshot::take(cluster),
     );
+    let measured = StopFlag::default();
+    let querying = std::thread::Builder::new()
+        .name("bench-querier".into())
+        .spawn({
+            let (core, measured) = (core.clone(), measured.clone());
+            move || query_while(&core, &measured)
+        })
+        .expect("spawn querier thread");
     wait_applied(&core, last, deadline).await;
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(cluster).split_since(&cpu_before, (last - from) as f64);
+    measured.set();
+    let mut stats_waits = tokio::task::block_in_place(|| querying.join()).expect("querier thread");
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
     tokio::task::block_in_place(|| producing.join()).expect("producer thread");
@@ -469,13 +481,33 @@ async fn shard_streaming<S: Store + 'static>(
         swaps as u64,
         "streaming shard read every swap once"
     );
-    StreamRun { rate, cpu }
+    StreamRun {
+        rate,
+        cpu,
+        stats_latency: common::latency_summary(&mut stats_waits),
+    }
 }
 
-/// A streaming run: its rate, and where the machine's CPU went meanwhile.
+/// Answer times of the busiest token's stats (what `/stats?token=BTC` asks the
+/// core, without HTTP), one query every millisecond or so until `stop`: a query
+/// waits while the engine applies a part of a batch under its lock.
+fn query_while(core: &ShardCore, stop: &StopFlag) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    while !stop.is_set() {
+        let started = Instant::now();
+        std::hint::black_box(core.stats("BTC", swapstats::now_ms()));
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    latencies
+}
+
+/// A streaming run: its rate, where the machine's CPU went meanwhile, and how
+/// long a stats query took meanwhile.
 struct StreamRun {
     rate: f64,
     cpu: CpuSplit,
+    stats_latency: String,
 }
 
 /// CPU of a streaming run in µs per swap, by who spent it; and the share of
@@ -1108,6 +1140,10 @@ fn main() {
         );
         streaming_redis.cpu.print("→ Redis");
         streaming_memory.cpu.print("in-memory store");
+        println!(
+            "    stats of BTC (ShardCore::stats, one query per ms): → Redis {}; in-memory store {}",
+            streaming_redis.stats_latency, streaming_memory.stats_latency
+        );
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(
             "spans received: {} ({batch_spans} apply_batch, {persist_spans} store.persist)",

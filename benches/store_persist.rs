@@ -105,22 +105,6 @@ fn ping_while(port: u16, stop: &AtomicBool) -> Vec<f64> {
     round_trips
 }
 
-/// `p50 / p99 / max` of round trips in ms.
-fn latency_summary(round_trips: &mut [f64]) -> String {
-    if round_trips.is_empty() {
-        return "no samples".into();
-    }
-    round_trips.sort_by(f64::total_cmp);
-    let at = |q: f64| round_trips[((round_trips.len() - 1) as f64 * q) as usize];
-    format!(
-        "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-        at(0.5),
-        at(0.99),
-        at(1.0),
-        round_trips.len()
-    )
-}
-
 /// A partition above `after` whose slot is served by the same master as `like`'s.
 fn partition_like(cluster: &redis_cluster::RedisCluster, like: u32, after: u32) -> u32 {
     let master = cluster.master_of_slot(keys::slot(like));
@@ -257,8 +241,8 @@ fn main() {
     );
     println!(
         "a PING to the partition's master meanwhile: one at a time {}; two in flight {}",
-        latency_summary(&mut one_pings),
-        latency_summary(&mut two_pings)
+        common::latency_summary(&mut one_pings),
+        common::latency_summary(&mut two_pings)
     );
     let swaps = (2 * rounds * batches * batch) as f64;
     let commands = cluster.command_stats();

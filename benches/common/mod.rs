@@ -281,3 +281,19 @@ fn parse_stat(stat: &str) -> ProcessStat {
         system_ticks: field(12),
     }
 }
+
+/// `p50 / p99 / max` of latencies in ms (sorts them).
+pub fn latency_summary(latencies: &mut [f64]) -> String {
+    if latencies.is_empty() {
+        return "no samples".into();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    format!(
+        "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        latencies.len()
+    )
+}
