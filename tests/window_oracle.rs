@@ -88,8 +88,11 @@ impl Oracle {
     }
 
     fn expire(&mut self, now_ms: i64) {
-        let horizon = now_ms - self.horizon_ms;
-        self.remembered.retain(|_, at| *at >= horizon);
+        // Ids are forgotten by whole block seconds: those before the second
+        // of the horizon's cut-off.
+        let horizon_second = (now_ms - self.horizon_ms).div_euclid(SECOND);
+        self.remembered
+            .retain(|_, at| at.div_euclid(SECOND) >= horizon_second);
         let (second_cut, minute_cut) = (Self::second_cut(now_ms), self.minute_cut(now_ms));
         for h in &mut self.held {
             h.in_second &= h.second >= second_cut;

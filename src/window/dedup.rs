@@ -1,32 +1,31 @@
 //! Dedup of event ids within the horizon. A swap's event key is remembered with
-//! its block time; keys are indexed by block minute so that forgetting the ones
-//! older than the horizon touches only those, never the whole set.
+//! its block time; keys are indexed by block second so that forgetting the ones
+//! older than the horizon touches only those, never the whole set, and costs
+//! the same whether it runs every batch or every few seconds.
 
 use super::hash::{FastMap, FastSet};
 use super::EventKey;
 
-const MINUTE_MS: i64 = 60_000;
+const SECOND_MS: i64 = 1000;
 
-/// An event key in the per-minute expiry index, with its block time's offset in
-/// that minute (for the minute that straddles the cut-off).
-#[derive(Debug, Clone, Copy)]
-struct IndexedKey {
-    low: u64,
-    high: u64,
-    ms_in_minute: u16,
-}
-
-impl IndexedKey {
-    fn key(&self) -> EventKey {
-        (u128::from(self.high) << 64) | u128::from(self.low)
-    }
-}
-
-/// The set of remembered event keys, with their block times.
-#[derive(Debug, Default)]
+/// The set of remembered event keys, with their block seconds.
+#[derive(Debug)]
 pub(crate) struct Dedup {
     keys: FastSet<EventKey>,
-    by_minute: FastMap<i64, Vec<IndexedKey>>,
+    by_second: FastMap<i64, Vec<EventKey>>,
+    /// No key is in a second before this one (`i64::MAX` while none is held):
+    /// where [`Dedup::expire`] starts.
+    first_second: i64,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            keys: FastSet::default(),
+            by_second: FastMap::default(),
+            first_second: i64::MAX,
+        }
+    }
 }
 
 impl Dedup {
@@ -42,13 +41,9 @@ impl Dedup {
         if !self.keys.insert(key) {
             return false;
         }
-        let minute = executed_at_ms.div_euclid(MINUTE_MS);
-        let ms_in_minute = executed_at_ms.rem_euclid(MINUTE_MS) as u16;
-        self.by_minute.entry(minute).or_default().push(IndexedKey {
-            low: key as u64,
-            high: (key >> 64) as u64,
-            ms_in_minute,
-        });
+        let second = executed_at_ms.div_euclid(SECOND_MS);
+        self.by_second.entry(second).or_default().push(key);
+        self.first_second = self.first_second.min(second);
         true
     }
 
@@ -66,48 +61,60 @@ impl Dedup {
             return;
         }
         self.reserve(other.len());
-        for (minute, entries) in other.by_minute {
-            for entry in entries {
-                let at_ms = minute * MINUTE_MS + i64::from(entry.ms_in_minute);
-                self.insert(entry.key(), at_ms);
+        for (second, keys) in other.by_second {
+            for key in keys {
+                self.insert(key, second * SECOND_MS);
             }
         }
     }
 
-    /// Forgets every key whose block time is before `cutoff_ms`.
+    /// Forgets every key whose block second is before the second of
+    /// `cutoff_ms`: a key is kept for the horizon, and at most a second longer.
+    /// (To the millisecond, each call had to sift the second, then minute,
+    /// that straddles the cut-off; only the late-or-duplicate label of a swap
+    /// already past the horizon can tell the difference.)
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
-        let cut_minute = cutoff_ms.div_euclid(MINUTE_MS);
-        let Self { keys, by_minute } = self;
-        by_minute.retain(|&minute, entries| {
-            if minute < cut_minute {
-                for entry in entries.iter() {
-                    keys.remove(&entry.key());
-                }
-                false
-            } else if minute == cut_minute {
-                let cut_ms = cutoff_ms.rem_euclid(MINUTE_MS) as u16;
-                entries.retain(|entry| {
-                    let keep = entry.ms_in_minute >= cut_ms;
-                    if !keep {
-                        keys.remove(&entry.key());
-                    }
-                    keep
-                });
-                !entries.is_empty()
-            } else {
-                true
+        let cut = cutoff_ms.div_euclid(SECOND_MS);
+        if cut <= self.first_second {
+            return;
+        }
+        let Self {
+            keys,
+            by_second,
+            first_second,
+        } = self;
+        let forget = |expired: Vec<EventKey>, keys: &mut FastSet<EventKey>| {
+            for key in expired {
+                keys.remove(&key);
             }
-        });
+        };
+        if cut.saturating_sub(*first_second) as u64 > by_second.len() as u64 {
+            // Fewer seconds held than passed (after a quiet spell): visit those.
+            by_second.retain(|&second, expired| {
+                let keep = second >= cut;
+                if !keep {
+                    forget(std::mem::take(expired), keys);
+                }
+                keep
+            });
+        } else {
+            for second in *first_second..cut {
+                if let Some(expired) = by_second.remove(&second) {
+                    forget(expired, keys);
+                }
+            }
+        }
+        *first_second = if by_second.is_empty() { i64::MAX } else { cut };
     }
 
     /// Approximate heap bytes held.
     pub(crate) fn approx_heap_bytes(&self) -> usize {
         self.keys.capacity() * (std::mem::size_of::<EventKey>() + 1)
-            + self.by_minute.capacity() * (std::mem::size_of::<(i64, Vec<IndexedKey>)>() + 1)
+            + self.by_second.capacity() * (std::mem::size_of::<(i64, Vec<EventKey>)>() + 1)
             + self
-                .by_minute
+                .by_second
                 .values()
-                .map(|v| v.capacity() * std::mem::size_of::<IndexedKey>())
+                .map(|v| v.capacity() * std::mem::size_of::<EventKey>())
                 .sum::<usize>()
     }
 
@@ -122,20 +129,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remembers_until_the_cutoff_to_the_millisecond() {
+    fn remembers_until_the_second_of_the_cutoff() {
         let mut dedup = Dedup::default();
-        assert!(dedup.insert(1, 120_000 + 500));
-        assert!(dedup.insert(2, 120_000 + 501));
+        assert!(dedup.insert(1, 120_000 + 999));
+        assert!(dedup.insert(2, 121_000));
         assert!(dedup.insert(3, 60_000));
+        assert!(dedup.insert(4, 121_999));
         assert!(!dedup.insert(1, 0));
         assert!(dedup.contains(1) && dedup.contains(2) && dedup.contains(3));
-        dedup.expire(120_000 + 501);
-        assert!(!dedup.contains(1), "before the cutoff");
-        assert!(!dedup.contains(3), "a whole minute before");
-        assert!(dedup.contains(2), "exactly at the cutoff is kept");
-        assert_eq!(dedup.len(), 1);
+        dedup.expire(121_500);
+        assert!(!dedup.contains(1), "a second before the cutoff's");
+        assert!(!dedup.contains(3), "a minute before");
+        assert!(dedup.contains(2), "the cutoff's second is kept");
+        assert!(dedup.contains(4), "the cutoff's second is kept");
+        assert_eq!(dedup.len(), 2);
         dedup.expire(i64::MAX);
         assert_eq!(dedup.len(), 0);
+        assert!(dedup.insert(5, 0), "usable again after everything expired");
+        dedup.expire(1000);
+        assert_eq!(dedup.len(), 0);
+    }
+
+    #[test]
+    fn expiry_step_by_step_and_after_a_long_pause_forget_the_same() {
+        let mut stepped = Dedup::default();
+        let mut paused = Dedup::default();
+        for i in 0..10_000u128 {
+            let at = (i as i64) * 37;
+            stepped.insert(i, at);
+            paused.insert(i, at);
+        }
+        for cutoff in (0..=200_000).step_by(250) {
+            stepped.expire(cutoff);
+        }
+        paused.expire(200_000);
+        assert_eq!(stepped.len(), paused.len());
+        for i in 0..10_000u128 {
+            let kept = (i as i64) * 37 >= 200_000;
+            assert_eq!(stepped.contains(i), kept, "{i}");
+            assert_eq!(paused.contains(i), kept, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_key_older_than_the_last_cutoff_still_expires() {
+        let mut dedup = Dedup::default();
+        dedup.insert(1, 50_000);
+        dedup.expire(40_000);
+        // Inserted behind the last cut-off (a batch stamped before the expiry).
+        dedup.insert(2, 30_000);
+        dedup.expire(45_000);
+        assert!(!dedup.contains(2) && dedup.contains(1));
     }
 
     #[test]
@@ -153,15 +197,15 @@ mod tests {
         held.absorb(built());
         for dedup in [&mut empty, &mut held] {
             assert!(dedup.contains(1) && dedup.contains(2));
-            dedup.expire(60_000 + 7);
+            dedup.expire(60_999);
             assert!(dedup.contains(1) && !dedup.contains(2) && !dedup.contains(3));
-            dedup.expire(60_000 + 8);
+            dedup.expire(61_000);
             assert!(!dedup.contains(1));
         }
     }
 
     #[test]
-    fn negative_times_index_by_floor_minute() {
+    fn negative_times_index_by_floor_second() {
         let mut dedup = Dedup::default();
         dedup.insert(7, -1);
         dedup.expire(-1);
