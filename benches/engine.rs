@@ -9,7 +9,8 @@
 //!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
 //!   shard's apply, where every mark added is also trimmed later and the
 //!   working set no longer fits in cache (about twice the fresh rows' time per
-//!   swap).
+//!   swap). After it, a printed line: how long each `expire` held the engine
+//!   when run after every part, and once after 5 M swaps.
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
@@ -167,6 +168,45 @@ fn bench_apply_steady(
             spent
         })
     });
+    if let Some(engine) = warm.as_mut() {
+        report_expiry_holds(engine, &mut next_chunk);
+    }
+}
+
+/// How long `expire` holds the engine in a long-running shard: after every
+/// part of a batch (the shard since the expiry moved into `apply_batch`), or
+/// once after 5 M swaps: what the shard's 10 s expiry tick alone met at
+/// 500k swaps/s. Printed, not a criterion row: one hold per tick is the point.
+fn report_expiry_holds(
+    engine: &mut WindowEngine,
+    next_chunk: &mut impl FnMut() -> (Vec<Swap>, Vec<i64>),
+) {
+    const BATCH: usize = APPLY_CHUNK_SWAPS;
+    let mut holds = Vec::new();
+    let (swaps, clocks) = next_chunk();
+    for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
+        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+        black_box(engine.apply_batch(chunk, now));
+        let started = Instant::now();
+        engine.expire(now);
+        holds.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut now = T0;
+    for _ in 0..5 {
+        let (swaps, clocks) = next_chunk();
+        for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
+            now = chunk_clocks.iter().copied().max().unwrap_or(now);
+            black_box(engine.apply_batch(chunk, now));
+        }
+    }
+    let started = Instant::now();
+    engine.expire(now);
+    let once = started.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "expire holds, steady engine: after each {BATCH}-swap part {} ({:.3} ms per 1,000 swaps); once after 5 M swaps {once:.1} ms",
+        common::latency_summary(&mut holds),
+        holds.iter().sum::<f64>() / (swaps.len() as f64 / 1000.0),
+    );
 }
 
 /// One day of swaps at 300/s; dedup horizon cut to 10 minutes (with expire every

@@ -10,7 +10,8 @@ use swapstats::api::{local_routes, serve, LocalApi};
 use swapstats::config::Settings;
 use swapstats::shard::{ChangeFeed, LocalShards, StopFlag};
 
-/// Drops aged-out data every 10 s.
+/// Drops aged-out data every 10 s: of partitions that get no batches (each
+/// batch's parts expire too, see `ShardCore::apply_batch`).
 fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

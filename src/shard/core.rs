@@ -172,7 +172,9 @@ impl ShardCore {
 
     /// Applies a batch of valid swaps and counts the outcome: one effect for
     /// the whole batch (one store write), applied [`APPLY_CHUNK_SWAPS`] swaps
-    /// per hold of the engine lock.
+    /// per hold of the engine lock. Each part also drops what aged out: under
+    /// load that is as much as the part brought in, spread over the parts,
+    /// where the 10 s expiry tick alone trimmed 10 s of it in one hold.
     pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
         let mut counts = BatchCounts::default();
         let parts: Vec<BatchEffect> = swaps
@@ -180,6 +182,7 @@ impl ShardCore {
             .map(|chunk| {
                 let mut engine = self.engine();
                 let (part, part_counts) = engine.apply_batch(chunk, now_ms);
+                engine.expire(now_ms);
                 MutexGuard::unlock_fair(engine);
                 counts += part_counts;
                 part
