@@ -316,6 +316,22 @@ mod tests {
         assert_eq!(effect.events.len(), n);
     }
 
+    /// A busy shard drops aged-out data with its batches, not only on the
+    /// expiry tick: a token past the retention is gone after the next batch.
+    #[test]
+    fn a_batch_expires_what_aged_out() {
+        let core = test_core();
+        core.apply_batch(&swaps(10, 1), NOW);
+        let later = NOW + 2 * 86_400_000 + 60_000;
+        let mut fresh = swaps(1, 1);
+        fresh[0].token = "NEW".into();
+        fresh[0].event_id = "fresh".into();
+        fresh[0].executed_at_ms = later;
+        core.apply_batch(&fresh, later);
+        assert_eq!(core.token_count(), 1, "T0 went with the batch");
+        assert!(core.stats("NEW", later).is_some());
+    }
+
     /// A query that waits while a batch is applied gets the engine between
     /// two parts: it sees the batch half applied, instead of waiting for all
     /// of it (the applier used to take the lock straight back).

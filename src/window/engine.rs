@@ -988,11 +988,18 @@ mod tests {
         // The dedup horizon (24 h) forgets "a" once its block second is
         // wholly past it; the swap is then late anyway.
         engine.expire(T0 + 24 * HOUR + 999);
-        assert_eq!(engine.remembered_events(), 2, "kept to the end of its second");
+        assert_eq!(
+            engine.remembered_events(),
+            2,
+            "kept to the end of its second"
+        );
         engine.expire(T0 + 24 * HOUR + 1000);
         assert_eq!(engine.remembered_events(), 1);
         let again = swap("a", "OLD", Some("w1"), Side::Buy, 5.0, T0);
-        assert_eq!(engine.apply(&again, T0 + 24 * HOUR + 1000), ApplyOutcome::Late);
+        assert_eq!(
+            engine.apply(&again, T0 + 24 * HOUR + 1000),
+            ApplyOutcome::Late
+        );
 
         // After the retention (48 h) the whole token and its wallet go.
         assert!(engine.stats("OLD", T0 + 48 * HOUR + 59_999).is_some());
