@@ -472,7 +472,8 @@ async fn shard_streaming<S: Store + 'static>(
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(cluster).split_since(&cpu_before, (last - from) as f64);
     measured.set();
-    let mut stats_waits = tokio::task::block_in_place(|| querying.join()).expect("querier thread");
+    let (mut stats_waits, mut oversleeps) =
+        tokio::task::block_in_place(|| querying.join()).expect("querier thread");
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
     tokio::task::block_in_place(|| producing.join()).expect("producer thread");
@@ -485,21 +486,26 @@ async fn shard_streaming<S: Store + 'static>(
         rate,
         cpu,
         stats_latency: common::latency_summary(&mut stats_waits),
+        oversleep: common::latency_summary(&mut oversleeps),
     }
 }
 
 /// Answer times of the busiest token's stats (what `/stats?token=BTC` asks the
 /// core, without HTTP), one query every millisecond or so until `stop`: a query
-/// waits while the engine applies a part of a batch under its lock.
-fn query_while(core: &ShardCore, stop: &StopFlag) -> Vec<f64> {
-    let mut latencies = Vec::new();
+/// waits while the engine applies a part of a batch under its lock. Also how
+/// late each 1 ms sleep woke: the wait for a core alone, on a machine this busy.
+fn query_while(core: &ShardCore, stop: &StopFlag) -> (Vec<f64>, Vec<f64>) {
+    let (mut latencies, mut oversleeps) = (Vec::new(), Vec::new());
+    let nap = Duration::from_millis(1);
     while !stop.is_set() {
         let started = Instant::now();
         std::hint::black_box(core.stats("BTC", swapstats::now_ms()));
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(1));
+        let slept = Instant::now();
+        std::thread::sleep(nap);
+        oversleeps.push(slept.elapsed().saturating_sub(nap).as_secs_f64() * 1000.0);
     }
-    latencies
+    (latencies, oversleeps)
 }
 
 /// A streaming run: its rate, where the machine's CPU went meanwhile, and how
@@ -508,6 +514,8 @@ struct StreamRun {
     rate: f64,
     cpu: CpuSplit,
     stats_latency: String,
+    /// How late the querier's 1 ms sleeps woke (CPU contention alone).
+    oversleep: String,
 }
 
 /// CPU of a streaming run in µs per swap, by who spent it; and the share of
@@ -1143,6 +1151,10 @@ fn main() {
         println!(
             "    stats of BTC (ShardCore::stats, one query per ms): → Redis {}; in-memory store {}",
             streaming_redis.stats_latency, streaming_memory.stats_latency
+        );
+        println!(
+            "    the querier's 1 ms sleeps woke late by: → Redis {}; in-memory store {}",
+            streaming_redis.oversleep, streaming_memory.oversleep
         );
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(
