@@ -468,12 +468,14 @@ async fn shard_streaming<S: Store + 'static>(
             move || query_while(&core, &measured)
         })
         .expect("spawn querier thread");
+    let ticking = tokio::spawn(tick_while(measured.clone()));
     wait_applied(&core, last, deadline).await;
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(cluster).split_since(&cpu_before, (last - from) as f64);
     measured.set();
     let (mut stats_waits, mut oversleeps) =
         tokio::task::block_in_place(|| querying.join()).expect("querier thread");
+    let mut late_ticks = ticking.await.expect("ticker task");
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
     tokio::task::block_in_place(|| producing.join()).expect("producer thread");
@@ -487,7 +489,21 @@ async fn shard_streaming<S: Store + 'static>(
         cpu,
         stats_latency: common::latency_summary(&mut stats_waits),
         oversleep: common::latency_summary(&mut oversleeps),
+        late_ticks: common::latency_summary(&mut late_ticks),
     }
+}
+
+/// How late a task on the shard's runtime wakes from 1 ms sleeps until `stop`:
+/// what every task there (reads, persists, HTTP, WS pings) waits for a worker.
+async fn tick_while(stop: StopFlag) -> Vec<f64> {
+    let mut late = Vec::new();
+    let nap = Duration::from_millis(1);
+    while !stop.is_set() {
+        let slept = Instant::now();
+        tokio::time::sleep(nap).await;
+        late.push(slept.elapsed().saturating_sub(nap).as_secs_f64() * 1000.0);
+    }
+    late
 }
 
 /// Answer times of the busiest token's stats (what `/stats?token=BTC` asks the
@@ -516,6 +532,8 @@ struct StreamRun {
     stats_latency: String,
     /// How late the querier's 1 ms sleeps woke (CPU contention alone).
     oversleep: String,
+    /// How late a task's 1 ms sleeps on the shard's runtime woke.
+    late_ticks: String,
 }
 
 /// CPU of a streaming run in µs per swap, by who spent it; and the share of
@@ -1155,6 +1173,10 @@ fn main() {
         println!(
             "    the querier's 1 ms sleeps woke late by: → Redis {}; in-memory store {}",
             streaming_redis.oversleep, streaming_memory.oversleep
+        );
+        println!(
+            "    a task's 1 ms sleeps on the shard's runtime woke late by: → Redis {}; in-memory store {}",
+            streaming_redis.late_ticks, streaming_memory.late_ticks
         );
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(

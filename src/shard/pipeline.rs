@@ -274,12 +274,18 @@ pub async fn run_pipeline<R: RecordSource, S: Store, D: DeadLetterSink>(
     result
 }
 
-/// Applies a decoded batch to the engine in a task of its own.
+/// Applies a decoded batch to the engine on the blocking pool: a batch is up
+/// to ~100 ms of CPU, which on an async worker stalled the tasks queued behind
+/// it there (reads, persists, HTTP, WS pings). While streaming at full rate,
+/// a task's 1 ms sleep woke up to 67–111 ms late (in-memory store) and
+/// 134–214 ms (Redis); on the blocking pool 7–12 ms and 62–83 ms, at the same
+/// throughput (`BENCH_ROUNDS=1 BENCH_STREAM_SWAPS=1000000 cargo bench --bench
+/// shard_pipeline`, 3 alternated pairs).
 fn spawn_apply(core: Arc<ShardCore>, batch: DecodedBatch) -> Applying {
     let done = Arc::new(Notify::new());
-    let task = tokio::spawn({
+    let task = tokio::task::spawn_blocking({
         let done = done.clone();
-        async move {
+        move || {
             let span = batch.span.clone();
             let applied = span.in_scope(|| batch.apply(&core));
             done.notify_one();
