@@ -70,9 +70,9 @@ impl Dedup {
 
     /// Forgets every key whose block second is before the second of
     /// `cutoff_ms`: a key is kept for the horizon, and at most a second longer.
-    /// (To the millisecond, each call had to sift the second, then minute,
-    /// that straddles the cut-off; only the late-or-duplicate label of a swap
-    /// already past the horizon can tell the difference.)
+    /// Kept to the millisecond, every call had to sift the whole minute that
+    /// straddled the cut-off; whole seconds tell apart only whether a swap
+    /// already past the horizon is counted late or duplicate.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
         let cut = cutoff_ms.div_euclid(SECOND_MS);
         if cut <= self.first_second {
