@@ -36,7 +36,9 @@
 //!   tokio workers, librdkafka's threads (mock broker and clients), the bench
 //!   producer, the Redis masters and replicas, and what was left idle; and
 //!   how long the busiest token's stats took meanwhile (a query waits while
-//!   the engine applies part of a batch).
+//!   the engine applies part of a batch), asked from a thread and from 4 tasks
+//!   on the shard's runtime (as `/stats` handlers), and how late the runtime's
+//!   timers woke meanwhile.
 //!
 //! The order of the five alternates between rounds. Phase 1 runs with no
 //! tracing subscriber and no endpoint (what a shard without
@@ -469,6 +471,9 @@ async fn shard_streaming<S: Store + 'static>(
         })
         .expect("spawn querier thread");
     let ticking = tokio::spawn(tick_while(measured.clone()));
+    let asking: Vec<_> = (0..ASYNC_QUERIERS)
+        .map(|_| tokio::spawn(ask_while(core.clone(), measured.clone())))
+        .collect();
     wait_applied(&core, last, deadline).await;
     let rate = (last - from) as f64 / started.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(cluster).split_since(&cpu_before, (last - from) as f64);
@@ -476,6 +481,10 @@ async fn shard_streaming<S: Store + 'static>(
     let (mut stats_waits, mut oversleeps) =
         tokio::task::block_in_place(|| querying.join()).expect("querier thread");
     let mut late_ticks = ticking.await.expect("ticker task");
+    let mut answers = Vec::new();
+    for task in asking {
+        answers.extend(task.await.expect("async querier task"));
+    }
     stop.set();
     task.await.expect("pipeline task").expect("pipeline");
     tokio::task::block_in_place(|| producing.join()).expect("producer thread");
@@ -490,7 +499,25 @@ async fn shard_streaming<S: Store + 'static>(
         stats_latency: common::latency_summary(&mut stats_waits),
         oversleep: common::latency_summary(&mut oversleeps),
         late_ticks: common::latency_summary(&mut late_ticks),
+        async_stats: common::latency_summary(&mut answers),
     }
+}
+
+/// Stats requests in flight at once on the shard's runtime, as HTTP handlers.
+const ASYNC_QUERIERS: usize = 4;
+
+/// Answer times of BTC's stats asked as the `/stats` handler asks them: from a
+/// task on the shard's runtime, whose worker waits while a batch part holds
+/// the engine; one query per ms or so until `stop`.
+async fn ask_while(core: Arc<ShardCore>, stop: StopFlag) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    while !stop.is_set() {
+        let started = Instant::now();
+        std::hint::black_box(core.stats("BTC", swapstats::now_ms()));
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    latencies
 }
 
 /// How late a task on the shard's runtime wakes from 1 ms sleeps until `stop`:
@@ -534,6 +561,8 @@ struct StreamRun {
     oversleep: String,
     /// How late a task's 1 ms sleeps on the shard's runtime woke.
     late_ticks: String,
+    /// Stats answer times from tasks on the shard's runtime.
+    async_stats: String,
 }
 
 /// CPU of a streaming run in µs per swap, by who spent it; and the share of
@@ -1177,6 +1206,10 @@ fn main() {
         println!(
             "    a task's 1 ms sleeps on the shard's runtime woke late by: → Redis {}; in-memory store {}",
             streaming_redis.late_ticks, streaming_memory.late_ticks
+        );
+        println!(
+            "    stats of BTC from {ASYNC_QUERIERS} tasks on the runtime (as /stats handlers): → Redis {}; in-memory store {}",
+            streaming_redis.async_stats, streaming_memory.async_stats
         );
         print_phase("phase 2: telemetry::init with OTLP endpoint (local gRPC receiver)", &on, &on_rounds);
         println!(
