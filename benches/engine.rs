@@ -45,6 +45,19 @@ use swapstats::window::{BatchEffect, EngineConfig, RankBy, WindowEngine};
 
 const APPLY_SWAPS: usize = 1_000_000;
 
+/// `swaps` in batches of `size`, each with its apply time: the latest arrival
+/// clock in it (what a shard's batch is stamped with).
+fn batches<'a>(
+    swaps: &'a [Swap],
+    clocks: &'a [i64],
+    size: usize,
+) -> impl Iterator<Item = (&'a [Swap], i64)> + 'a {
+    swaps
+        .chunks(size)
+        .zip(clocks.chunks(size))
+        .map(|(chunk, clocks)| (chunk, clocks.iter().copied().max().unwrap_or(T0)))
+}
+
 fn bench_apply(c: &mut Criterion) {
     let mut stream = Stream::new(1, 1000, 1.0, 10_000, 1000.0, 0.01);
     let (swaps, clocks): (Vec<Swap>, Vec<i64>) =
@@ -72,8 +85,7 @@ fn bench_apply(c: &mut Criterion) {
             b.iter_batched(
                 || WindowEngine::new(default_config()),
                 |mut engine| {
-                    for (chunk, chunk_clocks) in swaps.chunks(size).zip(clocks.chunks(size)) {
-                        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+                    for (chunk, now) in batches(&swaps, &clocks, size) {
                         black_box(engine.apply_batch(chunk, now));
                         engine.expire(now);
                     }
@@ -133,8 +145,7 @@ fn bench_apply_steady(
     const STEADY_WARM_HOURS: i64 = 3;
     const BATCH: usize = APPLY_CHUNK_SWAPS;
     let apply = |engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64]| {
-        for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
-            let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+        for (chunk, now) in batches(swaps, clocks, BATCH) {
             black_box(engine.apply_batch(chunk, now));
             engine.expire(now);
         }
@@ -184,8 +195,7 @@ fn report_expiry_holds(
     const BATCH: usize = APPLY_CHUNK_SWAPS;
     let mut holds = Vec::new();
     let (swaps, clocks) = next_chunk();
-    for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
-        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+    for (chunk, now) in batches(&swaps, &clocks, BATCH) {
         black_box(engine.apply_batch(chunk, now));
         let started = Instant::now();
         engine.expire(now);
@@ -194,8 +204,8 @@ fn report_expiry_holds(
     let mut now = T0;
     for _ in 0..5 {
         let (swaps, clocks) = next_chunk();
-        for (chunk, chunk_clocks) in swaps.chunks(BATCH).zip(clocks.chunks(BATCH)) {
-            now = chunk_clocks.iter().copied().max().unwrap_or(now);
+        for (chunk, at) in batches(&swaps, &clocks, BATCH) {
+            now = at;
             black_box(engine.apply_batch(chunk, now));
         }
     }
@@ -405,8 +415,7 @@ fn bench_restore(c: &mut Criterion) {
         (0..RESTORE_SWAPS).map(|_| stream.next_swap()).unzip();
     let mut engine = WindowEngine::new(default_config());
     let mut effect = BatchEffect::default();
-    for (chunk, chunk_clocks) in swaps.chunks(20_000).zip(clocks.chunks(20_000)) {
-        let now = chunk_clocks.iter().copied().max().unwrap_or(T0);
+    for (chunk, now) in batches(&swaps, &clocks, 20_000) {
         let (batch, _) = engine.apply_batch(chunk, now);
         effect.buckets.extend(batch.buckets);
         effect.wallets.extend(batch.wallets);
