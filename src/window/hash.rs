@@ -13,7 +13,8 @@ pub(crate) struct FastHasher {
     state: u64,
 }
 
-const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Odd 64-bit multiplier (2^64 / golden ratio): spreads a word's bits upward.
+pub(crate) const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl FastHasher {
     #[inline]
