@@ -34,7 +34,10 @@
 //!   a few batches each, never reach. Timed after the first chunk. Each run
 //!   also says where the machine's CPU went meanwhile, per swap: the shard's
 //!   tokio workers, librdkafka's threads (mock broker and clients), the bench
-//!   producer, the Redis masters and replicas, and what was left idle; and
+//!   producer, the Redis masters and replicas, and what was left idle; the
+//!   rate those costs allow (the cores over their sum: the ceiling on this
+//!   machine, where all of them share the cores; and per core of the shard's
+//!   workers alone, as a pod with Redis and Kafka elsewhere would run); and
 //!   how long the busiest token's stats took meanwhile (a query waits while
 //!   the engine applies part of a batch), asked from a thread and from 4 tasks
 //!   on the shard's runtime (as `/stats` handlers), and how late the runtime's
@@ -592,6 +595,16 @@ impl CpuSplit {
         println!(
             "    CPU, {row}: shard {:.2} µs/swap (tokio workers), Kafka {:.2} (mock broker + clients), bench producer {:.2}, Redis masters {:.2}, replicas {:.2}; machine idle {:.0} %; bench process {:.2} page faults/swap",
             self.shard, self.kafka, self.bench, self.redis_masters, self.redis_replicas, self.idle_share * 100.0, self.faults
+        );
+        // What these costs allow: everything shares this machine's cores, so
+        // their sum caps the rate here; the shard's own share is what a pod
+        // with Redis and Kafka elsewhere would need per core.
+        let all = self.shard + self.kafka + self.bench + self.redis_masters + self.redis_replicas;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "    CPU ceiling, {row}: all of it {all:.2} µs/swap on {cores} cores → at most {:.0} swaps/s here; the shard's workers alone {:.0} swaps/s per core",
+            cores as f64 * 1e6 / all,
+            1e6 / self.shard
         );
     }
 }
