@@ -104,22 +104,21 @@ impl BatchEffect {
     /// an event is applied once, so neither repeats across parts. One part
     /// comes back as it is; the bucket index is built once for all the others.
     pub fn merged(parts: impl IntoIterator<Item = BatchEffect>) -> BatchEffect {
-        let mut parts = parts.into_iter();
+        let mut parts = parts.into_iter().peekable();
         let mut merged = parts.next().unwrap_or_default();
+        let Some(next) = parts.peek() else {
+            return merged;
+        };
         // Keyed by the name, not its allocation: equal names must become one
         // entry whatever their addresses, or the store would get a field twice.
-        let mut at: Option<BucketIndex> = None;
+        let mut at = BucketIndex::with_capacity_and_hasher(
+            merged.buckets.len() + next.buckets.len(),
+            Default::default(),
+        );
+        for (i, d) in merged.buckets.iter().enumerate() {
+            at.insert((d.token.clone(), d.level, d.at), i);
+        }
         for later in parts {
-            let at = at.get_or_insert_with(|| {
-                let mut at = BucketIndex::with_capacity_and_hasher(
-                    merged.buckets.len() + later.buckets.len(),
-                    Default::default(),
-                );
-                for (i, d) in merged.buckets.iter().enumerate() {
-                    at.insert((d.token.clone(), d.level, d.at), i);
-                }
-                at
-            });
             merged.buckets.reserve(later.buckets.len());
             for d in later.buckets {
                 match at.entry((d.token.clone(), d.level, d.at)) {
