@@ -28,6 +28,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::shard::ShuttingDown> for ApiError {
+    fn from(e: crate::shard::ShuttingDown) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();

@@ -54,23 +54,19 @@ async fn stats(
 ) -> Result<Response, ApiError> {
     let now = crate::now_ms();
     match parse_stats_query(&params)? {
-        StatsQuery::One(token) => match api.shards.stats(&token, now) {
+        StatsQuery::One(token) => match api.shards.stats(&token, now).await? {
             Some(stats) => Ok(Json(stats).into_response()),
             None => Err(ApiError::NotFound(format!(
                 "no swaps of `{token}` within retention"
             ))),
         },
         StatsQuery::Many(tokens) => {
-            let body: serde_json::Map<String, serde_json::Value> = tokens
-                .into_iter()
-                .map(|t| {
-                    let stats = api
-                        .shards
-                        .stats(&t, now)
-                        .and_then(|s| serde_json::to_value(s).ok());
-                    (t, stats.unwrap_or(serde_json::Value::Null))
-                })
-                .collect();
+            let mut body = serde_json::Map::with_capacity(tokens.len());
+            for token in tokens {
+                let stats = api.shards.stats(&token, now).await?;
+                let value = stats.and_then(|s| serde_json::to_value(s).ok());
+                body.insert(token, value.unwrap_or(serde_json::Value::Null));
+            }
             Ok(Json(body).into_response())
         }
     }
@@ -84,6 +80,7 @@ async fn top(
     let entries = api
         .shards
         .top(&q.window, q.by, q.limit, crate::now_ms())
+        .await?
         .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{}`", q.window)))?;
     Ok(Json(json!({ "window": q.window, "by": q.by, "tokens": entries })).into_response())
 }
@@ -136,8 +133,107 @@ impl SnapshotProvider for LocalShards {
         token: &'a str,
     ) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send + 'a>> {
         Box::pin(async move {
-            self.stats(token, crate::now_ms())
-                .and_then(|s| serde_json::to_value(s).ok())
+            let stats = self.stats(token, crate::now_ms()).await.ok().flatten()?;
+            serde_json::to_value(stats).ok()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::shard::{ShardCore, StopFlag};
+    use crate::swap::{Side, Swap};
+    use crate::window::EngineConfig;
+
+    /// The status line and body of `GET path`, asked over a fresh connection.
+    fn get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer)?;
+        let status = answer.lines().next().unwrap_or_default().to_string();
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        Ok((status, body))
+    }
+
+    /// While a batch part holds the engine, `/stats` requests wait for it off
+    /// the runtime's workers (two here, as on a 2-core pod): `/healthz` still
+    /// answers at once, and the stats come once the engine is free. Waiting
+    /// on the workers, four such requests stalled every other request.
+    #[test]
+    fn healthz_answers_while_stats_requests_wait_for_the_engine() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = EngineConfig {
+            windows: WindowSpec::defaults(),
+            dedup_horizon_ms: 86_400_000,
+            retention_ms: 2 * 86_400_000,
+        };
+        let core = Arc::new(ShardCore::new(0, config, Arc::default()));
+        let swap = Swap {
+            event_id: "e1".into(),
+            token: "T0".into(),
+            wallet: Some("w1".into()),
+            side: Side::Buy,
+            amount: 2.0,
+            usd: 1.0,
+            rate: 0.5,
+            created_at_ms: None,
+            executed_at_ms: crate::now_ms() - 1_000,
+        };
+        core.apply_batch(&[swap], crate::now_ms());
+        let ws = WsSettings::default();
+        let api = LocalApi {
+            shards: Arc::new(LocalShards::new(1, vec![core.clone()])),
+            hub: Hub::new(ws.max_subscriptions, ws.client_queue),
+            ws,
+            windows: WindowSpec::defaults(),
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        runtime.spawn(super::super::serve_on(
+            listener,
+            local_routes(api),
+            StopFlag::default(),
+        ));
+
+        let held = core.hold_engine();
+        let asking: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || get(addr, "/stats?token=T0")))
+            .collect();
+        // Time for the four to reach their handlers (what lets the old wait
+        // show; the answer below does not depend on it).
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, body) = get(addr, "/healthz").expect("healthz while the engine is held");
+        assert!(status.contains("200"), "{status}: {body}");
+        assert!(
+            asking.iter().all(|a| !a.is_finished()),
+            "stats answered while the engine was held"
+        );
+        drop(held);
+        for asked in asking {
+            let (status, body) = asked.join().expect("asker").expect("stats");
+            assert!(status.contains("200"), "{status}: {body}");
+            let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+            assert_eq!(stats["windows"]["5m"]["txns"], 1, "{body}");
+        }
     }
 }

@@ -11,14 +11,19 @@ use swapstats::config::Settings;
 use swapstats::shard::{ChangeFeed, LocalShards, StopFlag};
 
 /// Drops aged-out data every 10 s: of partitions that get no batches (each
-/// batch's parts expire too, see `ShardCore::apply_batch`).
+/// batch's parts expire too, see `ShardCore::apply_batch`). On the blocking
+/// pool, as batches are applied: it waits for the engine while a part holds it.
 fn spawn_expiry(shards: Arc<LocalShards>, stop: StopFlag) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         while !stop.is_set() {
             tick.tick().await;
             for core in shards.cores() {
-                core.expire(swapstats::now_ms());
+                let core = core.clone();
+                let expiry = tokio::task::spawn_blocking(move || core.expire(swapstats::now_ms()));
+                if let Err(e) = expiry.await {
+                    tracing::error!(error = %e, "expiry task failed");
+                }
             }
         }
     });

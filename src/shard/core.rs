@@ -2,7 +2,7 @@
 //! HTTP API and metrics read. Shared between the pipeline task and handlers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use parking_lot::{Mutex as FairMutex, MutexGuard};
@@ -139,10 +139,19 @@ impl ChangeFeed {
 /// speed: 5,000-swap parts applied 43 % fewer swaps/s in `apply/steady_*`.
 pub const APPLY_CHUNK_SWAPS: usize = 20_000;
 
+/// An engine read asked from async code that never ran: the runtime shut
+/// down before the blocking pool got to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the process is shutting down")]
+pub struct ShuttingDown;
+
 /// One partition: engine, counters, health.
 pub struct ShardCore {
     pub partition: u32,
     engine: FairMutex<WindowEngine>,
+    /// Tokens the engine held when a mutation last released it: `/readyz`
+    /// and `/metrics` read it without waiting for the engine.
+    tokens: AtomicUsize,
     pub counters: ShardCounters,
     pub changes: Arc<ChangeFeed>,
     ready: AtomicBool,
@@ -157,6 +166,7 @@ impl ShardCore {
         Self {
             partition,
             engine: FairMutex::new(WindowEngine::new(engine)),
+            tokens: AtomicUsize::new(0),
             counters,
             changes,
             ready: AtomicBool::new(false),
@@ -168,6 +178,39 @@ impl ShardCore {
         // No poisoning: a panic while holding the lock leaves a consistent
         // engine (every method finishes its mutation before returning).
         self.engine.lock()
+    }
+
+    /// Holds the engine as a batch part does, for tests of what waits on it.
+    #[cfg(test)]
+    pub(crate) fn hold_engine(&self) -> MutexGuard<'_, WindowEngine> {
+        self.engine()
+    }
+
+    /// Updates the token gauge from an engine this core has just changed.
+    fn count_tokens(&self, engine: &WindowEngine) {
+        self.tokens.store(engine.token_count(), Ordering::Relaxed);
+    }
+
+    /// Runs `read` on the engine, for async code (HTTP handlers, WS updates,
+    /// snapshots). Waiting for the lock on a runtime worker, as the sync
+    /// methods do, would stall every task queued on that worker (reads,
+    /// persists, pings) while a batch part holds the engine, tens of ms at
+    /// full rate. So the engine is read in place only when it is free, and
+    /// otherwise the wait moves to the blocking pool.
+    pub async fn read<R, F>(self: &Arc<Self>, read: F) -> Result<R, ShuttingDown>
+    where
+        F: FnOnce(&WindowEngine) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if let Some(engine) = self.engine.try_lock() {
+            return Ok(read(&engine));
+        }
+        let core = self.clone();
+        match tokio::task::spawn_blocking(move || read(&core.engine())).await {
+            Ok(answer) => Ok(answer),
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            Err(_) => Err(ShuttingDown),
+        }
     }
 
     /// Applies a batch of valid swaps and counts the outcome: one effect for
@@ -183,6 +226,7 @@ impl ShardCore {
                 let mut engine = self.engine();
                 let (part, part_counts) = engine.apply_batch(chunk, now_ms);
                 engine.expire(now_ms);
+                self.count_tokens(&engine);
                 MutexGuard::unlock_fair(engine);
                 counts += part_counts;
                 part
@@ -201,7 +245,9 @@ impl ShardCore {
 
     /// Merges restored state into the engine.
     pub fn restore(&self, effect: &BatchEffect) {
-        self.engine().restore(effect);
+        let mut engine = self.engine();
+        engine.restore(effect);
+        self.count_tokens(&engine);
     }
 
     /// Takes over event ids restored apart from the tokens.
@@ -211,12 +257,16 @@ impl ShardCore {
 
     /// Forgets all state (before a restore starts over).
     pub fn clear(&self) {
-        self.engine().clear();
+        let mut engine = self.engine();
+        engine.clear();
+        self.count_tokens(&engine);
     }
 
     /// Drops aged-out data.
     pub fn expire(&self, now_ms: i64) {
-        self.engine().expire(now_ms);
+        let mut engine = self.engine();
+        engine.expire(now_ms);
+        self.count_tokens(&engine);
     }
 
     /// Stats of one token.
@@ -235,9 +285,10 @@ impl ShardCore {
         self.engine().top(window, by, limit, now_ms)
     }
 
-    /// Number of tokens held.
+    /// Number of tokens held, as of the engine's last change (never waits
+    /// for the engine).
     pub fn token_count(&self) -> usize {
-        self.engine().token_count()
+        self.tokens.load(Ordering::Relaxed)
     }
 
     /// Whether the shard serves (restored, caught up, store healthy).

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::ShardCore;
+use super::{ShardCore, ShuttingDown};
 use crate::partition::partition_for;
 use crate::window::{RankBy, TokenStats, TopEntry};
 
@@ -30,24 +30,39 @@ impl LocalShards {
         self.cores.iter().find(|c| c.partition == p)
     }
 
-    /// Stats of a token held here.
-    pub fn stats(&self, token: &str, now_ms: i64) -> Option<TokenStats> {
-        self.core_for(token)?.stats(token, now_ms)
+    /// Stats of a token held here (`None`: not held here, or no swaps in
+    /// retention). Never holds a runtime worker while the engine is busy
+    /// (see [`ShardCore::read`]).
+    pub async fn stats(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<Option<TokenStats>, ShuttingDown> {
+        let Some(core) = self.core_for(token) else {
+            return Ok(None);
+        };
+        let token = token.to_owned();
+        core.read(move |engine| engine.stats(&token, now_ms)).await
     }
 
     /// Top tokens over all partitions held; `None` for an unknown window.
-    pub fn top(
+    pub async fn top(
         &self,
         window: &str,
         by: RankBy,
         limit: usize,
         now_ms: i64,
-    ) -> Option<Vec<TopEntry>> {
+    ) -> Result<Option<Vec<TopEntry>>, ShuttingDown> {
         let mut all = Vec::new();
         for core in &self.cores {
-            all.extend(core.top(window, by, limit, now_ms)?);
+            let window = window.to_owned();
+            let top = core
+                .read(move |engine| engine.top(&window, by, limit, now_ms))
+                .await?;
+            let Some(top) = top else { return Ok(None) };
+            all.extend(top);
         }
-        Some(merge_top(all, limit))
+        Ok(Some(merge_top(all, limit)))
     }
 
     /// True when every partition held is ready.

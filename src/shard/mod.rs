@@ -8,7 +8,9 @@ pub mod pipeline;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use self::core::{engine_config, ChangeFeed, ShardCore, ShardCounters, APPLY_CHUNK_SWAPS};
+pub use self::core::{
+    engine_config, ChangeFeed, ShardCore, ShardCounters, ShuttingDown, APPLY_CHUNK_SWAPS,
+};
 pub use local::{merge_top, LocalShards};
 pub use pipeline::{
     run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, PipelineError, RecordSource,

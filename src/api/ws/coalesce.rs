@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 use super::hub::Hub;
 use super::protocol::ServerMessage;
@@ -51,7 +51,7 @@ pub async fn run_coalescer(
                     pending.entry(token).or_insert(*sent + interval);
                 }
                 _ => {
-                    publish(&hub, &shards, &token, trace.as_ref());
+                    publish(&hub, &shards, &token, trace.as_ref()).await;
                     last_sent.insert(token, now);
                 }
             }
@@ -68,7 +68,7 @@ pub async fn run_coalescer(
             } else {
                 pending_traces.remove(&token)
             };
-            publish(&hub, &shards, &token, trace.as_ref());
+            publish(&hub, &shards, &token, trace.as_ref()).await;
             last_sent.insert(token, now);
         }
         if now.duration_since(last_cleanup) > Duration::from_secs(10) {
@@ -80,7 +80,7 @@ pub async fn run_coalescer(
 
 /// Pushes `token`'s stats to its subscribers; with `trace` (the sampled batch
 /// that changed it), inside a `ws_push` span that continues the batch's trace.
-fn publish(hub: &Hub, shards: &LocalShards, token: &str, trace: Option<&SpanContext>) {
+async fn publish(hub: &Hub, shards: &LocalShards, token: &str, trace: Option<&SpanContext>) {
     let span = match trace.filter(|t| t.is_sampled()) {
         Some(parent) => {
             let span = tracing::info_span!("ws_push", token, clients = tracing::field::Empty);
@@ -89,17 +89,19 @@ fn publish(hub: &Hub, shards: &LocalShards, token: &str, trace: Option<&SpanCont
         }
         None => Span::none(),
     };
-    let _entered = span.enter();
-    let Some(stats) = shards.stats(token, crate::now_ms()) else {
-        return;
+    let push = async {
+        let Ok(Some(stats)) = shards.stats(token, crate::now_ms()).await else {
+            return;
+        };
+        let Ok(stats) = serde_json::to_value(&stats) else {
+            return;
+        };
+        let message = ServerMessage::Update {
+            token: token.to_string(),
+            stats,
+        };
+        let clients = hub.publish(token, Utf8Bytes::from(message.to_text()));
+        Span::current().record("clients", clients);
     };
-    let Ok(stats) = serde_json::to_value(&stats) else {
-        return;
-    };
-    let message = ServerMessage::Update {
-        token: token.to_string(),
-        stats,
-    };
-    let clients = hub.publish(token, Utf8Bytes::from(message.to_text()));
-    span.record("clients", clients);
+    push.instrument(span).await
 }
