@@ -61,12 +61,15 @@ async fn stats(
             ))),
         },
         StatsQuery::Many(tokens) => {
-            let mut body = serde_json::Map::with_capacity(tokens.len());
-            for token in tokens {
-                let stats = api.shards.stats(&token, now).await?;
-                let value = stats.and_then(|s| serde_json::to_value(s).ok());
-                body.insert(token, value.unwrap_or(serde_json::Value::Null));
-            }
+            let answers = api.shards.stats_of(&tokens, now).await?;
+            let body: serde_json::Map<String, serde_json::Value> = tokens
+                .into_iter()
+                .zip(answers)
+                .map(|(token, stats)| {
+                    let value = stats.and_then(|s| serde_json::to_value(s).ok());
+                    (token, value.unwrap_or(serde_json::Value::Null))
+                })
+                .collect();
             Ok(Json(body).into_response())
         }
     }
@@ -219,13 +222,14 @@ mod tests {
         let asking: Vec<_> = (0..4)
             .map(|_| std::thread::spawn(move || get(addr, "/stats?token=T0")))
             .collect();
+        let asking_many = std::thread::spawn(move || get(addr, "/stats?tokens=T0,NOPE"));
         // Time for the four to reach their handlers (what lets the old wait
         // show; the answer below does not depend on it).
         std::thread::sleep(Duration::from_millis(300));
         let (status, body) = get(addr, "/healthz").expect("healthz while the engine is held");
         assert!(status.contains("200"), "{status}: {body}");
         assert!(
-            asking.iter().all(|a| !a.is_finished()),
+            asking.iter().all(|a| !a.is_finished()) && !asking_many.is_finished(),
             "stats answered while the engine was held"
         );
         drop(held);
@@ -235,5 +239,10 @@ mod tests {
             let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
             assert_eq!(stats["windows"]["5m"]["txns"], 1, "{body}");
         }
+        let (status, body) = asking_many.join().expect("asker").expect("stats");
+        assert!(status.contains("200"), "{status}: {body}");
+        let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+        assert_eq!(stats["T0"]["windows"]["5m"]["txns"], 1, "{body}");
+        assert!(stats["NOPE"].is_null(), "{body}");
     }
 }

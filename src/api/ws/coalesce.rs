@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use super::hub::Hub;
 use super::protocol::ServerMessage;
@@ -39,6 +39,9 @@ pub async fn run_coalescer(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now = Instant::now();
+        // Published together below: their stats are read in one engine hold
+        // per partition, not one wait per token while a batch applies.
+        let mut publishing: Vec<(Arc<str>, Option<SpanContext>)> = Vec::new();
         for (token, trace) in feed.take_traced() {
             if !hub.is_wanted(&token) {
                 continue;
@@ -51,8 +54,8 @@ pub async fn run_coalescer(
                     pending.entry(token).or_insert(*sent + interval);
                 }
                 _ => {
-                    publish(&hub, &shards, &token, trace.as_ref()).await;
-                    last_sent.insert(token, now);
+                    last_sent.insert(token.clone(), now);
+                    publishing.push((token, trace));
                 }
             }
         }
@@ -68,9 +71,10 @@ pub async fn run_coalescer(
             } else {
                 pending_traces.remove(&token)
             };
-            publish(&hub, &shards, &token, trace.as_ref()).await;
-            last_sent.insert(token, now);
+            last_sent.insert(token.clone(), now);
+            publishing.push((token, trace));
         }
+        publish(&hub, &shards, publishing).await;
         if now.duration_since(last_cleanup) > Duration::from_secs(10) {
             last_sent.retain(|_, sent| now.duration_since(*sent) < interval);
             last_cleanup = now;
@@ -78,30 +82,36 @@ pub async fn run_coalescer(
     }
 }
 
-/// Pushes `token`'s stats to its subscribers; with `trace` (the sampled batch
-/// that changed it), inside a `ws_push` span that continues the batch's trace.
-async fn publish(hub: &Hub, shards: &LocalShards, token: &str, trace: Option<&SpanContext>) {
-    let span = match trace.filter(|t| t.is_sampled()) {
-        Some(parent) => {
-            let span = tracing::info_span!("ws_push", token, clients = tracing::field::Empty);
-            crate::telemetry::set_parent(&span, parent);
-            span
-        }
-        None => Span::none(),
+/// Pushes the stats of `tokens` to their subscribers. A token with a trace
+/// (the sampled batch that changed it) is pushed inside a `ws_push` span that
+/// continues the batch's trace.
+async fn publish(hub: &Hub, shards: &LocalShards, tokens: Vec<(Arc<str>, Option<SpanContext>)>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let names: Vec<&Arc<str>> = tokens.iter().map(|(token, _)| token).collect();
+    let Ok(answers) = shards.stats_of(&names, crate::now_ms()).await else {
+        return;
     };
-    let push = async {
-        let Ok(Some(stats)) = shards.stats(token, crate::now_ms()).await else {
-            return;
+    for ((token, trace), stats) in tokens.iter().zip(answers) {
+        let span = match trace.as_ref().filter(|t| t.is_sampled()) {
+            Some(parent) => {
+                let token = &**token;
+                let span = tracing::info_span!("ws_push", token, clients = tracing::field::Empty);
+                crate::telemetry::set_parent(&span, parent);
+                span
+            }
+            None => Span::none(),
         };
-        let Ok(stats) = serde_json::to_value(&stats) else {
-            return;
+        let _entered = span.enter();
+        let Some(Ok(stats)) = stats.map(|s| serde_json::to_value(&s)) else {
+            continue;
         };
         let message = ServerMessage::Update {
             token: token.to_string(),
             stats,
         };
         let clients = hub.publish(token, Utf8Bytes::from(message.to_text()));
-        Span::current().record("clients", clients);
-    };
-    push.instrument(span).await
+        span.record("clients", clients);
+    }
 }
