@@ -22,6 +22,9 @@ pub const PROBE_TOKEN: &str = "__swapstats_router_probe__";
 pub enum FallbackError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The restore task did not finish (the runtime is shutting down).
+    #[error("restore: {0}")]
+    Restore(#[from] tokio::task::JoinError),
 }
 
 /// A second source of a token's stats, used when its shard is down.
@@ -62,9 +65,16 @@ impl<S: Store> StatsFallback for StoreFallback<S> {
             let Some(effect) = self.store.load_token(partition, token, now_ms).await? else {
                 return Ok(None);
             };
-            let mut engine = WindowEngine::new(self.engine.clone());
-            engine.restore(&effect);
-            Ok(engine.stats(token, now_ms))
+            // A busy token's day is up to hundreds of thousands of marks:
+            // restored on the blocking pool, not on a worker other requests
+            // are queued on.
+            let (config, token) = (self.engine.clone(), token.to_owned());
+            let restored = tokio::task::spawn_blocking(move || {
+                let mut engine = WindowEngine::new(config);
+                engine.restore(&effect);
+                engine.stats(&token, now_ms)
+            });
+            Ok(restored.await?)
         })
     }
 
