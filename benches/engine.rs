@@ -9,8 +9,10 @@
 //!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
 //!   shard's apply, where every mark added is also trimmed later and the
 //!   working set no longer fits in cache (about twice the fresh rows' time per
-//!   swap). After it, a printed line: how long each `expire` held the engine
-//!   when run after every part, and once after 5 M swaps.
+//!   swap). After it, printed lines: how long each `expire` held the engine
+//!   when run after every part, and once after 5 M swaps; how long each
+//!   part's apply held it, alone (the shard's longest hold) and with its
+//!   expire (what one hold cost when the shard did both at once).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
