@@ -68,10 +68,8 @@ impl LocalShards {
             }
             let found = core
                 .read(move |engine| {
-                    let found = asked.into_iter();
-                    found
-                        .map(|(i, token)| (i, engine.stats(&token, now_ms)))
-                        .collect::<Vec<_>>()
+                    let stats = |(i, token): (usize, String)| (i, engine.stats(&token, now_ms));
+                    asked.into_iter().map(stats).collect::<Vec<_>>()
                 })
                 .await?;
             for (i, stats) in found {
