@@ -507,15 +507,6 @@ async fn shard_streaming<S: Store + 'static>(
     }
 }
 
-/// How long the busiest token's stats take to answer now, in ms: what
-/// `/stats?token=BTC` asks the core, without HTTP (waiting for the engine
-/// included).
-fn stats_ms(core: &ShardCore) -> f64 {
-    let started = Instant::now();
-    std::hint::black_box(core.stats("BTC", swapstats::now_ms()));
-    started.elapsed().as_secs_f64() * 1000.0
-}
-
 /// Stats requests in flight at once on the shard's runtime, as HTTP handlers.
 const ASYNC_QUERIERS: usize = 4;
 
@@ -560,7 +551,9 @@ fn query_while(core: &ShardCore, stop: &StopFlag) -> (Vec<f64>, Vec<f64>) {
     let (mut latencies, mut oversleeps) = (Vec::new(), Vec::new());
     let nap = Duration::from_millis(1);
     while !stop.is_set() {
-        latencies.push(stats_ms(core));
+        let started = Instant::now();
+        std::hint::black_box(core.stats("BTC", swapstats::now_ms()));
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         let slept = Instant::now();
         std::thread::sleep(nap);
         oversleeps.push(slept.elapsed().saturating_sub(nap).as_secs_f64() * 1000.0);

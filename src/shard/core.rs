@@ -185,9 +185,15 @@ impl ShardCore {
         self.engine()
     }
 
-    /// Updates the token gauge from an engine this core has just changed.
-    fn count_tokens(&self, engine: &WindowEngine) {
+    /// Runs `change` under the engine lock, then updates the token gauge and
+    /// hands the engine to a waiting query first: every mutation goes through
+    /// here, so the gauge never lags one.
+    fn change<R>(&self, change: impl FnOnce(&mut WindowEngine) -> R) -> R {
+        let mut engine = self.engine();
+        let changed = change(&mut engine);
         self.tokens.store(engine.token_count(), Ordering::Relaxed);
+        MutexGuard::unlock_fair(engine);
+        changed
     }
 
     /// Runs `read` on the engine, for async code (HTTP handlers, WS updates,
@@ -233,10 +239,7 @@ impl ShardCore {
         let parts: Vec<BatchEffect> = swaps
             .chunks(APPLY_CHUNK_SWAPS)
             .map(|chunk| {
-                let mut engine = self.engine();
-                let (part, part_counts) = engine.apply_batch(chunk, now_ms);
-                self.count_tokens(&engine);
-                MutexGuard::unlock_fair(engine);
+                let (part, part_counts) = self.change(|engine| engine.apply_batch(chunk, now_ms));
                 self.expire(now_ms);
                 counts += part_counts;
                 part
@@ -255,30 +258,23 @@ impl ShardCore {
 
     /// Merges restored state into the engine.
     pub fn restore(&self, effect: &BatchEffect) {
-        let mut engine = self.engine();
-        engine.restore(effect);
-        self.count_tokens(&engine);
+        self.change(|engine| engine.restore(effect));
     }
 
     /// Takes over event ids restored apart from the tokens.
     pub fn adopt_events(&self, events: RestoredEvents) {
-        self.engine().adopt_events(events);
+        self.change(|engine| engine.adopt_events(events));
     }
 
     /// Forgets all state (before a restore starts over).
     pub fn clear(&self) {
-        let mut engine = self.engine();
-        engine.clear();
-        self.count_tokens(&engine);
+        self.change(WindowEngine::clear);
     }
 
     /// Drops aged-out data, then hands the engine to a waiting query first
     /// (like each part of [`ShardCore::apply_batch`]).
     pub fn expire(&self, now_ms: i64) {
-        let mut engine = self.engine();
-        engine.expire(now_ms);
-        self.count_tokens(&engine);
-        MutexGuard::unlock_fair(engine);
+        self.change(|engine| engine.expire(now_ms));
     }
 
     /// Stats of one token, waiting for the engine where it is (threads,

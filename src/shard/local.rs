@@ -26,8 +26,13 @@ impl LocalShards {
 
     /// The core owning `token`, if this process holds its partition.
     pub fn core_for(&self, token: &str) -> Option<&Arc<ShardCore>> {
+        self.core_index(token).map(|at| &self.cores[at])
+    }
+
+    /// Where in [`Self::cores`] the core owning `token` is, if held here.
+    fn core_index(&self, token: &str) -> Option<usize> {
         let p = partition_for(token, self.partitions);
-        self.cores.iter().find(|c| c.partition == p)
+        self.cores.iter().position(|c| c.partition == p)
     }
 
     /// Stats of a token held here (`None`: not held here, or no swaps in
@@ -38,11 +43,7 @@ impl LocalShards {
         token: &str,
         now_ms: i64,
     ) -> Result<Option<TokenStats>, ShuttingDown> {
-        let Some(core) = self.core_for(token) else {
-            return Ok(None);
-        };
-        let token = token.to_owned();
-        core.read(move |engine| engine.stats(&token, now_ms)).await
+        Ok(self.stats_of(&[token], now_ms).await?.pop().flatten())
     }
 
     /// Stats of each of `tokens`, in their order (`None` as for [`Self::stats`]):
@@ -56,8 +57,7 @@ impl LocalShards {
         let mut per_core: Vec<Vec<(usize, String)>> = vec![Vec::new(); self.cores.len()];
         for (i, token) in tokens.iter().enumerate() {
             let token = token.as_ref();
-            let partition = partition_for(token, self.partitions);
-            if let Some(at) = self.cores.iter().position(|c| c.partition == partition) {
+            if let Some(at) = self.core_index(token) {
                 per_core[at].push((i, token.to_owned()));
             }
         }
