@@ -18,7 +18,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{default_config, Stream};
+use common::{default_config, p50_p99_max, Stream};
 use swapstats::shard::{ChangeFeed, ShardCore};
 use swapstats::swap::Swap;
 use swapstats::window::RankBy;
@@ -117,12 +117,8 @@ async fn ask(
 
 /// p50, p99 and max of latencies in µs (a stats query takes about one).
 fn summary_us(latencies: &mut [f64]) -> String {
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    format!(
-        "p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs",
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    )
+    match p50_p99_max(latencies) {
+        None => "no samples".into(),
+        Some([p50, p99, max]) => format!("p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.0} µs"),
+    }
 }

@@ -284,16 +284,22 @@ fn parse_stat(stat: &str) -> ProcessStat {
 
 /// `p50 / p99 / max` of latencies in ms (sorts them).
 pub fn latency_summary(latencies: &mut [f64]) -> String {
-    if latencies.is_empty() {
-        return "no samples".into();
+    match p50_p99_max(latencies) {
+        None => "no samples".into(),
+        Some([p50, p99, max]) => format!(
+            "p50 {p50:.2} ms, p99 {p99:.1} ms, max {max:.1} ms ({} samples)",
+            latencies.len()
+        ),
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    format!(
-        "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-        at(0.5),
-        at(0.99),
-        at(1.0),
-        latencies.len()
-    )
+}
+
+/// The median, 99th percentile and maximum of `values` (sorts them); `None`
+/// when there are none.
+pub fn p50_p99_max(values: &mut [f64]) -> Option<[f64; 3]> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+    Some([at(0.5), at(0.99), at(1.0)])
 }
