@@ -10,7 +10,7 @@
 //! tokens Zipf(1.0), 10k wallets). With queries that exclude one another, more
 //! tasks only queue; with shared reads, two run at once on the two workers.
 //!
-//! Run: `cargo bench --bench shard_queries` (about 40 s).
+//! Run: `cargo bench --bench shard_queries` (about 30 s once built).
 
 #[path = "common/mod.rs"]
 mod common;
