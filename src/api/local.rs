@@ -183,12 +183,11 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let config = EngineConfig {
-            windows: WindowSpec::defaults(),
-            dedup_horizon_ms: 86_400_000,
-            retention_ms: 2 * 86_400_000,
-        };
-        let core = Arc::new(ShardCore::new(0, config, Arc::default()));
+        let core = Arc::new(ShardCore::new(
+            0,
+            EngineConfig::service_defaults(),
+            Arc::default(),
+        ));
         let swap = Swap {
             event_id: "e1".into(),
             token: "T0".into(),

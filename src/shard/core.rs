@@ -330,17 +330,12 @@ impl ShardCore {
 mod tests {
     use super::*;
     use crate::swap::Side;
-    use crate::window::{Level, WindowSpec};
+    use crate::window::Level;
 
     const NOW: i64 = 1_700_000_040_000;
 
     fn test_core() -> ShardCore {
-        let config = EngineConfig {
-            windows: WindowSpec::defaults(),
-            dedup_horizon_ms: 86_400_000,
-            retention_ms: 2 * 86_400_000,
-        };
-        ShardCore::new(0, config, Arc::default())
+        ShardCore::new(0, EngineConfig::service_defaults(), Arc::default())
     }
 
     /// `n` distinct swaps of tokens `T0`..`T{tokens - 1}` in the 5 s before [`NOW`].

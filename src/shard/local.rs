@@ -124,21 +124,22 @@ pub fn merge_top(mut entries: Vec<TopEntry>, limit: usize) -> Vec<TopEntry> {
 mod tests {
     use super::*;
     use crate::swap::{Side, Swap};
-    use crate::window::{EngineConfig, WindowSpec};
+    use crate::window::EngineConfig;
 
     /// Tokens of both partitions, some held and some not: each answer lands
     /// at its token's place, `None` for a token without swaps.
     #[tokio::test]
     async fn stats_of_answers_each_token_in_order() {
         let now = crate::now_ms();
-        let config = EngineConfig {
-            windows: WindowSpec::defaults(),
-            dedup_horizon_ms: 86_400_000,
-            retention_ms: 2 * 86_400_000,
-        };
         let tokens: Vec<String> = (0..12).map(|i| format!("T{i}")).collect();
         let cores: Vec<Arc<ShardCore>> = (0..2)
-            .map(|p| Arc::new(ShardCore::new(p, config.clone(), Arc::default())))
+            .map(|p| {
+                Arc::new(ShardCore::new(
+                    p,
+                    EngineConfig::service_defaults(),
+                    Arc::default(),
+                ))
+            })
             .collect();
         let shards = LocalShards::new(2, cores);
         // T0..T7 swapped i + 1 times; T8..T11 never.

@@ -923,6 +923,19 @@ fn level_keys(executed_at_ms: i64, now_ms: i64) -> [Option<i64>; 2] {
     ]
 }
 
+/// The service's defaults (windows 5m, 1h, 6h, 24h; 24 h dedup horizon; 48 h
+/// retention), for tests that need no particular configuration.
+#[cfg(test)]
+impl EngineConfig {
+    pub(crate) fn service_defaults() -> Self {
+        Self {
+            windows: super::WindowSpec::defaults(),
+            dedup_horizon_ms: 24 * 3_600_000,
+            retention_ms: 48 * 3_600_000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -932,14 +945,6 @@ mod tests {
     const HOUR: i64 = 3_600_000;
     /// Minute-aligned.
     const T0: i64 = 1_700_000_040_000;
-
-    fn config() -> EngineConfig {
-        EngineConfig {
-            windows: WindowSpec::defaults(),
-            dedup_horizon_ms: 24 * HOUR,
-            retention_ms: 48 * HOUR,
-        }
-    }
 
     fn swap(id: &str, token: &str, wallet: Option<&str>, side: Side, usd: f64, at: i64) -> Swap {
         Swap {
@@ -963,7 +968,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_late_swaps_are_dropped() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         let s = swap("e1", "T", Some("w"), Side::Buy, 10.0, T0);
         assert_eq!(engine.apply(&s, T0), ApplyOutcome::Applied);
         assert_eq!(engine.apply(&s, T0 + 5), ApplyOutcome::Duplicate);
@@ -981,7 +986,7 @@ mod tests {
 
     #[test]
     fn expire_forgets_events_buckets_marks_and_tokens() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         engine.apply(&swap("a", "OLD", Some("w1"), Side::Buy, 5.0, T0), T0);
         engine.apply(
             &swap("b", "NEW", Some("w2"), Side::Sell, 7.0, T0 + 3 * HOUR),
@@ -1044,7 +1049,7 @@ mod tests {
 
     #[test]
     fn expire_visits_only_due_tokens() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         for i in 0..100 {
             engine.apply(
                 &swap(
@@ -1073,14 +1078,14 @@ mod tests {
 
     #[test]
     fn a_trimmed_token_is_trimmed_again_after_the_slack_and_leaves_on_time() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         let slack = EngineTuning::default().trim_slack_ms;
         assert_eq!(engine.tuning.trim_slack_ms, slack);
         let eager_tuning = EngineTuning {
             trim_slack_ms: 0,
             ..EngineTuning::default()
         };
-        let mut eager = WindowEngine::with_tuning(config(), eager_tuning);
+        let mut eager = WindowEngine::with_tuning(EngineConfig::service_defaults(), eager_tuning);
         for (i, at) in [T0, T0 + 10_000, T0 + 20_000].into_iter().enumerate() {
             let s = swap(&format!("e{i}"), "T", Some("w"), Side::Buy, 1.0, at);
             engine.apply(&s, at);
@@ -1114,14 +1119,14 @@ mod tests {
         // Too short a retention for the longest window twice: no slack.
         let short = EngineConfig {
             retention_ms: 47 * HOUR,
-            ..config()
+            ..EngineConfig::service_defaults()
         };
         assert_eq!(WindowEngine::new(short).tuning.trim_slack_ms, 0);
     }
 
     #[test]
     fn tokens_trimmed_together_are_next_due_at_spread_times() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         let slack = engine.tuning.trim_slack_ms;
         for i in 0..100 {
             for (n, at) in [T0, T0 + 10_000].into_iter().enumerate() {
@@ -1152,7 +1157,7 @@ mod tests {
 
     #[test]
     fn stale_second_data_is_not_kept() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         let (effect, counts) = engine.apply_batch(
             &[swap("a", "T", Some("w"), Side::Buy, 1.0, T0)],
             T0 + 3 * HOUR,
@@ -1223,9 +1228,9 @@ mod tests {
         swaps.insert(10, swaps[2].clone());
         let (first, second) = swaps.split_at(swaps.len() / 2);
 
-        let mut whole_engine = WindowEngine::new(config());
+        let mut whole_engine = WindowEngine::new(EngineConfig::service_defaults());
         let (whole, whole_counts) = whole_engine.apply_batch(&swaps, now);
-        let mut parts_engine = WindowEngine::new(config());
+        let mut parts_engine = WindowEngine::new(EngineConfig::service_defaults());
         let (earlier, mut parts_counts) = parts_engine.apply_batch(first, now);
         let (later, later_counts) = parts_engine.apply_batch(second, now);
         assert!(later.buckets.iter().any(|d| earlier
@@ -1288,7 +1293,7 @@ mod tests {
         assert_eq!(events(&parts), events(&whole));
 
         // Restored, the merged effect answers what the engine that made it does.
-        let mut restored = WindowEngine::new(config());
+        let mut restored = WindowEngine::new(EngineConfig::service_defaults());
         restored.restore(&parts);
         for token in ["A", "B", "C"] {
             let (a, b) = (
@@ -1309,7 +1314,7 @@ mod tests {
 
     #[test]
     fn batch_marks_only_add_bits() {
-        let mut engine = WindowEngine::new(config());
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
         engine.apply(&swap("a", "T", Some("w"), Side::Buy, 1.0, T0), T0);
         let batch = [
             swap("b", "T", Some("w"), Side::Buy, 1.0, T0 + 10),
