@@ -220,7 +220,7 @@ fn report_engine_holds(
     }
     let started = Instant::now();
     engine.expire(now);
-    let once = started.elapsed().as_secs_f64() * 1000.0;
+    let once = ms(started);
     println!(
         "expire holds, steady engine: after each {BATCH}-swap part {} ({:.3} ms per 1,000 swaps); once after 5 M swaps {once:.1} ms",
         common::latency_summary(&mut expiries),
