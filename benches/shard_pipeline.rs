@@ -511,8 +511,8 @@ async fn shard_streaming<S: Store + 'static>(
 const ASYNC_QUERIERS: usize = 4;
 
 /// Answer times of BTC's stats asked as the `/stats` handler asks them
-/// ([`ShardCore::read`]: in place when the engine is free, otherwise waiting
-/// on the blocking pool), from a task on the shard's runtime, one query per
+/// ([`ShardCore::read`]: in place when no mutation holds or waits for the
+/// engine, otherwise queued until the next part ends), from a task on the shard's runtime, one query per
 /// ms or so until `stop`. Timed from when each query was due (the end of the
 /// task's 1 ms sleep), as a client sees it: a task whose worker is held up
 /// starts late, and that wait counts too.

@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 
 use opentelemetry::trace::SpanContext;
 use tokio::sync::Notify;
 
+use super::engine_lock::{EngineLock, ShuttingDown};
 use crate::config::Settings;
 use crate::swap::{RejectReason, Swap};
 use crate::window::{
@@ -138,17 +139,11 @@ impl ChangeFeed {
 /// speed: 5,000-swap parts applied 43 % fewer swaps/s in `apply/steady_*`.
 pub const APPLY_CHUNK_SWAPS: usize = 20_000;
 
-/// An engine read asked from async code that never ran: the runtime shut
-/// down before the blocking pool got to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the process is shutting down")]
-pub struct ShuttingDown;
-
 /// One partition: engine, counters, health.
 pub struct ShardCore {
     pub partition: u32,
     /// Queries share it (reads take `&WindowEngine`); mutations hold it alone.
-    engine: RwLock<WindowEngine>,
+    engine: Arc<EngineLock>,
     /// Tokens the engine held when a mutation last released it: `/readyz`
     /// and `/metrics` read it without waiting for the engine.
     tokens: AtomicUsize,
@@ -165,7 +160,7 @@ impl ShardCore {
         counters.applied_offset.store(-1, Ordering::Relaxed);
         Self {
             partition,
-            engine: RwLock::new(WindowEngine::new(engine)),
+            engine: Arc::new(EngineLock::new(WindowEngine::new(engine))),
             tokens: AtomicUsize::new(0),
             counters,
             changes,
@@ -183,7 +178,7 @@ impl ShardCore {
 
     /// The engine for a query, shared with other queries.
     fn engine(&self) -> RwLockReadGuard<'_, WindowEngine> {
-        self.engine.read()
+        self.engine.read_blocking()
     }
 
     /// Holds the engine as a batch part does, for tests of what waits on it.
@@ -215,25 +210,15 @@ impl ShardCore {
     /// stall every task queued on that worker (reads, persists, pings) while a
     /// batch part holds the engine, tens of ms at full rate. So the engine is
     /// read in place only when no mutation holds or waits for it, and
-    /// otherwise the wait moves to the blocking pool. Streaming at full rate
-    /// with 4 stats tasks, the runtime's 1 ms timers then woke late p99 13–19
-    /// ms instead of 63–68 (into Redis) and 7–8 instead of 51–81 (in-memory),
-    /// at the same rate (`BENCH_ROUNDS=1 BENCH_STREAM_SWAPS=1000000 cargo
-    /// bench --bench shard_pipeline`, 3 alternated pairs).
-    pub async fn read<R, F>(self: &Arc<Self>, read: F) -> Result<R, ShuttingDown>
-    where
-        F: FnOnce(&WindowEngine) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        if let Some(engine) = self.engine.try_read() {
-            return Ok(read(&engine));
-        }
-        let core = self.clone();
-        match tokio::task::spawn_blocking(move || read(&core.engine())).await {
-            Ok(answer) => Ok(answer),
-            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-            Err(_) => Err(ShuttingDown),
-        }
+    /// otherwise the query waits off the workers, queued with the others
+    /// behind one blocking-pool thread (`EngineLock::read`).
+    /// Streaming at full rate with 4 stats tasks, the runtime's 1 ms timers
+    /// then woke late p99 13–19 ms instead of 63–68 (into Redis) and 7–8
+    /// instead of 51–81 (in-memory), at the same rate (`BENCH_ROUNDS=1
+    /// BENCH_STREAM_SWAPS=1000000 cargo bench --bench shard_pipeline`, 3
+    /// alternated pairs).
+    pub async fn read<R>(&self, read: impl FnOnce(&WindowEngine) -> R) -> Result<R, ShuttingDown> {
+        self.engine.read(read).await
     }
 
     /// Applies a batch of valid swaps and counts the outcome: one effect for

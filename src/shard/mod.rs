@@ -2,15 +2,15 @@
 //! the set of partitions a process holds.
 
 mod core;
+mod engine_lock;
 mod local;
 pub mod pipeline;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use self::core::{
-    engine_config, ChangeFeed, ShardCore, ShardCounters, ShuttingDown, APPLY_CHUNK_SWAPS,
-};
+pub use self::core::{engine_config, ChangeFeed, ShardCore, ShardCounters, APPLY_CHUNK_SWAPS};
+pub use engine_lock::ShuttingDown;
 pub use local::{merge_top, LocalShards};
 pub use pipeline::{
     run_pipeline, DeadLetterSink, LogDeadLetters, PipelineConfig, PipelineError, RecordSource,
