@@ -3,16 +3,19 @@
 //! - `apply/*`: 1 M pre-decoded arrivals (1000 tokens Zipf(1.0), 10k wallets
 //!   Zipf(0.9), 1% duplicates, 1000 swaps/s of block time, 0–2 s disorder with 1%
 //!   up to a minute) into a fresh engine, one swap at a time and in batches of
-//!   500 and of 20,000 (the shard's `APPLY_CHUNK_SWAPS`: the part of a batch
-//!   it applies under one engine lock).
+//!   500 and of 20,000 (`WindowEngine::apply_batch`).
 //! - `apply/steady_*`: the same stream continued, 1 M swaps at a time, into one
 //!   engine that already holds 3 h of it (dedup horizon 10 min): a long-running
 //!   shard's apply, where every mark added is also trimmed later and the
 //!   working set no longer fits in cache (about twice the fresh rows' time per
-//!   swap). After it, printed lines: how long each `expire` held the engine
-//!   when run after every part, and once after 5 M swaps; how long each
-//!   part's apply held it, alone (the shard's longest hold) and with its
-//!   expire (what one hold cost when the shard did both at once).
+//!   swap). Applied as `ShardCore::apply_batch` applies a 50,000-swap batch
+//!   (`shard.batch_max_swaps`): admitted in chunks of `ADMIT_CHUNK_SWAPS`,
+//!   grouped by token, applied `APPLY_CHUNK_SWAPS` per part, expiry after
+//!   each part (`EXPIRE_CHUNK_EVENTS` ids or `EXPIRE_CHUNK_TOKENS` tokens
+//!   per hold). After it, printed lines: how long each `expire` held the
+//!   engine when run after every part, and once after 5 M swaps; how long
+//!   each admission chunk and each part's apply held it (a query waits out at
+//!   most one hold).
 //! - `stats/*`, `top/*`: one full day built first (300 swaps/s over 1000 tokens
 //!   Zipf(1.3), the busiest ~85 swaps/s), then one token's full stats (4 windows,
 //!   current + previous, uniques) for a quiet token (one swap), the 600th (~120
@@ -41,9 +44,11 @@ use std::time::{Duration, Instant};
 
 use common::{default_config, Stream, HOUR, SECOND, T0};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use swapstats::shard::APPLY_CHUNK_SWAPS;
+use swapstats::shard::{
+    ADMIT_CHUNK_SWAPS, APPLY_CHUNK_SWAPS, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS,
+};
 use swapstats::swap::{Side, Swap};
-use swapstats::window::{BatchEffect, EngineConfig, RankBy, WindowEngine};
+use swapstats::window::{AdmittedBatch, BatchEffect, EngineConfig, RankBy, WindowEngine};
 
 const APPLY_SWAPS: usize = 1_000_000;
 
@@ -81,8 +86,7 @@ fn bench_apply(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    // 500, and the part of a batch the shard applies at once.
-    for size in [500, APPLY_CHUNK_SWAPS] {
+    for size in [500, 20_000] {
         group.bench_function(format!("batches_of_{size}_with_expire_1M"), |b| {
             b.iter_batched(
                 || WindowEngine::new(default_config()),
@@ -133,9 +137,50 @@ fn bench_apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shard's batch size (`shard.batch_max_swaps`), for the steady rows.
+const SHARD_BATCH: usize = 50_000;
+
+/// How long each hold of a shard's batch took, in ms.
+#[derive(Default)]
+struct Holds {
+    admissions: Vec<f64>,
+    parts: Vec<f64>,
+    expiries: Vec<f64>,
+}
+
+/// Applies `swaps` in batches of [`SHARD_BATCH`] as `ShardCore::apply_batch`
+/// does, timing each hold of the engine into `holds`.
+fn apply_as_shard(engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64], holds: &mut Holds) {
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
+    for (batch, now) in batches(swaps, clocks, SHARD_BATCH) {
+        let mut admitted = AdmittedBatch::default();
+        for start in (0..batch.len()).step_by(ADMIT_CHUNK_SWAPS) {
+            let started = Instant::now();
+            let chunk = start..batch.len().min(start + ADMIT_CHUNK_SWAPS);
+            engine.admit_batch(&mut admitted, batch, chunk, now);
+            holds.admissions.push(ms(started));
+        }
+        admitted.group_by_token(batch);
+        for start in (0..admitted.len()).step_by(APPLY_CHUNK_SWAPS) {
+            let started = Instant::now();
+            let part = start..admitted.len().min(start + APPLY_CHUNK_SWAPS);
+            black_box(engine.apply_admitted(batch, &admitted, part, now));
+            holds.parts.push(ms(started));
+            loop {
+                let started = Instant::now();
+                let more = engine.expire_some(now, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS);
+                holds.expiries.push(ms(started));
+                if !more {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The same stream continued into an engine that already holds
 /// `STEADY_WARM_HOURS` of it (more than the second level's 2 h span), in
-/// batches of 20,000 with expire, as a long-running shard applies it: marks
+/// 50,000-swap batches applied as a long-running shard applies them: marks
 /// are trimmed as well as added, and the records and counters are out of
 /// cache, which the fresh rows above never reach. Dedup horizon 10 minutes
 /// (600k ids, like the fresh rows' 1 M) so the warm-up does not hold hours of
@@ -145,18 +190,14 @@ fn bench_apply_steady(
     stream: &mut Stream,
 ) {
     const STEADY_WARM_HOURS: i64 = 3;
-    const BATCH: usize = APPLY_CHUNK_SWAPS;
     let apply = |engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64]| {
-        for (chunk, now) in batches(swaps, clocks, BATCH) {
-            black_box(engine.apply_batch(chunk, now));
-            engine.expire(now);
-        }
+        apply_as_shard(engine, swaps, clocks, &mut Holds::default());
     };
     let mut next_chunk =
         || -> (Vec<Swap>, Vec<i64>) { (0..APPLY_SWAPS).map(|_| stream.next_swap()).unzip() };
     // Warmed up on first use, so a run that filters this row out skips it.
     let mut warm: Option<WindowEngine> = None;
-    group.bench_function("steady_batches_of_20000_with_expire_1M", |b| {
+    group.bench_function("steady_batches_of_50000_in_parts_1M", |b| {
         let engine = warm.get_or_insert_with(|| {
             let mut engine = WindowEngine::new(EngineConfig {
                 dedup_horizon_ms: 10 * 60 * SECOND,
@@ -189,31 +230,21 @@ fn bench_apply_steady(
 /// How long `expire` holds the engine in a long-running shard: after every
 /// part of a batch (the shard since the expiry moved into `apply_batch`), or
 /// once after 5 M swaps: what the shard's 10 s expiry tick alone met at
-/// 500k swaps/s. Also each part's apply: a query waits out at most one hold.
-/// Printed, not criterion rows: the longest holds are the point.
+/// 500k swaps/s. Also each admission chunk and each part's apply: a query
+/// waits out at most one hold. Printed, not criterion rows: the longest holds
+/// are the point.
 fn report_engine_holds(
     engine: &mut WindowEngine,
     next_chunk: &mut impl FnMut() -> (Vec<Swap>, Vec<i64>),
 ) {
-    const BATCH: usize = APPLY_CHUNK_SWAPS;
     let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
-    let (mut applies, mut expiries, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let mut holds = Holds::default();
     let (swaps, clocks) = next_chunk();
-    for (chunk, now) in batches(&swaps, &clocks, BATCH) {
-        let started = Instant::now();
-        black_box(engine.apply_batch(chunk, now));
-        let applied = ms(started);
-        let started = Instant::now();
-        engine.expire(now);
-        let expired = ms(started);
-        applies.push(applied);
-        expiries.push(expired);
-        both.push(applied + expired);
-    }
+    apply_as_shard(engine, &swaps, &clocks, &mut holds);
     let mut now = T0;
     for _ in 0..5 {
         let (swaps, clocks) = next_chunk();
-        for (chunk, at) in batches(&swaps, &clocks, BATCH) {
+        for (chunk, at) in batches(&swaps, &clocks, SHARD_BATCH) {
             now = at;
             black_box(engine.apply_batch(chunk, now));
         }
@@ -222,14 +253,14 @@ fn report_engine_holds(
     engine.expire(now);
     let once = ms(started);
     println!(
-        "expire holds, steady engine: after each {BATCH}-swap part {} ({:.3} ms per 1,000 swaps); once after 5 M swaps {once:.1} ms",
-        common::latency_summary(&mut expiries),
-        expiries.iter().sum::<f64>() / (swaps.len() as f64 / 1000.0),
+        "expire holds, steady engine: after each {APPLY_CHUNK_SWAPS}-swap part, {EXPIRE_CHUNK_EVENTS} ids or {EXPIRE_CHUNK_TOKENS} tokens each {} ({:.3} ms per 1,000 swaps); once after 5 M swaps {once:.1} ms",
+        common::latency_summary(&mut holds.expiries.clone()),
+        holds.expiries.iter().sum::<f64>() / (swaps.len() as f64 / 1000.0),
     );
     println!(
-        "apply holds, steady engine: each {BATCH}-swap part {}; apply and expire in one hold {}",
-        common::latency_summary(&mut applies),
-        common::latency_summary(&mut both),
+        "apply holds, steady engine: each {ADMIT_CHUNK_SWAPS}-swap admission {}; each {APPLY_CHUNK_SWAPS}-swap part {}",
+        common::latency_summary(&mut holds.admissions),
+        common::latency_summary(&mut holds.parts),
     );
 }
 

@@ -14,7 +14,7 @@ use super::engine_lock::{EngineLock, ShuttingDown};
 use crate::config::Settings;
 use crate::swap::{RejectReason, Swap};
 use crate::window::{
-    BatchCounts, BatchEffect, EngineConfig, RestoredEvents, TokenStats, WindowEngine,
+    AdmittedBatch, BatchCounts, BatchEffect, EngineConfig, RestoredEvents, TokenStats, WindowEngine,
 };
 
 /// Engine parameters from `windows` and `ingest.*`: what every role that holds
@@ -125,19 +125,37 @@ impl ChangeFeed {
 /// the store (`shard.batch_max_swaps`: larger batches cost Redis less per
 /// swap), but the queries of `/stats` and `/ws` wait while the engine applies,
 /// so a larger batch is applied in parts of this size, each taking the lock
-/// anew: a query waits for one part (~25–45 ms at full rate here), never for
-/// the whole batch. Parts this large keep the engine at its batch speed
-/// (`cargo bench --bench engine -- apply/`).
+/// anew: a query waits for one part, never for the whole batch.
+///
+/// The parts are cut from the batch's admitted swaps grouped by token
+/// ([`AdmittedBatch::group_by_token`]), so a part holds all of the batch's
+/// swaps of fewer tokens, and each token's records and counters are warmed
+/// once per batch, however small the parts. Cut in arrival order instead,
+/// every part touched most tokens, and parts this small cost the engine's
+/// batch speed (5,000-swap parts applied 43 % fewer swaps/s than 20,000-swap
+/// ones in `apply/steady_*`).
 ///
 /// After each part the lock goes to the waiting queries first
 /// ([`RwLockWriteGuard::unlock_fair`]). Released plainly (std's `Mutex`), it was taken
 /// straight back for the next part, and a query waited out the whole batch:
 /// the longest stats query while streaming into Redis fell from 136–220 ms to
 /// 86–166 ms (`BENCH_ROUNDS=1 BENCH_STREAM_SWAPS=1000000 cargo bench --bench
-/// shard_pipeline`, 6 runs each; what remains is mostly a part's own time on
-/// 2 busy cores). Smaller parts cut it further but cost the engine's batch
-/// speed: 5,000-swap parts applied 43 % fewer swaps/s in `apply/steady_*`.
-pub const APPLY_CHUNK_SWAPS: usize = 20_000;
+/// shard_pipeline`, 6 runs each).
+pub const APPLY_CHUNK_SWAPS: usize = 2_500;
+
+/// Most tokens trimmed, and event ids forgotten, under one hold of the engine
+/// lock. Both fall due in bunches (the ids of a whole second at once, every
+/// token whose trim came due since the batch before): with one hold per
+/// expiry, the longest was the expiry after a batch's first part (p99 24–25
+/// ms, max 42 ms in `cargo bench --bench engine -- apply/steady`, against
+/// 2.5–2.7 ms for a part).
+pub const EXPIRE_CHUNK_TOKENS: usize = 32;
+/// See [`EXPIRE_CHUNK_TOKENS`].
+pub const EXPIRE_CHUNK_EVENTS: usize = 16_384;
+
+/// Most swaps admitted (dedup) under one hold of the engine lock: admission
+/// costs a fraction of applying, so its holds are about as long as a part's.
+pub const ADMIT_CHUNK_SWAPS: usize = 8 * APPLY_CHUNK_SWAPS;
 
 /// One partition: engine, counters, health.
 pub struct ShardCore {
@@ -222,28 +240,40 @@ impl ShardCore {
     }
 
     /// Applies a batch of valid swaps and counts the outcome: one effect for
-    /// the whole batch (one store write), applied [`APPLY_CHUNK_SWAPS`] swaps
-    /// per hold of the engine lock. Each part also drops what aged out: under
-    /// load that is as much as the part brought in, spread over the parts,
-    /// where the 10 s expiry tick alone trimmed 10 s of it in one hold.
+    /// the whole batch (one store write). Dedup decides in one hold of the
+    /// engine lock, in arrival order; then the swaps it admitted, grouped by
+    /// token, are applied [`APPLY_CHUNK_SWAPS`] per hold. Each part also drops
+    /// what aged out: under load that is as much as the part brought in,
+    /// spread over the parts, where the 10 s expiry tick alone trimmed 10 s of
+    /// it in one hold.
     ///
     /// The expiry takes a hold of its own after the part's, so queries that
     /// waited during the part go first (no answer depends on whether it ran:
     /// see `EngineTuning::trim_slack_ms`). In a long-running engine that
     /// shortens the longest wait from apply plus expiry (p50 39 ms, p99 53 ms
-    /// per part in `cargo bench --bench engine -- apply/steady`) to the
-    /// apply alone (29 ms, 35 ms).
+    /// per 20,000-swap part in `cargo bench --bench engine -- apply/steady`)
+    /// to the apply alone (29 ms, 35 ms).
     pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
-        let mut counts = BatchCounts::default();
-        let parts: Vec<BatchEffect> = swaps
-            .chunks(APPLY_CHUNK_SWAPS)
-            .map(|chunk| {
-                let (part, part_counts) = self.change(|engine| engine.apply_batch(chunk, now_ms));
+        let mut admitted = AdmittedBatch::default();
+        for start in (0..swaps.len()).step_by(ADMIT_CHUNK_SWAPS) {
+            let chunk = start..swaps.len().min(start + ADMIT_CHUNK_SWAPS);
+            self.change(|engine| engine.admit_batch(&mut admitted, swaps, chunk, now_ms));
+        }
+        admitted.group_by_token(swaps);
+        let counts = admitted.counts();
+        let parts: Vec<BatchEffect> = (0..admitted.len())
+            .step_by(APPLY_CHUNK_SWAPS)
+            .map(|start| {
+                let part = start..admitted.len().min(start + APPLY_CHUNK_SWAPS);
+                let effect =
+                    self.change(|engine| engine.apply_admitted(swaps, &admitted, part, now_ms));
                 self.expire(now_ms);
-                counts += part_counts;
-                part
+                effect
             })
             .collect();
+        if parts.is_empty() && !swaps.is_empty() {
+            self.expire(now_ms);
+        }
         let effect = BatchEffect::merged(parts);
         self.counters
             .applied
@@ -270,10 +300,15 @@ impl ShardCore {
         self.change(WindowEngine::clear);
     }
 
-    /// Drops aged-out data, then hands the engine to a waiting query first
-    /// (like each part of [`ShardCore::apply_batch`]).
+    /// Drops aged-out data, [`EXPIRE_CHUNK_EVENTS`] event ids or
+    /// [`EXPIRE_CHUNK_TOKENS`] tokens per hold of the engine, each handing
+    /// the engine to waiting queries first (like each part of
+    /// [`ShardCore::apply_batch`]).
     pub fn expire(&self, now_ms: i64) {
-        self.change(|engine| engine.expire(now_ms));
+        while self
+            .change(|engine| engine.expire_some(now_ms, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS))
+        {
+        }
     }
 
     /// Stats of one token, waiting for the engine where it is (threads,
@@ -394,12 +429,16 @@ mod tests {
     }
 
     /// A query that waits while a batch is applied gets the engine between
-    /// two parts: it sees the batch half applied, instead of waiting for all
-    /// of it (the applier used to take the lock straight back).
+    /// two parts: it sees the batch partly applied, a whole number of parts,
+    /// instead of waiting for all of it (the applier used to take the lock
+    /// straight back). Only a querier parked when a part ends is sure to get
+    /// in there, and a busy machine may deschedule it between two queries
+    /// across a few short parts, so the batch has 20 of them.
     #[test]
     fn a_waiting_query_gets_the_engine_between_the_parts_of_a_batch() {
         let core = test_core();
-        let batch = swaps(3 * APPLY_CHUNK_SWAPS, 1);
+        let parts = 20;
+        let batch = swaps(parts * APPLY_CHUNK_SWAPS, 1);
         let applied = AtomicBool::new(false);
         let seen = std::thread::scope(|scope| {
             let querier = scope.spawn(|| {
@@ -422,12 +461,15 @@ mod tests {
             applied.store(true, Ordering::Release);
             querier.join().expect("querier")
         });
-        let part = APPLY_CHUNK_SWAPS as u64;
-        for between in [part, 2 * part] {
-            assert!(
-                seen.contains(&Some(between)),
-                "a query between the parts saw {between} swaps; seen: {seen:?}"
-            );
-        }
+        let (part, all) = (APPLY_CHUNK_SWAPS as u64, batch.len() as u64);
+        let between = |txns: &Option<u64>| txns.is_some_and(|n| n % part == 0 && n < all);
+        assert!(
+            seen.iter().any(between),
+            "no query got in between the parts; seen: {seen:?}"
+        );
+        assert!(
+            seen.iter().flatten().all(|n| n % part == 0),
+            "a query saw part of a part; seen: {seen:?}"
+        );
     }
 }

@@ -9,7 +9,10 @@ pub mod pipeline;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use self::core::{engine_config, ChangeFeed, ShardCore, ShardCounters, APPLY_CHUNK_SWAPS};
+pub use self::core::{
+    engine_config, ChangeFeed, ShardCore, ShardCounters, ADMIT_CHUNK_SWAPS, APPLY_CHUNK_SWAPS,
+    EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS,
+};
 pub use engine_lock::ShuttingDown;
 pub use local::{merge_top, LocalShards};
 pub use pipeline::{

@@ -73,38 +73,54 @@ impl Dedup {
     /// Kept to the millisecond, every call had to sift the whole minute that
     /// straddled the cut-off; whole seconds tell apart only whether a swap
     /// already past the horizon is counted late or duplicate.
+    #[cfg(test)]
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
+        self.expire_some(cutoff_ms, usize::MAX);
+    }
+
+    /// Like [`Dedup::expire`], forgetting at most `max_keys` keys (at full
+    /// rate a second holds hundreds of thousands); true when more are due.
+    pub(crate) fn expire_some(&mut self, cutoff_ms: i64, max_keys: usize) -> bool {
         let cut = cutoff_ms.div_euclid(SECOND_MS);
         if cut <= self.first_second {
-            return;
+            return false;
         }
         let Self {
             keys,
             by_second,
             first_second,
         } = self;
-        let forget = |expired: Vec<EventKey>, keys: &mut FastSet<EventKey>| {
-            for key in expired {
-                keys.remove(&key);
-            }
-        };
         if cut.saturating_sub(*first_second) as u64 > by_second.len() as u64 {
             // Fewer seconds held than passed (after a quiet spell): visit those.
             by_second.retain(|&second, expired| {
                 let keep = second >= cut;
                 if !keep {
-                    forget(std::mem::take(expired), keys);
+                    for key in std::mem::take(expired) {
+                        keys.remove(&key);
+                    }
                 }
                 keep
             });
         } else {
+            let mut budget = max_keys;
             for second in *first_second..cut {
-                if let Some(expired) = by_second.remove(&second) {
-                    forget(expired, keys);
+                let Some(expired) = by_second.get_mut(&second) else {
+                    continue;
+                };
+                let forget = expired.len().min(budget);
+                for key in expired.drain(expired.len() - forget..) {
+                    keys.remove(&key);
                 }
+                budget -= forget;
+                if !expired.is_empty() {
+                    *first_second = second;
+                    return true;
+                }
+                by_second.remove(&second);
             }
         }
         *first_second = if by_second.is_empty() { i64::MAX } else { cut };
+        false
     }
 
     /// Approximate heap bytes held.
@@ -148,6 +164,30 @@ mod tests {
         assert!(dedup.insert(5, 0), "usable again after everything expired");
         dedup.expire(1000);
         assert_eq!(dedup.len(), 0);
+    }
+
+    /// Expiry in calls of at most 4 keys forgets what one call forgets, and
+    /// no more: the seconds it has not reached yet stay whole.
+    #[test]
+    fn expiry_in_small_calls_forgets_the_same() {
+        let mut dedup = Dedup::default();
+        for key in 0..10 {
+            dedup.insert(key, 1_000);
+        }
+        for key in 10..15 {
+            dedup.insert(key, 2_000);
+        }
+        dedup.insert(99, 3_000);
+        let mut calls = 0;
+        while dedup.expire_some(3_000, 4) {
+            calls += 1;
+            assert!(dedup.contains(99), "the cutoff's second is kept");
+        }
+        assert_eq!(calls, 3, "15 keys, 4 per call: 3 calls say more is due");
+        assert_eq!(dedup.len(), 1);
+        assert!((0..15).all(|key| !dedup.contains(key)));
+        assert!(!dedup.expire_some(3_000, 4), "nothing more due");
+        assert!(!dedup.insert(99, 3_000), "kept as a duplicate");
     }
 
     #[test]

@@ -200,6 +200,49 @@ fn name_key(name: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(name.as_bytes())
 }
 
+/// A batch checked against dedup and retention in arrival order
+/// ([`WindowEngine::admit_batch`]): the swaps to apply, grouped by token
+/// (arrival order within a token), for [`WindowEngine::apply_admitted`] to
+/// apply in parts. A part then holds all of the batch's swaps of fewer
+/// tokens, so each token's records and counters are warmed once per batch
+/// however small the parts.
+#[derive(Debug, Default)]
+pub struct AdmittedBatch {
+    /// `(token group, index in the batch, event key)`, sorted by group, then index.
+    swaps: Vec<(u64, u32, EventKey)>,
+    counts: BatchCounts,
+}
+
+impl AdmittedBatch {
+    /// What admission decided: applied (to come), duplicates, late.
+    pub fn counts(&self) -> BatchCounts {
+        self.counts
+    }
+
+    /// Swaps to apply.
+    pub fn len(&self) -> usize {
+        self.swaps.len()
+    }
+
+    /// No swap to apply.
+    pub fn is_empty(&self) -> bool {
+        self.swaps.is_empty()
+    }
+
+    /// Puts the swaps to apply in token groups, keeping arrival order within
+    /// a token. `swaps` is the admitted batch. Needs no engine, so a shard
+    /// does it outside the engine lock.
+    pub fn group_by_token(&mut self, swaps: &[Swap]) {
+        for (group, index, _) in &mut self.swaps {
+            if let Some(swap) = swaps.get(*index as usize) {
+                *group = (name_key(&swap.token) >> 64) as u64;
+            }
+        }
+        self.swaps
+            .sort_unstable_by_key(|&(group, index, _)| (group, index));
+    }
+}
+
 /// A batch's effect while it is being built: slots and wallet ids instead of
 /// strings, deltas pre-merged per (token, level, key). The engine keeps one
 /// between batches, so a batch reuses its capacity instead of regrowing it.
@@ -209,8 +252,8 @@ struct PendingBatch {
     bucket_at: FastMap<(u32, u8, i64), u32>,
     /// One entry per swap, per level: adding them needs no merge.
     marks: [Vec<PendingMark>; 2],
-    /// Each swap's event key, dedup outcome, and token slot and wallet id where known.
-    admitted: Vec<(EventKey, ApplyOutcome, KnownIds)>,
+    /// Each applied swap's token slot and wallet id where known.
+    known: Vec<KnownIds>,
 }
 
 impl PendingBatch {
@@ -221,7 +264,7 @@ impl PendingBatch {
         }
         bytes(&self.buckets)
             + self.marks.iter().map(bytes).sum::<usize>()
-            + bytes(&self.admitted)
+            + bytes(&self.known)
             + self.bucket_at.capacity() * (std::mem::size_of::<((u32, u8, i64), u32)>() + 1)
     }
 }
@@ -377,45 +420,83 @@ impl WindowEngine {
         ApplyOutcome::Applied
     }
 
-    /// Applies a batch and returns what it changed (for the store) and the counts.
-    ///
-    /// The batch's deltas are merged first and then folded into the engine, in the
-    /// same order [`WindowEngine::restore`] folds them, so restoring the effects
-    /// of a sequence of batches rebuilds bit-identical state.
+    /// Applies a batch and returns what it changed (for the store) and the
+    /// counts: [`WindowEngine::admit_batch`], then all of it at once through
+    /// [`WindowEngine::apply_admitted`].
     pub fn apply_batch(&mut self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
-        let mut counts = BatchCounts::default();
-        let mut pending = std::mem::take(&mut self.pending);
-        let mut events = Vec::with_capacity(swaps.len());
-        // Dedup first, in a pass of its own: its set lookups do not depend on
-        // one another, so the CPU overlaps their cache misses (the set holds a
-        // day of event ids, far beyond the caches): `apply/batches_of_20000`
-        // ran 2–28 % faster in 10 of 11 runs alternating with the one-pass
-        // build (6 % slower in one). The tokens and wallets the engine already
-        // has are looked up here too, for the same reason (10k tokens and 100k
-        // wallets, batches alternating in one process: wallets 2–3 % faster,
-        // tokens then 7–9 %); creating new ones in this pass was slower.
-        let mut admitted = std::mem::take(&mut pending.admitted);
-        admitted.extend(swaps.iter().map(|swap| {
+        let mut admitted = AdmittedBatch::default();
+        self.admit_batch(&mut admitted, swaps, 0..swaps.len(), now_ms);
+        admitted.group_by_token(swaps);
+        let effect = self.apply_admitted(swaps, &admitted, 0..admitted.len(), now_ms);
+        (effect, admitted.counts())
+    }
+
+    /// Decides which of `swaps[range]` apply: not seen within the dedup
+    /// horizon, not older than the retention. Their event ids are remembered
+    /// at once (a later duplicate in the batch is one). Successive calls for
+    /// one batch must cover it in order, so the first of two swaps with one
+    /// event id is the one applied, in whatever order the admitted swaps are
+    /// applied afterwards ([`AdmittedBatch::group_by_token`]).
+    ///
+    /// Dedup runs in a pass of its own: its set lookups do not depend on one
+    /// another, so the CPU overlaps their cache misses (the set holds a day of
+    /// event ids, far beyond the caches): `apply/batches_of_20000` ran 2–28 %
+    /// faster in 10 of 11 runs alternating with the one-pass build.
+    pub fn admit_batch(
+        &mut self,
+        admitted: &mut AdmittedBatch,
+        swaps: &[Swap],
+        range: std::ops::Range<usize>,
+        now_ms: i64,
+    ) {
+        let first = range.start;
+        let Some(swaps) = swaps.get(range) else {
+            return;
+        };
+        admitted.swaps.reserve(swaps.len());
+        for (index, swap) in (first..).zip(swaps) {
             let key = event_key(&swap.event_id);
-            let outcome = self.admit(key, swap.executed_at_ms, now_ms);
-            let known = match outcome {
-                ApplyOutcome::Applied => self.known_ids(swap),
-                _ => KnownIds::default(),
-            };
-            (key, outcome, known)
-        }));
-        for (swap, (key, outcome, known)) in swaps.iter().zip(admitted.drain(..)) {
-            match outcome {
-                ApplyOutcome::Applied => counts.applied += 1,
-                ApplyOutcome::Duplicate => {
-                    counts.duplicates += 1;
-                    continue;
+            match self.admit(key, swap.executed_at_ms, now_ms) {
+                ApplyOutcome::Applied => {
+                    admitted.counts.applied += 1;
+                    admitted.swaps.push((0, index as u32, key));
                 }
-                ApplyOutcome::Late => {
-                    counts.late += 1;
-                    continue;
-                }
+                ApplyOutcome::Duplicate => admitted.counts.duplicates += 1,
+                ApplyOutcome::Late => admitted.counts.late += 1,
             }
+        }
+    }
+
+    /// Applies `part` (a range of [`AdmittedBatch::len`]) of an admitted batch
+    /// and returns what it changed, for the store. `swaps` is the batch given
+    /// to [`WindowEngine::admit_batch`]. The parts may be applied in separate
+    /// holds of the engine, with expiry in between: nothing looked up here
+    /// outlives the call.
+    ///
+    /// The part's deltas are merged first and then folded into the engine, in
+    /// the same order [`WindowEngine::restore`] folds them, so restoring the
+    /// effects of a sequence of batches rebuilds bit-identical state.
+    pub fn apply_admitted(
+        &mut self,
+        swaps: &[Swap],
+        admitted: &AdmittedBatch,
+        part: std::ops::Range<usize>,
+        now_ms: i64,
+    ) -> BatchEffect {
+        let part = admitted.swaps.get(part).unwrap_or_default();
+        let applied = || {
+            part.iter()
+                .filter_map(|&(_, index, key)| Some((swaps.get(index as usize)?, key)))
+        };
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut events = Vec::with_capacity(part.len());
+        // The tokens and wallets the engine already has are looked up in a
+        // pass of their own, like dedup (10k tokens and 100k wallets, batches
+        // alternating in one process: wallets 2–3 % faster, tokens then
+        // 7–9 %); creating new ones in this pass was slower.
+        let mut known = std::mem::take(&mut pending.known);
+        known.extend(applied().map(|(swap, _)| self.known_ids(swap)));
+        for ((swap, key), known) in applied().zip(known.drain(..)) {
             events.push(AppliedEvent {
                 key,
                 executed_at_ms: swap.executed_at_ms,
@@ -445,7 +526,7 @@ impl WindowEngine {
                 }
             }
         }
-        pending.admitted = admitted;
+        pending.known = known;
         let shape = self.tuning.shape();
         let mut effect = BatchEffect {
             buckets: Vec::with_capacity(pending.buckets.len()),
@@ -526,7 +607,7 @@ impl WindowEngine {
             marks.clear();
         }
         self.pending = pending;
-        (effect, counts)
+        effect
     }
 
     /// Merges persisted effects back in (restart from the store).
@@ -661,15 +742,32 @@ impl WindowEngine {
 
     /// Drops buckets, wallet marks and dedup entries that aged out at `now_ms`.
     pub fn expire(&mut self, now_ms: i64) {
-        self.dedup
-            .expire(now_ms.saturating_sub(self.config.dedup_horizon_ms));
+        self.expire_some(now_ms, usize::MAX, usize::MAX);
+    }
+
+    /// Like [`WindowEngine::expire`], but forgets at most `max_events` event
+    /// ids and trims at most `max_tokens` tokens, and says whether more are
+    /// due: a caller that must not hold the engine long (a shard, while
+    /// queries wait) expires in several short calls. What is left for later
+    /// stays a little longer: old data no answer depends on (see
+    /// [`EngineTuning::trim_slack_ms`]), and ids past the dedup horizon, whose
+    /// swaps would have been late by then anyway unless retention is longer.
+    pub fn expire_some(&mut self, now_ms: i64, max_events: usize, max_tokens: usize) -> bool {
+        let horizon = now_ms.saturating_sub(self.config.dedup_horizon_ms);
+        if self.dedup.expire_some(horizon, max_events) {
+            return true;
+        }
+        let mut budget = max_tokens;
         let cuts = [second_cut(now_ms), self.minute_cut(now_ms)];
         let shape = self.tuning.shape();
         let retention_ms = self.config.retention_ms;
         let trim_slack_ms = self.tuning.trim_slack_ms;
         while let Some(&Reverse((due_ms, slot, generation))) = self.schedule.peek() {
             if due_ms > now_ms {
-                break;
+                return false;
+            }
+            if budget == 0 {
+                return true;
             }
             self.schedule.pop();
             let Self {
@@ -690,6 +788,7 @@ impl WindowEngine {
             if token.scheduled_due_ms != due_ms {
                 continue;
             }
+            budget -= 1;
             token.trim(cuts, shape, |w| wallets.release(w));
             if token.is_empty() {
                 index.remove(&name_key(&token.name));
@@ -706,6 +805,7 @@ impl WindowEngine {
                 schedule.push(Reverse((due, slot, generation)));
             }
         }
+        false
     }
 
     /// Number of tokens held.
@@ -982,6 +1082,98 @@ mod tests {
         let day = stats.windows.get("24h").unwrap();
         assert_eq!(day.current.txns + day.previous.txns, 2);
         assert_eq!(engine.remembered_events(), 2);
+    }
+
+    /// Two swaps of one event id on different tokens: the one that arrived
+    /// first is applied, though admitted swaps are applied grouped by token
+    /// (in one of the two orders, the other token's group comes first).
+    #[test]
+    fn the_first_of_one_event_id_is_applied_across_token_groups() {
+        for (first, second) in [("X", "Y"), ("Y", "X")] {
+            let mut engine = WindowEngine::new(EngineConfig::service_defaults());
+            let batch = [
+                swap("e1", first, Some("w"), Side::Buy, 1.0, T0),
+                swap("e1", second, Some("w"), Side::Buy, 1.0, T0),
+            ];
+            let (effect, counts) = engine.apply_batch(&batch, T0);
+            assert_eq!((counts.applied, counts.duplicates), (1, 1));
+            assert!(engine.stats(first, T0).is_some(), "{first} arrived first");
+            assert!(
+                engine.stats(second, T0).is_none(),
+                "{second} is the duplicate"
+            );
+            assert!(effect.buckets.iter().all(|b| &*b.token == first));
+        }
+    }
+
+    /// An admitted batch applied in parts, grouped by token, leaves the same
+    /// stats as the batch applied at once, and its parts' effects hold each
+    /// applied swap's event once.
+    #[test]
+    fn an_admitted_batch_applied_in_parts_equals_the_batch_at_once() {
+        let batch: Vec<Swap> = (0..300)
+            .map(|i| {
+                let side = if i % 3 == 0 { Side::Sell } else { Side::Buy };
+                let wallet = format!("w{}", i % 17);
+                let at = T0 - (i % 50) * 1_000;
+                swap(
+                    &format!("e{}", i % 280),
+                    &format!("T{}", i % 7),
+                    Some(&wallet),
+                    side,
+                    1.0 + i as f64,
+                    at,
+                )
+            })
+            .collect();
+        let mut at_once = WindowEngine::new(EngineConfig::service_defaults());
+        let (_, counts) = at_once.apply_batch(&batch, T0);
+        let mut in_parts = WindowEngine::new(EngineConfig::service_defaults());
+        let mut admitted = AdmittedBatch::default();
+        for start in (0..batch.len()).step_by(64) {
+            in_parts.admit_batch(
+                &mut admitted,
+                &batch,
+                start..batch.len().min(start + 64),
+                T0,
+            );
+        }
+        admitted.group_by_token(&batch);
+        assert_eq!(admitted.counts(), counts);
+        let mut events = 0;
+        for start in (0..admitted.len()).step_by(25) {
+            let part = start..admitted.len().min(start + 25);
+            events += in_parts
+                .apply_admitted(&batch, &admitted, part, T0)
+                .events
+                .len();
+        }
+        assert_eq!(events as u64, counts.applied);
+        for token in (0..7).map(|t| format!("T{t}")) {
+            assert_eq!(
+                in_parts.stats(&token, T0),
+                at_once.stats(&token, T0),
+                "{token}"
+            );
+        }
+    }
+
+    /// Expiry in calls of one token each ends where one call ends.
+    #[test]
+    fn expiry_one_token_at_a_time_forgets_the_same() {
+        let mut engine = WindowEngine::new(EngineConfig::service_defaults());
+        for token in ["A", "B", "C"] {
+            let id = format!("e-{token}");
+            engine.apply(&swap(&id, token, Some("w"), Side::Buy, 1.0, T0), T0);
+        }
+        let later = T0 + 60 * HOUR;
+        let mut calls = 0;
+        while engine.expire_some(later, usize::MAX, 1) {
+            calls += 1;
+        }
+        assert_eq!(calls, 2, "3 tokens, 1 per call: 2 calls say more is due");
+        assert_eq!(engine.token_count(), 0);
+        assert_eq!(engine.remembered_events(), 0);
     }
 
     #[test]

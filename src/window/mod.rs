@@ -19,7 +19,9 @@ pub use effect::{
     EventKey, Level, WalletMark, SIDE_BUY, SIDE_SELL,
 };
 pub(crate) use engine::WARM_AHEAD;
-pub use engine::{ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine};
+pub use engine::{
+    AdmittedBatch, ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine,
+};
 pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
 pub use stats::{
