@@ -240,9 +240,10 @@ impl ShardCore {
     }
 
     /// Applies a batch of valid swaps and counts the outcome: one effect for
-    /// the whole batch (one store write). Dedup decides in one hold of the
-    /// engine lock, in arrival order; then the swaps it admitted, grouped by
-    /// token, are applied [`APPLY_CHUNK_SWAPS`] per hold. Each part also drops
+    /// the whole batch (one store write). Dedup decides first, in arrival
+    /// order, [`ADMIT_CHUNK_SWAPS`] swaps per hold of the engine lock; then
+    /// the swaps it admitted, grouped by token, are applied
+    /// [`APPLY_CHUNK_SWAPS`] per hold. Each part also drops
     /// what aged out: under load that is as much as the part brought in,
     /// spread over the parts, where the 10 s expiry tick alone trimmed 10 s of
     /// it in one hold.
@@ -313,10 +314,10 @@ impl ShardCore {
     /// the engine to waiting queries first (like each part of
     /// [`ShardCore::apply_batch`]).
     pub fn expire(&self, now_ms: i64) {
-        while self
-            .change(|engine| engine.expire_some(now_ms, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS))
-        {
-        }
+        let some = |engine: &mut WindowEngine| {
+            engine.expire_some(now_ms, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS)
+        };
+        while self.change(some) {}
     }
 
     /// Stats of one token, waiting for the engine where it is (threads,

@@ -750,8 +750,8 @@ impl WindowEngine {
     /// due: a caller that must not hold the engine long (a shard, while
     /// queries wait) expires in several short calls. What is left for later
     /// stays a little longer: old data no answer depends on (see
-    /// [`EngineTuning::trim_slack_ms`]), and ids past the dedup horizon, whose
-    /// swaps would have been late by then anyway unless retention is longer.
+    /// [`EngineTuning::trim_slack_ms`]), and event ids just past the dedup
+    /// horizon (a swap re-sent meanwhile counts as the duplicate it is).
     pub fn expire_some(&mut self, now_ms: i64, max_events: usize, max_tokens: usize) -> bool {
         let horizon = now_ms.saturating_sub(self.config.dedup_horizon_ms);
         if self.dedup.expire_some(horizon, max_events) {
