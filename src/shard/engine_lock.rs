@@ -263,13 +263,23 @@ mod tests {
         while lock.engine.try_write().is_some() {
             std::thread::yield_now();
         }
+        let asking = Arc::new(AtomicUsize::new(0));
         let queries: Vec<_> = (0..100)
             .map(|_| {
-                let (lock, mutations) = (lock.clone(), mutations.clone());
-                runtime.spawn(async move { lock.read(|_| mutations.load(Ordering::SeqCst)).await })
+                let (lock, mutations, asking) = (lock.clone(), mutations.clone(), asking.clone());
+                runtime.spawn(async move {
+                    asking.fetch_add(1, Ordering::SeqCst);
+                    lock.read(|_| mutations.load(Ordering::SeqCst)).await
+                })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        // Every query asking (so queued, and its doorman soon parked on the
+        // engine) before the first mutation ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while asking.load(Ordering::SeqCst) < 100 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
         queued.send(()).expect("writer");
         let seen: Vec<usize> = queries
             .into_iter()
