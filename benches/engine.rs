@@ -48,7 +48,9 @@ use swapstats::shard::{
     ADMIT_CHUNK_SWAPS, APPLY_CHUNK_SWAPS, EXPIRE_CHUNK_EVENTS, EXPIRE_CHUNK_TOKENS,
 };
 use swapstats::swap::{Side, Swap};
-use swapstats::window::{AdmittedBatch, BatchEffect, EngineConfig, RankBy, WindowEngine};
+use swapstats::window::{
+    chunk_ranges, AdmittedBatch, BatchEffect, EngineConfig, RankBy, WindowEngine,
+};
 
 const APPLY_SWAPS: usize = 1_000_000;
 
@@ -154,16 +156,14 @@ fn apply_as_shard(engine: &mut WindowEngine, swaps: &[Swap], clocks: &[i64], hol
     let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
     for (batch, now) in batches(swaps, clocks, SHARD_BATCH) {
         let mut admitted = AdmittedBatch::default();
-        for start in (0..batch.len()).step_by(ADMIT_CHUNK_SWAPS) {
+        for chunk in chunk_ranges(batch.len(), ADMIT_CHUNK_SWAPS) {
             let started = Instant::now();
-            let chunk = start..batch.len().min(start + ADMIT_CHUNK_SWAPS);
             engine.admit_batch(&mut admitted, batch, chunk, now);
             holds.admissions.push(ms(started));
         }
-        admitted.group_by_token(batch);
-        for start in (0..admitted.len()).step_by(APPLY_CHUNK_SWAPS) {
+        admitted.group_by_token();
+        for part in chunk_ranges(admitted.len(), APPLY_CHUNK_SWAPS) {
             let started = Instant::now();
-            let part = start..admitted.len().min(start + APPLY_CHUNK_SWAPS);
             black_box(engine.apply_admitted(batch, &admitted, part, now));
             holds.parts.push(ms(started));
             loop {

@@ -14,7 +14,8 @@ use super::engine_lock::{EngineLock, ShuttingDown};
 use crate::config::Settings;
 use crate::swap::{RejectReason, Swap};
 use crate::window::{
-    AdmittedBatch, BatchCounts, BatchEffect, EngineConfig, RestoredEvents, TokenStats, WindowEngine,
+    chunk_ranges, AdmittedBatch, BatchCounts, BatchEffect, EngineConfig, RestoredEvents,
+    TokenStats, WindowEngine,
 };
 
 /// Engine parameters from `windows` and `ingest.*`: what every role that holds
@@ -226,7 +227,8 @@ impl ShardCore {
     ///
     /// Waiting for the lock on a runtime worker, as the sync methods do, would
     /// stall every task queued on that worker (reads, persists, pings) while a
-    /// batch part holds the engine, tens of ms at full rate. So the engine is
+    /// mutation holds the engine, a few ms per hold at full rate (tens of ms
+    /// before the parts were grouped by token). So the engine is
     /// read in place only when no mutation holds or waits for it, and
     /// otherwise the query waits off the workers, queued with the others
     /// behind one blocking-pool thread (`EngineLock::read`).
@@ -257,23 +259,22 @@ impl ShardCore {
     /// order), a part now holds the engine p50 2.7–2.8 ms, p99 3.9–4.0 ms
     /// (was 21–25 ms, 29–30 ms), an admission chunk p99 2.4–2.7 ms and an
     /// expiry p99 8.6 ms (was 17–19 ms), at 582–605k swaps/s (was
-    /// 575–667k). While streaming 1 M swaps (`BENCH_ROUNDS=1
+    /// 575–667k). Since admission hashes each token name once for both
+    /// grouping and lookup (2 more pairs): admission p99 3.5–3.6 ms, part
+    /// p99 3.6 ms, 652–687k swaps/s (was 631–642k). While streaming 1 M swaps (`BENCH_ROUNDS=1
     /// BENCH_STREAM_SWAPS=1000000 cargo bench --bench shard_pipeline`, 3
     /// alternated pairs), the p99 of stats from 4 tasks fell from 53–66 ms to
     /// 35–42 ms into Redis and from 39–45 to 27–31 ms in memory, at the same
     /// rates.
     pub fn apply_batch(&self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
         let mut admitted = AdmittedBatch::default();
-        for start in (0..swaps.len()).step_by(ADMIT_CHUNK_SWAPS) {
-            let chunk = start..swaps.len().min(start + ADMIT_CHUNK_SWAPS);
+        for chunk in chunk_ranges(swaps.len(), ADMIT_CHUNK_SWAPS) {
             self.change(|engine| engine.admit_batch(&mut admitted, swaps, chunk, now_ms));
         }
-        admitted.group_by_token(swaps);
+        admitted.group_by_token();
         let counts = admitted.counts();
-        let parts: Vec<BatchEffect> = (0..admitted.len())
-            .step_by(APPLY_CHUNK_SWAPS)
-            .map(|start| {
-                let part = start..admitted.len().min(start + APPLY_CHUNK_SWAPS);
+        let parts: Vec<BatchEffect> = chunk_ranges(admitted.len(), APPLY_CHUNK_SWAPS)
+            .map(|part| {
                 let effect =
                     self.change(|engine| engine.apply_admitted(swaps, &admitted, part, now_ms));
                 self.expire(now_ms);

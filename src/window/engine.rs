@@ -208,8 +208,9 @@ fn name_key(name: &str) -> u128 {
 /// however small the parts.
 #[derive(Debug, Default)]
 pub struct AdmittedBatch {
-    /// `(token group, index in the batch, event key)`, sorted by group, then index.
-    swaps: Vec<(u64, u32, EventKey)>,
+    /// `(token's name key, index in the batch, event key)`: the name key
+    /// groups the swaps and finds the token's slot when they are applied.
+    swaps: Vec<(u128, u32, EventKey)>,
     counts: BatchCounts,
 }
 
@@ -230,17 +231,19 @@ impl AdmittedBatch {
     }
 
     /// Puts the swaps to apply in token groups, keeping arrival order within
-    /// a token. `swaps` is the admitted batch. Needs no engine, so a shard
-    /// does it outside the engine lock.
-    pub fn group_by_token(&mut self, swaps: &[Swap]) {
-        for (group, index, _) in &mut self.swaps {
-            if let Some(swap) = swaps.get(*index as usize) {
-                *group = (name_key(&swap.token) >> 64) as u64;
-            }
-        }
+    /// a token. Needs no engine, so a shard does it outside the engine lock.
+    pub fn group_by_token(&mut self) {
         self.swaps
-            .sort_unstable_by_key(|&(group, index, _)| (group, index));
+            .sort_unstable_by_key(|&(token, index, _)| (token, index));
     }
+}
+
+/// `0..len` cut into consecutive ranges of at most `size` (the last shorter):
+/// the chunks a batch is admitted in and the parts it is applied in.
+pub fn chunk_ranges(len: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..len)
+        .step_by(size.max(1))
+        .map(move |start| start..len.min(start + size))
 }
 
 /// A batch's effect while it is being built: slots and wallet ids instead of
@@ -426,7 +429,7 @@ impl WindowEngine {
     pub fn apply_batch(&mut self, swaps: &[Swap], now_ms: i64) -> (BatchEffect, BatchCounts) {
         let mut admitted = AdmittedBatch::default();
         self.admit_batch(&mut admitted, swaps, 0..swaps.len(), now_ms);
-        admitted.group_by_token(swaps);
+        admitted.group_by_token();
         let effect = self.apply_admitted(swaps, &admitted, 0..admitted.len(), now_ms);
         (effect, admitted.counts())
     }
@@ -436,7 +439,9 @@ impl WindowEngine {
     /// at once (a later duplicate in the batch is one). Successive calls for
     /// one batch must cover it in order, so the first of two swaps with one
     /// event id is the one applied, in whatever order the admitted swaps are
-    /// applied afterwards ([`AdmittedBatch::group_by_token`]).
+    /// applied afterwards ([`AdmittedBatch::group_by_token`]). Each admitted
+    /// swap's token name is hashed here, once: it groups the swaps and looks
+    /// the token up when they are applied.
     ///
     /// Dedup runs in a pass of its own: its set lookups do not depend on one
     /// another, so the CPU overlaps their cache misses (the set holds a day of
@@ -459,7 +464,9 @@ impl WindowEngine {
             match self.admit(key, swap.executed_at_ms, now_ms) {
                 ApplyOutcome::Applied => {
                     admitted.counts.applied += 1;
-                    admitted.swaps.push((0, index as u32, key));
+                    admitted
+                        .swaps
+                        .push((name_key(&swap.token), index as u32, key));
                 }
                 ApplyOutcome::Duplicate => admitted.counts.duplicates += 1,
                 ApplyOutcome::Late => admitted.counts.late += 1,
@@ -486,7 +493,7 @@ impl WindowEngine {
         let part = admitted.swaps.get(part).unwrap_or_default();
         let applied = || {
             part.iter()
-                .filter_map(|&(_, index, key)| Some((swaps.get(index as usize)?, key)))
+                .filter_map(|&(token, index, key)| Some((swaps.get(index as usize)?, token, key)))
         };
         let mut pending = std::mem::take(&mut self.pending);
         let mut events = Vec::with_capacity(part.len());
@@ -495,14 +502,16 @@ impl WindowEngine {
         // alternating in one process: wallets 2–3 % faster, tokens then
         // 7–9 %); creating new ones in this pass was slower.
         let mut known = std::mem::take(&mut pending.known);
-        known.extend(applied().map(|(swap, _)| self.known_ids(swap)));
-        for ((swap, key), known) in applied().zip(known.drain(..)) {
+        known.extend(applied().map(|(swap, token, _)| self.known_ids(swap, token)));
+        for ((swap, token, key), known) in applied().zip(known.drain(..)) {
             events.push(AppliedEvent {
                 key,
                 executed_at_ms: swap.executed_at_ms,
             });
             let bucket = Bucket::of_swap(swap, price_tie(key));
-            let slot = known.slot.unwrap_or_else(|| self.slot_for(&swap.token));
+            let slot = known
+                .slot
+                .unwrap_or_else(|| self.slot_of_key(token, &swap.token));
             let wallet = (swap.wallet.as_deref())
                 .map(|w| known.wallet.unwrap_or_else(|| self.wallets.intern(w)));
             for (level, key) in level_keys(swap.executed_at_ms, now_ms).iter().enumerate() {
@@ -906,12 +915,12 @@ impl WindowEngine {
         self.index.get(&name_key(token)).copied()
     }
 
-    /// The slot of the swap's token and the id of its wallet, where the engine
-    /// already has them.
+    /// The slot of the swap's token (whose [`name_key`] is `token`) and the id
+    /// of its wallet, where the engine already has them.
     #[inline]
-    fn known_ids(&self, swap: &Swap) -> KnownIds {
+    fn known_ids(&self, swap: &Swap, token: u128) -> KnownIds {
         KnownIds {
-            slot: self.token_slot(&swap.token),
+            slot: self.index.get(&token).copied(),
             wallet: swap.wallet.as_deref().and_then(|w| self.wallets.lookup(w)),
         }
     }
@@ -919,7 +928,12 @@ impl WindowEngine {
     /// The slot of `token`, created when absent.
     #[inline]
     fn slot_for(&mut self, token: &str) -> u32 {
-        let key = name_key(token);
+        self.slot_of_key(name_key(token), token)
+    }
+
+    /// [`Self::slot_for`] of a token whose [`name_key`] is `key`.
+    #[inline]
+    fn slot_of_key(&mut self, key: u128, token: &str) -> u32 {
         if let Some(&slot) = self.index.get(&key) {
             return slot;
         }
@@ -1130,19 +1144,13 @@ mod tests {
         let (_, counts) = at_once.apply_batch(&batch, T0);
         let mut in_parts = WindowEngine::new(EngineConfig::service_defaults());
         let mut admitted = AdmittedBatch::default();
-        for start in (0..batch.len()).step_by(64) {
-            in_parts.admit_batch(
-                &mut admitted,
-                &batch,
-                start..batch.len().min(start + 64),
-                T0,
-            );
+        for chunk in chunk_ranges(batch.len(), 64) {
+            in_parts.admit_batch(&mut admitted, &batch, chunk, T0);
         }
-        admitted.group_by_token(&batch);
+        admitted.group_by_token();
         assert_eq!(admitted.counts(), counts);
         let mut events = 0;
-        for start in (0..admitted.len()).step_by(25) {
-            let part = start..admitted.len().min(start + 25);
+        for part in chunk_ranges(admitted.len(), 25) {
             events += in_parts
                 .apply_admitted(&batch, &admitted, part, T0)
                 .events

@@ -20,7 +20,8 @@ pub use effect::{
 };
 pub(crate) use engine::WARM_AHEAD;
 pub use engine::{
-    AdmittedBatch, ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents, WindowEngine,
+    chunk_ranges, AdmittedBatch, ApplyOutcome, EngineConfig, EngineTuning, RestoredEvents,
+    WindowEngine,
 };
 pub(crate) use hash::FastMap;
 pub use spec::{SecondRange, WindowRanges, WindowSpec, MAX_WINDOW_SECS, SECOND_EXACT_MAX_SECS};
