@@ -512,8 +512,8 @@ const ASYNC_QUERIERS: usize = 4;
 
 /// Answer times of BTC's stats asked as the `/stats` handler asks them
 /// ([`ShardCore::read`]: in place when no mutation holds or waits for the
-/// engine, otherwise queued until the next part ends), from a task on the shard's runtime, one query per
-/// ms or so until `stop`. Timed from when each query was due (the end of the
+/// engine, otherwise queued until the mutation ends), from a task on the
+/// shard's runtime, one query per ms or so until `stop`. Timed from when each query was due (the end of the
 /// task's 1 ms sleep), as a client sees it: a task whose worker is held up
 /// starts late, and that wait counts too.
 async fn ask_while(core: Arc<ShardCore>, stop: StopFlag) -> Vec<f64> {

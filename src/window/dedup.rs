@@ -90,14 +90,17 @@ impl Dedup {
             by_second,
             first_second,
         } = self;
+        fn forget(expired: impl IntoIterator<Item = EventKey>, keys: &mut FastSet<EventKey>) {
+            for key in expired {
+                keys.remove(&key);
+            }
+        }
         if cut.saturating_sub(*first_second) as u64 > by_second.len() as u64 {
             // Fewer seconds held than passed (after a quiet spell): visit those.
             by_second.retain(|&second, expired| {
                 let keep = second >= cut;
                 if !keep {
-                    for key in std::mem::take(expired) {
-                        keys.remove(&key);
-                    }
+                    forget(std::mem::take(expired), keys);
                 }
                 keep
             });
@@ -107,11 +110,9 @@ impl Dedup {
                 let Some(expired) = by_second.get_mut(&second) else {
                     continue;
                 };
-                let forget = expired.len().min(budget);
-                for key in expired.drain(expired.len() - forget..) {
-                    keys.remove(&key);
-                }
-                budget -= forget;
+                let count = expired.len().min(budget);
+                forget(expired.drain(expired.len() - count..), keys);
+                budget -= count;
                 if !expired.is_empty() {
                     *first_second = second;
                     return true;
